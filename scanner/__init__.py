@@ -1,0 +1,7 @@
+"""likeness: an offline similarity scanner for generated images and audio.
+
+The library is usable from Python; the ``likeness`` command is a thin layer over
+:mod:`scanner.pipeline`.
+"""
+
+__version__ = "0.1.0"

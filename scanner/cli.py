@@ -1,0 +1,346 @@
+"""The ``likeness`` command: parses options, calls the library, maps outcomes to exit codes.
+
+Exit codes (DESIGN.md): 2 usage or index error, nothing scanned; otherwise 1 if
+anything is flagged; else 3 if some inputs could not be checked; else 4 if
+anything needs review; else 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from scanner import __version__
+from scanner.errors import LikenessError
+
+app = typer.Typer(help="likeness: find generated outputs that reproduce protected works.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+index_app = typer.Typer(help="Build and maintain an index of protected reference works.", no_args_is_help=True)
+models_app = typer.Typer(help="List, fetch and import model checkpoints.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+IndexOpt = typer.Option(..., "--index", "-i", help="Index directory.")
+HmacOpt = typer.Option(None, "--hmac-key-file", help="Key file to sign/verify the manifest "
+                       "(or LIKENESS_HMAC_KEY_FILE).")
+ClipModelOpt = typer.Option(None, "--clip-model", help="open_clip model name or JSON config path "
+                            "(default ViT-B-32).")
+ClipPretrainedOpt = typer.Option(None, "--clip-pretrained", help="Pretrained tag or checkpoint path "
+                                 "(default laion2b_s34b_b79k, from models/).")
+ModelsDirOpt = typer.Option(None, "--models-dir", help="Checkpoint folder (default models/ or LIKENESS_MODELS_DIR).")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn likeness errors into one clear message and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LikenessError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+class RichProgress:
+    """The pipeline's progress protocol drawn as a rich progress bar on stderr."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task: Any = None
+
+    def start(self, total: int, description: str) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[RichProgress | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.speed:>6.0f}/s" if False else ""), TimeRemainingColumn(),
+                  console=err, transient=True) as p:
+        yield RichProgress(p)
+
+
+def _options(features: Optional[str], clip_model: Optional[str], clip_pretrained: Optional[str],
+             models_dir: Optional[str], device: str = "auto") -> Any:
+    from scanner.pipeline import FeatureOptions
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    return FeatureOptions(names=names, clip_model=clip_model, clip_pretrained=clip_pretrained,
+                          models_dir=models_dir, device=device)
+
+
+def _key(path: Optional[Path]) -> bytes | None:
+    from scanner.index.store import load_hmac_key
+
+    return load_hmac_key(path)
+
+
+# --- index -------------------------------------------------------------------------------
+
+
+def _print_build(summary: Any, verb: str) -> None:
+    for note in summary.notes:
+        err.print(f"[dim]note:[/] {note}", highlight=False)
+    for path, reason in summary.errors:
+        err.print(f"[magenta]error[/] {path}: {reason}", highlight=False)
+    if summary.duplicates:
+        err.print(f"[dim]{len(summary.duplicates)} duplicate file(s) not added again[/]")
+    out.print(f"{verb} {summary.added} work(s); index {summary.index_id} now holds {summary.n_works} "
+              f"work(s); features: {', '.join(summary.features)}; "
+              f"{len(summary.errors)} unreadable, {len(summary.skipped)} skipped (not media)", highlight=False)
+
+
+@index_app.command("build")
+@handled
+def index_build(refs: List[Path] = typer.Argument(..., help="Reference files or folders."),
+                index: Path = IndexOpt,
+                features: Optional[str] = typer.Option(None, "--features", help="Comma-separated: "
+                                                       "image-phash,image-clip (default: all that can run here)."),
+                metadata: Optional[Path] = typer.Option(None, "--metadata", help="CSV/JSON with path, title, "
+                                                        "rights_holder, licence, notes, licensed."),
+                clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+                models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+                quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
+    """Build a new index from reference works (replaces any index at --index, atomically)."""
+    from scanner.pipeline import build_index
+
+    with progress_bar(not quiet) as prog:
+        summary = build_index(refs, index, options=_options(features, clip_model, clip_pretrained, models_dir),
+                              metadata=metadata, create=True, hmac_key=_key(hmac_key_file), progress=prog)
+    _print_build(summary, "indexed")
+    if summary.added == 0:
+        _fail("no reference work could be indexed")
+
+
+@index_app.command("add")
+@handled
+def index_add(refs: List[Path] = typer.Argument(..., help="Reference files or folders."),
+              index: Path = IndexOpt,
+              metadata: Optional[Path] = typer.Option(None, "--metadata"),
+              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+              quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Add reference works to an existing index (with the index's own features)."""
+    from scanner.pipeline import build_index
+
+    with progress_bar(not quiet) as prog:
+        summary = build_index(refs, index, options=_options(None, clip_model, clip_pretrained, models_dir),
+                              metadata=metadata, create=False, hmac_key=_key(hmac_key_file), progress=prog)
+    _print_build(summary, "added")
+
+
+@index_app.command("remove")
+@handled
+def index_remove(work_ids: List[int] = typer.Argument(..., help="Work ids (see `index info`)."),
+                 index: Path = IndexOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Remove works (and their vectors) from an index."""
+    from scanner.pipeline import remove_from_index
+
+    found = remove_from_index(index, work_ids, hmac_key=_key(hmac_key_file))
+    missing = sorted(set(work_ids) - set(found))
+    out.print(f"removed {len(found)} work(s)" + (f"; not in the index: {missing}" if missing else ""))
+    if missing:
+        raise typer.Exit(2)
+
+
+@index_app.command("info")
+@handled
+def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json"),
+               hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Describe an index: id, works, features, models, thresholds."""
+    from scanner.index.store import open_index
+
+    with open_index(index, hmac_key=_key(hmac_key_file)) as idx:
+        m = idx.manifest
+        info = {"path": str(index), "index_id": idx.index_id, "format_version": m["format_version"],
+                "created_at": m.get("created_at"), "updated_at": m.get("updated_at"), "works": m["works"],
+                "features": m["features"], "policy": m.get("policy"),
+                "size_bytes": sum(f["size"] for f in m["files"].values())}
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    out.print(f"index {info['index_id']} at {index}", highlight=False)
+    out.print(f"  works: {info['works']['count']} {info['works'].get('by_modality', {})}", highlight=False)
+    for name, spec in info["features"].items():
+        out.print(f"  {name}: {spec['count']} vectors, {spec['kind']} dim {spec['dim']}, "
+                  f"version {spec['version']}" + (f", model {spec['model']}" if spec.get("model") else ""),
+                  highlight=False)
+    out.print(f"  thresholds (expected chance matches): {info['policy']}", highlight=False)
+    out.print(f"  size: {info['size_bytes'] / 1e6:.1f} MB; updated {info['updated_at']}", highlight=False)
+
+
+@index_app.command("verify")
+@handled
+def index_verify(index: Path = IndexOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Check every data file of an index against its manifest."""
+    from scanner.index.store import verify_index
+
+    r = verify_index(index, hmac_key=_key(hmac_key_file))
+    out.print(f"index {r['index_id']} OK: {r['files']} files, {r['bytes'] / 1e6:.1f} MB verified")
+
+
+# --- scan and check ------------------------------------------------------------------------
+
+
+@app.command("scan")
+@handled
+def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or folders to scan."),
+             index: Path = IndexOpt,
+             out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.jsonl, "
+                                                    "results.csv, report.html, run.json."),
+             resume: bool = typer.Option(False, "--resume", help="Skip inputs already in --out/results.jsonl."),
+             device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+             clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+             models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
+    """Scan outputs against an index; one verdict per input."""
+    from scanner.pipeline import scan
+    from scanner.report.console import summary_table
+
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, given {device!r}")
+    if resume and out_dir is None:
+        _fail("--resume needs --out (the folder whose results.jsonl to continue)")
+    with progress_bar(not quiet) as prog:
+        summary = scan(inputs, index, out_dir=out_dir, resume=resume,
+                       options=_options(None, clip_model, clip_pretrained, models_dir, device),
+                       hmac_key=_key(hmac_key_file), progress=prog)
+    out.print(summary_table(summary.counts, skipped=summary.skipped, resumed=summary.resumed))
+    if out_dir is not None:
+        out.print(f"results: {out_dir / 'results.jsonl'}, {out_dir / 'results.csv'}, "
+                  f"{out_dir / 'report.html'}", highlight=False)
+    raise typer.Exit(summary.exit_code())
+
+
+@app.command("check")
+@handled
+def check_cmd(file: Path = typer.Argument(..., help="One asset to check."), index: Path = IndexOpt,
+              html: Optional[Path] = typer.Option(None, "--html", help="Also write a one-asset HTML page."),
+              as_json: bool = typer.Option(False, "--json", help="Print the result line as JSON."),
+              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Check one asset and explain the verdict in plain words."""
+    from scanner.pipeline import ScanSummary, check
+    from scanner.report import write_html
+    from scanner.report.console import print_check
+
+    result, run = check(file, index, options=_options(None, clip_model, clip_pretrained, models_dir),
+                        hmac_key=_key(hmac_key_file))
+    line = result.to_dict()
+    if as_json:
+        print(json.dumps(line, ensure_ascii=False))
+    else:
+        print_check(out, line, run)
+    if html is not None:
+        write_html([line], run, html)
+    summary = ScanSummary()
+    summary.counts[result.verdict] += 1
+    raise typer.Exit(summary.exit_code())
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+@handled
+def models_list(models_dir: Optional[str] = ModelsDirOpt) -> None:
+    """Checkpoints registered in the models folder."""
+    from scanner.models import default_models_dir, list_models
+
+    entries = list_models(models_dir or default_models_dir())
+    if not entries:
+        out.print("no checkpoints registered (use `likeness models fetch` or `likeness models import`)")
+    for e in entries:
+        out.print(f"{e['model']}  {e.get('pretrained') or '-'}  {e['file']}  sha256 {e['sha256'][:16]}…",
+                  highlight=False)
+
+
+@models_app.command("fetch")
+@handled
+def models_fetch(model: str = typer.Option("ViT-B-32", "--model"),
+                 pretrained: str = typer.Option("laion2b_s34b_b79k", "--pretrained"),
+                 models_dir: Optional[str] = ModelsDirOpt) -> None:
+    """Download an open_clip pretrained checkpoint into models/ (the one command that uses the network)."""
+    from scanner.models import default_models_dir, fetch
+
+    entry = fetch(model, pretrained, models_dir=models_dir or default_models_dir())
+    out.print(f"fetched {model} {pretrained}: {entry['file']} sha256 {entry['sha256']}", highlight=False)
+
+
+@models_app.command("import")
+@handled
+def models_import(path: Path = typer.Argument(..., help="Checkpoint file brought in by hand."),
+                  model: str = typer.Option("ViT-B-32", "--model"),
+                  pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Tag to register it under."),
+                  models_dir: Optional[str] = ModelsDirOpt) -> None:
+    """Copy a checkpoint into models/ and record its sha256."""
+    from scanner.models import default_models_dir, import_checkpoint
+
+    entry = import_checkpoint(path, model=model, tag=pretrained, models_dir=models_dir or default_models_dir())
+    out.print(f"imported {path} as {entry['file']} sha256 {entry['sha256']}", highlight=False)
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@handled
+def demo_cmd(out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where the demo writes media and results."),
+             quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Build a demo index from generated pictures and scan generated outputs (offline)."""
+    from scanner.demo import run_demo
+    from scanner.report.console import summary_table
+
+    with progress_bar(not quiet) as prog:
+        outcome = run_demo(out_dir, progress=prog)
+    out.print(summary_table(outcome.summary.counts, skipped=outcome.summary.skipped))
+    for line in outcome.lines:
+        out.print(line, highlight=False)
+    if outcome.problems:
+        for p in outcome.problems:
+            err.print(f"[red]demo problem:[/] {p}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"[green]demo worked[/]: results in {out_dir / 'results'}", highlight=False)
+
+
+@app.callback(invoke_without_command=True)
+def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        print(f"likeness {__version__}")
+        raise typer.Exit(0)
+
+
+def run() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,45 @@
+"""Featurizers: one module each, all with the interface of :mod:`scanner.features.base`.
+
+Use :func:`make` to build one by name; heavy libraries are imported only by the
+featurizer that needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scanner.errors import ParameterError
+from scanner.features.base import Featurizer
+
+#: Every featurizer name likeness knows, in the order reports list them.
+NAMES = ("image-phash", "image-clip")
+#: Those that need no downloaded weights.
+WEIGHT_FREE = ("image-phash",)
+
+
+def make(name: str, **options: Any) -> Featurizer:
+    """Build the featurizer called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`NAMES`.
+    **options
+        Passed to the featurizer's constructor (``model``, ``pretrained``,
+        ``models_dir``, ``device`` for ``image-clip``); unknown ones are ignored
+        by featurizers that take none.
+
+    Raises
+    ------
+    ParameterError
+        If ``name`` is unknown.
+    """
+    if name == "image-phash":
+        from scanner.features.phash import PHash
+
+        return PHash()
+    if name == "image-clip":
+        from scanner.features.clip import Clip
+
+        return Clip(**{k: v for k, v in options.items() if v is not None})
+    raise ParameterError(f"unknown feature {name!r}; known: {', '.join(NAMES)}")

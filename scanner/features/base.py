@@ -1,0 +1,95 @@
+"""The one interface every featurizer implements.
+
+A featurizer turns decoded media into fixed-size vectors in two steps:
+
+* :meth:`Featurizer.prepare` works on one decoded item and is thread-safe; the
+  pipeline runs it in its decode workers, so a model never waits on disk.
+* :meth:`Featurizer.embed` works on a batch of prepared items and returns one
+  row per item.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+class Featurizer(ABC):
+    """Base class of all featurizers.
+
+    Attributes
+    ----------
+    name : str
+        Feature name used on the command line and in the index (``image-phash``).
+    modality : {"image", "audio"}
+    kind : {"dense", "binary"}
+        ``dense`` rows are float32 and L2-normalised (inner product = cosine);
+        ``binary`` rows are packed bits, uint8 ``[shape=(n, dim // 8)]``.
+    metric : {"ip", "hamming"}
+    """
+
+    name: str
+    modality: Literal["image", "audio"] = "image"
+    kind: Literal["dense", "binary"]
+    metric: Literal["ip", "hamming"]
+
+    @property
+    @abstractmethod
+    def version(self) -> str:
+        """Version string; a new version invalidates vectors built by an older one."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Vector dimension (number of bits for binary features)."""
+
+    @property
+    def model_id(self) -> str | None:
+        """Identity of the model weights, or ``None`` for weight-free features."""
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What the index manifest records to refuse a mismatched scan later."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "modality": self.modality,
+            "kind": self.kind,
+            "metric": self.metric,
+            "dim": self.dim,
+            "model": self.model_id,
+        }
+
+    @abstractmethod
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Per-item work that can run in a worker thread.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image
+            RGB image as returned by :func:`scanner.media.load_image`.
+
+        Returns
+        -------
+        np.ndarray
+            Whatever :meth:`embed` takes, for one item.
+        """
+
+    @abstractmethod
+    def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Vectors for a batch of prepared items.
+
+        Returns
+        -------
+        np.ndarray [shape=(n, dim)] float32, L2-normalised, for dense features;
+        np.ndarray [shape=(n, dim // 8)] uint8 for binary features.
+        """
+
+    def raw_to_similarity(self, raw: np.ndarray) -> np.ndarray:
+        """Map raw search scores to a similarity in [0, 1] (1 = identical)."""
+        if self.metric == "hamming":
+            return 1.0 - np.asarray(raw, dtype=np.float64) / self.dim
+        return np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)

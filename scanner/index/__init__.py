@@ -1,0 +1,1 @@
+"""Index storage (:mod:`scanner.index.store`) and batched search (:mod:`scanner.index.search`)."""

@@ -1,0 +1,740 @@
+"""The index directory: manifest, catalog, vector files; atomic writes, locking, verify.
+
+Layout (see DESIGN.md)::
+
+    <index>/manifest.json         id, format version, featurizers, counts, file hashes, policy
+    <index>/catalog.sqlite        works(id, path, sha256, modality, title, rights_holder, ...)
+    <index>/<feature>.faiss       faiss index (binary or dense) of every vector of that feature
+    <index>/<feature>.rows.npy    int32 [shape=(n, 2)]: row -> (work_id, locator)
+
+Every write happens in a staging copy beside the index and is swapped in by
+rename, so a killed writer leaves the previous index whole. One writer at a
+time: an ``flock`` on ``.<name>.lock`` beside the index (released by the kernel
+if the writer dies). Data files are checked against chunked sha256 hashes from
+the manifest the first time they are loaded; a verification stamp keyed on
+(inode, size, mtime) makes later opens fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from scanner import __version__
+from scanner.errors import IndexError_, IndexLockedError, IndexMismatchError, ParameterError
+
+FORMAT = "likeness-index"
+FORMAT_VERSION = 1
+CATALOG_SCHEMA = 1
+CHUNK_SIZE = 16 << 20
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+CATALOG = "catalog.sqlite"
+STAMP = ".verified.json"
+
+
+
+@dataclass
+class Work:
+    """One protected reference work as the catalog holds it."""
+
+    id: int
+    path: str
+    sha256: str
+    modality: str
+    title: str | None = None
+    rights_holder: str | None = None
+    licence: str | None = None
+    notes: str | None = None
+    licensed: bool = False
+    added_at: str | None = None
+    featureless: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def file_hashes(path: Path, *, chunk_size: int = CHUNK_SIZE) -> dict[str, Any]:
+    """Size and per-chunk sha256 of a file (chunked so a corrupt region is located)."""
+    chunks = []
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_size):
+            chunks.append(hashlib.sha256(block).hexdigest())
+    return {"size": path.stat().st_size, "chunk_size": chunk_size, "sha256": chunks}
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    return sorted(path.parent.glob(f".{path.name}.{kind}-*"), key=lambda p: p.stat().st_mtime)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+def _recover(path: Path) -> None:
+    """Undo a swap that was killed between its two renames (caller holds the lock)."""
+    if not path.exists():
+        olds = _siblings(path, "old")
+        if olds:
+            os.rename(olds[-1], path)
+    for leftover in _siblings(path, "tmp") + _siblings(path, "old"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_hmac_key(key_file: str | Path | None) -> bytes | None:
+    """Read the optional manifest-signing key (kept outside the index)."""
+    key_file = key_file or os.environ.get("LIKENESS_HMAC_KEY_FILE")
+    if not key_file:
+        return None
+    try:
+        key = Path(key_file).read_bytes().strip()
+    except OSError as exc:
+        raise ParameterError(f"cannot read HMAC key file {key_file}: {exc.strerror}") from None
+    if not key:
+        raise ParameterError(f"HMAC key file {key_file} is empty")
+    return key
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+class Index:
+    """A read-only view of one index directory.
+
+    Use :func:`open_index`. Files are memory-mapped or loaded on first use and
+    verified against the manifest before anything is deserialised.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], *, verify: bool = True):
+        self.path = path
+        self.manifest = manifest
+        self._verify = verify
+        self._checked: set[str] = set()
+        self._faiss: dict[str, Any] = {}
+        self._rows: dict[str, np.ndarray] = {}
+        self._catalog: sqlite3.Connection | None = None
+        self._works: dict[int, Work] | None = None
+
+    # -- identity ------------------------------------------------------------------
+    @property
+    def index_id(self) -> str:
+        return self.manifest["index_id"]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def features(self) -> dict[str, dict[str, Any]]:
+        """Featurizer identities by name, with ``count`` (rows) for each."""
+        return self.manifest["features"]
+
+    @property
+    def n_works(self) -> int:
+        return int(self.manifest["works"]["count"])
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return self.manifest.get("policy", {})
+
+    @property
+    def null(self) -> dict[str, Any]:
+        return self.manifest.get("null", {})
+
+    def check_featurizer(self, identity: dict[str, Any]) -> None:
+        """Refuse a featurizer whose embedding space differs from the index's.
+
+        Raises
+        ------
+        IndexMismatchError
+            Naming both models (or versions).
+        """
+        name = identity["name"]
+        built = self.features.get(name)
+        if built is None:
+            raise IndexMismatchError(f"index {self.path} has no {name!r} vectors "
+                                     f"(it has: {', '.join(self.features) or 'none'})")
+        for key in ("model", "version", "dim"):
+            if built.get(key) != identity.get(key):
+                raise IndexMismatchError(
+                    f"index {self.path} was built with {name} {key} {built.get(key)!r}, "
+                    f"but this scan uses {identity.get(key)!r}; embeddings from different "
+                    f"models cannot be compared. Scan with the index's model or rebuild the index.")
+
+    # -- data ----------------------------------------------------------------------
+    def _file(self, name: str) -> Path:
+        path = self.path / name
+        if self._verify and name not in self._checked:
+            _verify_file(self.path, name, self.manifest["files"].get(name), use_stamp=True)
+            self._checked.add(name)
+        return path
+
+    def faiss_index(self, feature: str) -> Any:
+        """The faiss index of ``feature`` (binary or dense), memory-mapped when large."""
+        if feature not in self._faiss:
+            import faiss
+
+            path = self._file(f"{feature}.faiss")
+            flags = faiss.IO_FLAG_MMAP if path.stat().st_size > (256 << 20) else 0
+            try:
+                if self.features[feature]["kind"] == "binary":
+                    self._faiss[feature] = faiss.read_index_binary(str(path), flags)
+                else:
+                    self._faiss[feature] = faiss.read_index(str(path), flags)
+            except RuntimeError as exc:
+                raise IndexError_(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        return self._faiss[feature]
+
+    def rows(self, feature: str) -> np.ndarray:
+        """Row map of ``feature``: int32 ``[shape=(n, 2)]`` of (work_id, locator)."""
+        if feature not in self._rows:
+            path = self._file(f"{feature}.rows.npy")
+            try:
+                self._rows[feature] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise IndexError_(f"cannot read {path}: {exc}") from None
+        return self._rows[feature]
+
+    def catalog(self) -> sqlite3.Connection:
+        if self._catalog is None:
+            path = self._file(CATALOG)
+            # immutable: files in a published index never change (writes swap the directory)
+            self._catalog = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
+                                            check_same_thread=False)
+            version = self._catalog.execute("PRAGMA user_version").fetchone()[0]
+            if version > CATALOG_SCHEMA:
+                raise IndexError_(f"{path} has catalog schema {version}, newer than this "
+                                  f"likeness understands ({CATALOG_SCHEMA}); upgrade likeness")
+        return self._catalog
+
+    def works(self) -> dict[int, Work]:
+        """Every work in the catalog, by id."""
+        if self._works is None:
+            cur = self.catalog().execute(
+                "SELECT id, path, sha256, modality, title, rights_holder, licence, notes, licensed,"
+                " added_at, featureless FROM works ORDER BY id")
+            self._works = {r[0]: Work(*r[:8], licensed=bool(r[8]), added_at=r[9], featureless=r[10])
+                           for r in cur}
+        return self._works
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_manifest(path: Path, *, hmac_key: bytes | None) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    try:
+        raw = mpath.read_bytes()
+    except FileNotFoundError:
+        if not path.exists():
+            raise IndexError_(f"no index at {path} (build one with `likeness index build`)") from None
+        raise IndexError_(f"{path} is not a likeness index: {MANIFEST} is missing") from None
+    except OSError as exc:
+        raise IndexError_(f"cannot read {mpath}: {exc.strerror}") from None
+    if hmac_key is not None:
+        try:
+            sig = (path / SIGNATURE).read_text().strip()
+        except OSError:
+            raise IndexError_(f"{mpath} is not signed, but an HMAC key was given") from None
+        want = hmac.new(hmac_key, raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(sig, want):
+            raise IndexError_(f"{mpath} does not match its signature: the manifest was modified "
+                              "or signed with another key")
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IndexError_(f"{mpath} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexError_(f"{path} is not a likeness index (manifest format "
+                          f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexError_(f"{path} has index format {manifest.get('format_version')}, this likeness "
+                          f"reads format {FORMAT_VERSION}; rebuild the index or use a matching version")
+    return manifest
+
+
+def open_index(path: str | Path, *, verify: bool = True, hmac_key: bytes | None = None) -> Index:
+    """Open an index directory for reading.
+
+    Parameters
+    ----------
+    path : path of the index directory
+    verify : bool
+        Check each data file against the manifest's hashes before first use
+        (fast after the first time, thanks to the verification stamp).
+    hmac_key : bytes, optional
+        Require and check the manifest's signature.
+
+    Raises
+    ------
+    IndexError_
+        Missing, unreadable, tampered or incompatible index, with the reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        # a writer may be between its two renames; give it a moment, then recover
+        for _ in range(20):
+            if path.exists() or not _siblings(path, "old"):
+                break
+            time.sleep(0.1)
+        if not path.exists() and _siblings(path, "old"):
+            with _locked(path):
+                _recover(path)
+    return Index(path, _read_manifest(path, hmac_key=hmac_key), verify=verify)
+
+
+def _verify_file(root: Path, name: str, expected: dict[str, Any] | None, *, use_stamp: bool) -> None:
+    path = root / name
+    if expected is None:
+        raise IndexError_(f"{path} is not listed in the manifest; the index is inconsistent")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise IndexError_(f"{path} is missing; the index is damaged (run `likeness index verify`)") from None
+    if st.st_size != expected["size"]:
+        raise IndexError_(f"{path} has {st.st_size} bytes, the manifest says {expected['size']}: "
+                          "the file was modified or truncated")
+    key = [st.st_ino, st.st_size, st.st_mtime_ns, expected["sha256"][:1]]
+    stamp_path = root / STAMP
+    stamps: dict[str, Any] = {}
+    if use_stamp:
+        with contextlib.suppress(OSError, ValueError):
+            stamps = json.loads(stamp_path.read_text())
+        if stamps.get(name) == key:
+            return
+    got = file_hashes(path, chunk_size=expected["chunk_size"])["sha256"]
+    if got != expected["sha256"]:
+        bad = next((i for i, (a, b) in enumerate(zip(got, expected["sha256"])) if a != b), len(got))
+        raise IndexError_(f"{path} does not match the manifest (chunk {bad} differs): the file was "
+                          "modified; rebuild the index or restore it from a copy")
+    if use_stamp:
+        stamps[name] = key
+        tmp = stamp_path.with_name(f"{STAMP}.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(stamps))
+            os.replace(tmp, stamp_path)
+
+
+def verify_index(path: str | Path, *, hmac_key: bytes | None = None) -> dict[str, Any]:
+    """Check every data file of an index against its manifest, ignoring stamps.
+
+    Returns
+    -------
+    dict
+        ``{"index_id", "files": n_checked, "bytes": total}``.
+
+    Raises
+    ------
+    IndexError_
+        At the first file that does not match.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path, hmac_key=hmac_key)
+    total = 0
+    for name, expected in sorted(manifest["files"].items()):
+        _verify_file(path, name, expected, use_stamp=False)
+        total += expected["size"]
+    listed = set(manifest["files"]) | {MANIFEST, SIGNATURE, STAMP}
+    extra = sorted(p.name for p in path.iterdir() if p.name not in listed and not p.name.startswith(".verified"))
+    if extra:
+        raise IndexError_(f"{path} holds files the manifest does not list: {', '.join(extra)}")
+    with Index(path, manifest) as index:
+        n_works = len(index.works())
+        if n_works != index.n_works:
+            raise IndexError_(f"{path}: catalog holds {n_works} works, manifest says {index.n_works}")
+        for feature, spec in manifest["features"].items():
+            rows = index.rows(feature)
+            ntotal = index.faiss_index(feature).ntotal
+            if not (len(rows) == ntotal == spec["count"]):
+                raise IndexError_(f"{path}: {feature} has {ntotal} vectors, {len(rows)} row entries, "
+                                  f"manifest says {spec['count']}")
+    return {"index_id": manifest["index_id"], "files": len(manifest["files"]), "bytes": total}
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock = _lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise IndexLockedError(f"index {path} is locked by pid {holder} (another "
+                                   "`likeness index` command is writing it); try again when it ends") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _FeatureData:
+    identity: dict[str, Any]
+    vectors: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+
+
+class IndexWriter:
+    """Stage changes to an index and publish them atomically.
+
+    Use as a context manager; changes are published by :meth:`commit` (called
+    on a clean exit) and thrown away on an exception or kill.
+
+    Parameters
+    ----------
+    path : index directory
+    create : bool
+        Start a new index (an existing one at ``path`` is replaced on commit).
+    hmac_key : bytes, optional
+        Sign the new manifest with this key.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = False, hmac_key: bytes | None = None):
+        self.path = Path(path)
+        self.create = create
+        self.hmac_key = hmac_key
+        self._lock_cm: contextlib.AbstractContextManager[None] | None = None
+        self.staging: Path | None = None
+        self.manifest: dict[str, Any] = {}
+        self._db: sqlite3.Connection | None = None
+        self._features: dict[str, _FeatureData] = {}
+        self._removed: set[int] = set()
+        self._final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._committed = False
+
+    # -- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> "IndexWriter":
+        self._lock_cm = _locked(self.path)
+        self._lock_cm.__enter__()
+        try:
+            _recover(self.path)
+            self._stage()
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None and not self._committed:
+                self.commit()
+        finally:
+            self._abort()
+
+    def _abort(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self.staging is not None and self.staging.exists():
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if self._lock_cm is not None:
+            self._lock_cm.__exit__(None, None, None)
+            self._lock_cm = None
+
+    def _stage(self) -> None:
+        self.staging = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        if self.create or not self.path.exists():
+            if not self.create:
+                raise IndexError_(f"no index at {self.path} (build one with `likeness index build`)")
+            self.staging.mkdir(parents=True)
+            self.manifest = {
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "index_id": str(uuid.uuid4()), "created_at": _now(),
+                "features": {}, "works": {"count": 0}, "files": {}, "policy": {}, "null": {},
+            }
+        else:
+            self.manifest = _read_manifest(self.path, hmac_key=self.hmac_key)
+            for name, expected in self.manifest["files"].items():
+                _verify_file(self.path, name, expected, use_stamp=True)
+            # sqlite edits in place, so it is copied; other files are rewritten whole
+            # (never edited) and can be hard-linked into the staging copy
+            self.staging.mkdir(parents=True)
+            for name in self.manifest["files"]:
+                src, dst = self.path / name, self.staging / name
+                if name == CATALOG:
+                    shutil.copy2(src, dst)
+                else:
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy2(src, dst)
+        self._db = sqlite3.connect(self.staging / CATALOG)
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS works (id INTEGER PRIMARY KEY, path TEXT NOT NULL, "
+            "sha256 TEXT NOT NULL UNIQUE, modality TEXT NOT NULL, title TEXT, rights_holder TEXT, "
+            "licence TEXT, notes TEXT, licensed INTEGER NOT NULL DEFAULT 0, added_at TEXT NOT NULL, "
+            "featureless TEXT)")
+        self._db.execute(f"PRAGMA user_version={CATALOG_SCHEMA}")
+
+    # -- edits ---------------------------------------------------------------------
+    def has_sha256(self, sha256: str) -> int | None:
+        """Work id holding a file with this content, if any."""
+        assert self._db is not None
+        row = self._db.execute("SELECT id FROM works WHERE sha256=?", (sha256,)).fetchone()
+        return row[0] if row else None
+
+    def add_work(self, *, path: str, sha256: str, modality: str, **meta: Any) -> int:
+        """Add a work to the catalog and return its id (ids are never reused)."""
+        assert self._db is not None
+        cols = {"path": path, "sha256": sha256, "modality": modality}
+        cols.update({k: meta.get(k) for k in ("title", "rights_holder", "licence", "notes", "featureless")})
+        cols["licensed"] = int(bool(meta.get("licensed")))
+        cols["added_at"] = _now()
+        next_id = max(self.manifest.get("next_work_id", 1),
+                      (self._db.execute("SELECT MAX(id) FROM works").fetchone()[0] or 0) + 1)
+        self._db.execute(f"INSERT INTO works (id, {', '.join(cols)}) VALUES (?{', ?' * len(cols)})",
+                         (next_id, *cols.values()))
+        self.manifest["next_work_id"] = next_id + 1
+        return next_id
+
+    def add_vectors(self, identity: dict[str, Any], vectors: np.ndarray, work_ids: np.ndarray,
+                    locators: np.ndarray | None = None) -> None:
+        """Queue vectors of one feature for the index.
+
+        Parameters
+        ----------
+        identity : featurizer identity (:meth:`Featurizer.identity`)
+        vectors : float32 ``[shape=(n, dim)]`` or uint8 ``[shape=(n, dim // 8)]``
+        work_ids : int ``[shape=(n,)]``
+        locators : int ``[shape=(n,)]``, optional (tile or segment number; 0 by default)
+        """
+        name = identity["name"]
+        existing = self.manifest["features"].get(name)
+        if existing is not None:
+            for key in ("model", "version", "dim"):
+                if existing.get(key) != identity.get(key):
+                    raise IndexMismatchError(
+                        f"index {self.path} holds {name} vectors with {key} {existing.get(key)!r}; "
+                        f"cannot add vectors with {identity.get(key)!r}; rebuild the index instead")
+        data = self._features.setdefault(name, _FeatureData(identity))
+        n = len(vectors)
+        if len(work_ids) != n:
+            raise ParameterError(f"{n} vectors but {len(work_ids)} work ids")
+        loc = np.zeros(n, np.int32) if locators is None else np.asarray(locators, np.int32)
+        self._final.clear()
+        data.vectors.append(vectors)
+        data.rows.append(np.stack([np.asarray(work_ids, np.int32), loc], axis=1))
+
+    def remove_works(self, work_ids: Iterable[int]) -> list[int]:
+        """Remove works (catalog rows and their vectors); returns the ids that existed."""
+        assert self._db is not None
+        found = []
+        for wid in work_ids:
+            if self._db.execute("DELETE FROM works WHERE id=?", (int(wid),)).rowcount:
+                found.append(int(wid))
+        self._removed.update(found)
+        self._final.clear()
+        return found
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a manifest section (``policy``, ``null``, ...)."""
+        self.manifest[key] = value
+
+    # -- publish -------------------------------------------------------------------
+    def vectors(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every vector of ``name`` the committed index will hold, with its rows.
+
+        Returns
+        -------
+        vectors : ``[shape=(n, dim)]`` float32 or ``[shape=(n, dim // 8)]`` uint8
+        rows : int32 ``[shape=(n, 2)]`` (work_id, locator)
+        """
+        if name in self._final:
+            return self._final[name]
+        import faiss
+
+        assert self.staging is not None
+        spec = self.manifest["features"].get(name) or self._features[name].identity
+        binary = spec["kind"] == "binary"
+        fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
+        parts_v: list[np.ndarray] = []
+        parts_r: list[np.ndarray] = []
+        if fpath.exists():
+            old = faiss.read_index_binary(str(fpath)) if binary else faiss.read_index(str(fpath))
+            if old.ntotal:
+                parts_v.append(old.reconstruct_n(0, old.ntotal))
+                parts_r.append(np.load(rpath, allow_pickle=False))
+        new = self._features.get(name)
+        if new is not None:
+            parts_v += new.vectors
+            parts_r += new.rows
+        width = spec["dim"] // 8 if binary else spec["dim"]
+        dtype = np.uint8 if binary else np.float32
+        vecs = np.concatenate(parts_v).astype(dtype) if parts_v else np.zeros((0, width), dtype)
+        rows = np.concatenate(parts_r).astype(np.int32) if parts_r else np.zeros((0, 2), np.int32)
+        if self._removed and len(rows):
+            keep = ~np.isin(rows[:, 0], np.fromiter(self._removed, np.int32))
+            vecs, rows = vecs[keep], rows[keep]
+        self._final[name] = (vecs, rows)
+        return vecs, rows
+
+    def feature_names(self) -> list[str]:
+        """Features the committed index will hold."""
+        return sorted(set(self.manifest["features"]) | set(self._features))
+
+    def _write_feature(self, name: str) -> None:
+        import faiss
+
+        assert self.staging is not None
+        spec = dict(self.manifest["features"].get(name) or self._features[name].identity)
+        vecs, rows = self.vectors(name)
+        if spec["kind"] == "binary":
+            index = faiss.IndexBinaryFlat(spec["dim"])
+            index.add(np.ascontiguousarray(vecs, dtype=np.uint8))
+        else:
+            index = faiss.IndexFlatIP(spec["dim"])
+            index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+        # write under new names; os.replace over a hard link leaves the published copy alone
+        fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
+        tmpf, tmpr = fpath.with_name(fpath.name + ".new"), rpath.with_name(rpath.name + ".new")
+        (faiss.write_index_binary if spec["kind"] == "binary" else faiss.write_index)(index, str(tmpf))
+        with open(tmpr, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(rows, np.int32), allow_pickle=False)
+        os.replace(tmpf, fpath)
+        os.replace(tmpr, rpath)
+        spec["count"] = int(index.ntotal)
+        self.manifest["features"][name] = spec
+
+    def commit(self) -> None:
+        """Write data files and the manifest into the staging copy, then swap it in."""
+        assert self.staging is not None and self._db is not None
+        names = set(self._features) | (set(self.manifest["features"]) if self._removed else set())
+        for name in sorted(names):
+            self._write_feature(name)
+        counts = dict(self._db.execute("SELECT modality, COUNT(*) FROM works GROUP BY modality").fetchall())
+        self._db.commit()
+        self._db.close()
+        self._db = None
+        self.manifest["works"] = {"count": int(sum(counts.values())), "by_modality": counts}
+        self.manifest["updated_at"] = _now()
+        self.manifest["tool_version"] = __version__
+        files = {}
+        for p in sorted(self.staging.iterdir()):
+            if p.is_file() and p.name not in (MANIFEST, SIGNATURE, STAMP):
+                with open(p, "rb") as fh:
+                    os.fsync(fh.fileno())
+                files[p.name] = file_hashes(p)
+        self.manifest["files"] = files
+        raw = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
+        (self.staging / MANIFEST).write_bytes(raw)
+        if self.hmac_key is not None:
+            (self.staging / SIGNATURE).write_text(hmac.new(self.hmac_key, raw, hashlib.sha256).hexdigest())
+        _fsync_dir(self.staging)
+        old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
+        if self.path.exists():
+            os.rename(self.path, old)
+        os.rename(self.staging, self.path)
+        _fsync_dir(self.path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        self.staging = None
+        self._committed = True
+
+
+def read_metadata(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a work-metadata sidecar: CSV with a ``path`` column, or JSON.
+
+    JSON may be a list of objects with ``path`` or an object keyed by path.
+    Recognised fields: title, rights_holder, licence (or license), notes,
+    licensed (true/yes/1: the studio holds the rights).
+
+    Returns
+    -------
+    dict
+        Metadata by path as written in the file (matched later by full path,
+        relative path or file name).
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ParameterError(f"cannot read metadata file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ParameterError(f"metadata file {path} is not UTF-8 text") from None
+    records: list[dict[str, Any]]
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ParameterError(f"metadata file {path} is not valid JSON: {exc}") from None
+        if isinstance(data, dict):
+            records = [{"path": k, **v} for k, v in data.items() if isinstance(v, dict)]
+        elif isinstance(data, list):
+            records = [r for r in data if isinstance(r, dict)]
+        else:
+            raise ParameterError(f"metadata file {path}: expected a list or an object")
+    else:
+        records = list(csv.DictReader(text.splitlines()))
+        if records and "path" not in records[0]:
+            raise ParameterError(f"metadata file {path} has no 'path' column "
+                                 f"(columns: {', '.join(records[0])})")
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if not rec.get("path"):
+            continue
+        meta = {k: (str(rec[k]).strip() or None) if rec.get(k) is not None else None
+                for k in ("title", "rights_holder", "notes")}
+        meta["licence"] = rec.get("licence") or rec.get("license")
+        meta["licensed"] = str(rec.get("licensed", "")).strip().lower() in ("1", "true", "yes", "y")
+        out[str(rec["path"]).strip()] = meta
+    return out
+
+
+def match_metadata(meta: dict[str, dict[str, Any]], path: Path, root: Path | None) -> dict[str, Any]:
+    """Metadata for ``path`` by full path, path relative to ``root``, or file name."""
+    keys: Sequence[str] = [str(path), path.name]
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            keys = [str(path), str(path.relative_to(root)), path.name]
+    for key in keys:
+        if key in meta:
+            return meta[key]
+    return {}

@@ -1,0 +1,574 @@
+"""Build and scan: the one path from files to verdicts.
+
+``files → media → features → index search → match → policy → report``
+
+The CLI, the demo and the benchmarks all call these functions; nothing else
+wires the stages together.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from scanner import __version__
+from scanner import media, policy as pol
+from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterError
+from scanner.features import WEIGHT_FREE, Featurizer, make
+from scanner.features.content import featureless_reason
+from scanner.index import search, store
+from scanner.match import best_per_work
+
+#: Longest side images are decoded to; every image featurizer works below it.
+DECODE_SIDE = 512
+#: Items embedded and searched together.
+BATCH = 64
+#: Neighbours fetched per query and feature.
+K = 10
+#: Matches listed per result.
+MAX_MATCHES = 5
+
+
+class Progress(Protocol):
+    """What the pipeline reports progress to (the CLI draws it with rich)."""
+
+    def start(self, total: int, description: str) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+class _NoProgress:
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass
+class FeatureOptions:
+    """Which featurizers to run and how (``image-clip`` needs a checkpoint).
+
+    Parameters
+    ----------
+    names : feature names, or ``None`` for every featurizer that can run here
+    clip_model, clip_pretrained : open_clip model name (or JSON config path)
+        and pretrained tag (or checkpoint path)
+    models_dir : where fetched/imported checkpoints live
+    device : ``auto``, ``cpu`` or ``cuda``
+    """
+
+    names: Sequence[str] | None = None
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    models_dir: str | None = None
+    device: str = "auto"
+
+    def clip_options(self) -> dict[str, Any]:
+        return {"model": self.clip_model, "pretrained": self.clip_pretrained,
+                "models_dir": self.models_dir, "device": self.device}
+
+
+def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[str]]:
+    """Featurizers to build an index with, and notes on those left out.
+
+    With ``options.names`` unset: the weight-free ones, plus ``image-clip`` when
+    its checkpoint resolves locally (CLIP joins when a checkpoint is present).
+    """
+    if options.names:
+        return [make(n, **options.clip_options()) for n in options.names], []
+    feats: list[Featurizer] = [make(n) for n in WEIGHT_FREE]
+    notes = []
+    try:
+        from scanner.models import resolve_checkpoint
+
+        clip = make("image-clip", **options.clip_options())
+        resolve_checkpoint(clip.model_name, clip.pretrained, models_dir=clip.models_dir)
+        feats.append(clip)
+    except LikenessError as exc:
+        notes.append(f"image-clip not used: {str(exc).splitlines()[0]}")
+    except ImportError as exc:
+        notes.append(f"image-clip not used: {exc.name} is not installed (pip install likeness-scanner[clip])")
+    return feats, notes
+
+
+def features_for_index(index: store.Index, options: FeatureOptions) -> list[Featurizer]:
+    """Featurizers matching an index's manifest; a different model is refused."""
+    feats = []
+    for name, spec in index.features.items():
+        if name == "image-clip":
+            opts = options.clip_options()
+            model, _, tag = (spec.get("model") or ":").partition(":")
+            opts["model"] = opts["model"] or spec.get("model_name") or model
+            if not opts["pretrained"] and not tag.startswith("sha256"):
+                opts["pretrained"] = tag
+            feat = make(name, **opts)
+        else:
+            feat = make(name)
+        index.check_featurizer(feat.identity())
+        feats.append(feat)
+    return feats
+
+
+# --- decoding and preparing, in worker threads -----------------------------------------
+
+
+@dataclass
+class Prepared:
+    """One decoded input with each featurizer's per-item work done."""
+
+    item: media.Input
+    sha256: str | None = None
+    prepared: dict[str, np.ndarray] = field(default_factory=dict)
+    featureless: str | None = None
+    error: str | None = None
+
+
+def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer]) -> Prepared:
+    out = Prepared(item)
+    try:
+        out.sha256 = media.sha256_file(item.path)
+    except OSError:
+        pass  # load_image names the problem below
+    try:
+        if item.modality != "image":
+            raise DecodeError(item.path, f"{item.modality} files are not supported by this index "
+                                         "(it holds no features for them)")
+        image = media.load_image(item.path, max_side=DECODE_SIDE)
+        out.featureless = featureless_reason(image)
+        for feat in featurizers:
+            if feat.modality == "image":
+                out.prepared[feat.name] = feat.prepare(image)
+    except DecodeError as exc:
+        out.error = exc.reason
+    except LikenessError as exc:
+        out.error = str(exc)
+    except Exception as exc:  # a featurizer bug must not stop the scan or lose results
+        out.error = f"could not be checked ({type(exc).__name__}: {exc})"
+    return out
+
+
+def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurizer], *,
+                   workers: int | None = None) -> Iterator[Prepared]:
+    """Decode and prepare items in a bounded look-ahead thread pool, in order.
+
+    Pillow and the hashing libraries release the GIL for decoding and resizing,
+    so threads keep every core busy while the caller embeds earlier batches.
+    """
+    workers = workers or min(8, max(2, len(os.sched_getaffinity(0)) + 1))
+    ahead = workers * 4
+    with ThreadPoolExecutor(workers, thread_name_prefix="likeness-decode") as pool:
+        pending = []
+        for item in items:
+            pending.append(pool.submit(_prepare_one, item, featurizers))
+            if len(pending) >= ahead:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
+    batch: list[Prepared] = []
+    for p in stream:
+        batch.append(p)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _embed(feat: Featurizer, batch: Sequence[Prepared]) -> tuple[list[int], np.ndarray]:
+    """Vectors of ``feat`` for the items of ``batch`` that decoded (their positions, vectors)."""
+    pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
+    if not pos:
+        return [], np.zeros((0, 0))
+    return pos, feat.embed([batch[i].prepared[feat.name] for i in pos])
+
+
+# --- building ----------------------------------------------------------------------------
+
+
+@dataclass
+class BuildSummary:
+    """What an index build or add did."""
+
+    index_id: str
+    added: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_works: int = 0
+
+
+def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
+    nulls = {}
+    for name in writer.feature_names():
+        vecs, rows = writer.vectors(name)
+        a, b = pol.sample_pairs(rows[:, 0])
+        spec = writer.manifest["features"].get(name) or {}
+        if (spec.get("metric") or ("hamming" if vecs.dtype == np.uint8 else "ip")) == "hamming":
+            d = pol.hamming_pairs(vecs, a, b)
+        else:
+            d = 1.0 - np.einsum("ij,ij->i", vecs[a], vecs[b])
+        nulls[name] = pol.fit_null(d)
+    return nulls
+
+
+def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: FeatureOptions | None = None,
+                metadata: str | Path | None = None, create: bool = True, policy: pol.Policy | None = None,
+                hmac_key: bytes | None = None, progress: Progress | None = None) -> BuildSummary:
+    """Build (``create=True``) or extend an index of protected reference works.
+
+    Parameters
+    ----------
+    refs : files and folders of reference works (walked like scan inputs)
+    index_dir : the index directory (replaced atomically on success)
+    options : which featurizers; when extending, the index's own are used
+    metadata : CSV/JSON sidecar with title, rights_holder, licence, notes, licensed
+    policy : thresholds to store in the manifest (defaults when building)
+
+    Returns
+    -------
+    BuildSummary
+
+    Raises
+    ------
+    IndexError_, IndexLockedError, IndexMismatchError, ModelError, ParameterError
+    """
+    options = options or FeatureOptions()
+    progress = progress or _NoProgress()
+    meta = store.read_metadata(metadata) if metadata else {}
+    index_dir = Path(index_dir)
+    with store.IndexWriter(index_dir, create=create, hmac_key=hmac_key) as writer:
+        if create:
+            featurizers, notes = available_features(options)
+        else:
+            featurizers, notes = features_for_index(store.Index(index_dir, writer.manifest, verify=False),
+                                                    options), []
+        summary = BuildSummary(writer.manifest["index_id"], notes=notes,
+                               features=[f.name for f in featurizers])
+        roots = [Path(r) for r in refs]
+        items = []
+        for found in media.discover(roots):
+            if isinstance(found, media.Skipped):
+                summary.skipped.append((str(found.path), found.reason))
+            else:
+                items.append(found)
+        progress.start(len(items), "indexing references")
+        seen: dict[str, str] = {}
+        for batch in _batches(prepare_stream(items, featurizers), BATCH):
+            work_ids = []
+            for p in batch:
+                wid = None
+                if p.error is not None:
+                    summary.errors.append((str(p.item.path), p.error))
+                elif p.sha256 in seen or writer.has_sha256(p.sha256 or ""):
+                    summary.duplicates.append(str(p.item.path))
+                else:
+                    seen[p.sha256 or ""] = str(p.item.path)
+                    root = next((r for r in roots if r.is_dir() and r in p.item.path.parents), None)
+                    wid = writer.add_work(path=str(p.item.path), sha256=p.sha256 or "",
+                                          modality=p.item.modality, featureless=p.featureless,
+                                          **store.match_metadata(meta, p.item.path, root))
+                    summary.added += 1
+                work_ids.append(wid)
+            for feat in featurizers:
+                pos, vecs = _embed(feat, batch)
+                keep = [j for j, i in enumerate(pos) if work_ids[i] is not None]
+                if keep:
+                    writer.add_vectors(feat.identity(), vecs[keep],
+                                       np.array([work_ids[pos[j]] for j in keep], np.int32))
+            progress.advance(len(batch))
+        _check_models(writer, featurizers)
+        writer.set("null", _fit_nulls(writer))
+        if create or "policy" not in writer.manifest or not writer.manifest["policy"]:
+            writer.set("policy", (policy or pol.Policy()).validate().get_params())
+        elif policy is not None:
+            writer.set("policy", policy.validate().get_params())
+        writer.commit()
+        summary.n_works = writer.manifest["works"]["count"]
+    return summary
+
+
+def _check_models(writer: store.IndexWriter, featurizers: Sequence[Featurizer]) -> None:
+    """Refuse a checkpoint whose embeddings of the references are degenerate."""
+    for feat in featurizers:
+        if feat.name == "image-clip" and feat.name in writer.feature_names():
+            from scanner.features.clip import check_informative
+
+            vecs, _ = writer.vectors(feat.name)
+            check_informative(vecs, model_id=feat.model_id or "?")
+
+
+def remove_from_index(index_dir: str | Path, work_ids: Iterable[int], *,
+                      hmac_key: bytes | None = None) -> list[int]:
+    """Remove works by id; returns the ids that were found (and removed)."""
+    with store.IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+        found = writer.remove_works(work_ids)
+        writer.set("null", _fit_nulls(writer))
+        writer.commit()
+    return found
+
+
+# --- scanning ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """The verdict for one input, as one line of ``results.jsonl``."""
+
+    path: str
+    sha256: str | None
+    modality: str
+    verdict: str
+    reason: str
+    score: float = 0.0
+    error: str | None = None
+    index_id: str | None = None
+    matches: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "modality": self.modality,
+                "verdict": self.verdict, "score": round(self.score, 4), "reason": self.reason,
+                "error": self.error, "index_id": self.index_id, "matches": self.matches}
+
+
+class Scanner:
+    """An opened index with its featurizers, ready to judge batches of inputs.
+
+    Parameters
+    ----------
+    index_dir : the index to match against
+    options : featurizer options (must agree with the index's models)
+    policy : thresholds; the index's own by default
+    """
+
+    def __init__(self, index_dir: str | Path, *, options: FeatureOptions | None = None,
+                 policy: pol.Policy | None = None, hmac_key: bytes | None = None):
+        from scanner.models import set_offline
+
+        set_offline()
+        self.index = store.open_index(index_dir, hmac_key=hmac_key)
+        self.options = options or FeatureOptions()
+        self.policy = policy or pol.Policy.from_params(self.index.policy)
+        self.featurizers = features_for_index(self.index, self.options)
+        self.works = self.index.works()
+        for feat in self.featurizers:  # load and verify everything before the first result
+            self.index.faiss_index(feat.name)
+            self.index.rows(feat.name)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for ``run.json`` and report headers."""
+        return {"tool": "likeness", "tool_version": __version__, "index_id": self.index.index_id,
+                "index_path": str(self.index.path), "n_works": self.index.n_works,
+                "features": [f.identity() for f in self.featurizers], "policy": self.policy.get_params()}
+
+    def judge(self, batch: Sequence[Prepared]) -> list[Result]:
+        """Embed, search, match and decide one batch of prepared inputs."""
+        evidence: list[list[dict[str, Any]]] = [[] for _ in batch]
+        for feat in self.featurizers:
+            pos, vecs = _embed(feat, batch)
+            if not pos:
+                continue
+            D, I = search.knn(self.index.faiss_index(feat.name), vecs, K)
+            per_query = best_per_work(D, I, self.index.rows(feat.name), feature=feat.name, metric=feat.metric)
+            null = self.index.null.get(feat.name, {})
+            for i, evs in zip(pos, per_query):
+                if not evs:
+                    continue
+                dist = np.array([e.distance for e in evs])
+                expected = pol.expected_chance(dist, null, self.index.n_works,
+                                               dim=feat.dim if feat.metric == "hamming" else None)
+                strength = pol.strength(expected, self.policy)
+                for e, x, s in zip(evs, expected, strength):
+                    evidence[i].append(self._match(feat, e, float(x), float(s)))
+        return [self._result(p, ev) for p, ev in zip(batch, evidence)]
+
+    def _match(self, feat: Featurizer, e: Any, expected: float, strength: float) -> dict[str, Any]:
+        work = self.works.get(e.work_id)
+        raw = int(e.raw) if feat.metric == "hamming" else round(e.raw, 4)
+        return {
+            "work_id": e.work_id, "ref_path": work.path if work else None,
+            "title": work.title if work else None, "rights_holder": work.rights_holder if work else None,
+            "licence": work.licence if work else None, "licensed": bool(work and work.licensed),
+            "feature": feat.name, "score": round(strength, 4), "raw": raw,
+            "raw_kind": "hamming_bits" if feat.metric == "hamming" else "cosine",
+            "expected": expected, "chance": pol.one_in(expected),
+            "featureless_ref": work.featureless if work else None,
+            "locator": None,
+        }
+
+    def _result(self, p: Prepared, evidence: list[dict[str, Any]]) -> Result:
+        base = dict(path=str(p.item.path), sha256=p.sha256, modality=p.item.modality,
+                    index_id=self.index.index_id)
+        if p.error is not None:
+            return Result(verdict="error", reason=p.error, error=p.error, **base)
+        verdict, reason = pol.decide(evidence, self.policy, featureless=p.featureless)
+        shown = sorted((m for m in evidence if m["expected"] <= self.policy.review_at),
+                       key=lambda m: m["expected"])[:MAX_MATCHES]
+        if verdict == "clear":
+            shown = []
+        best = max((m["score"] for m in evidence), default=0.0)
+        return Result(verdict=verdict, reason=reason, score=best, matches=shown, **base)
+
+    def check_paths(self, items: Iterable[media.Input]) -> Iterator[Result]:
+        """Results for items, in order, batched (decoding runs ahead in threads)."""
+        for batch in _batches(prepare_stream(items, self.featurizers), BATCH):
+            yield from self.judge(batch)
+
+    def close(self) -> None:
+        self.index.close()
+
+
+@dataclass
+class ScanSummary:
+    """Counts of a scan (every verdict, errors and skips) and where results went."""
+
+    counts: Counter = field(default_factory=Counter)
+    skipped: int = 0
+    resumed: int = 0
+    out_dir: str | None = None
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def exit_code(self) -> int:
+        """Exit code of DESIGN.md: 1 flagged, else 3 errors, else 4 review, else 0."""
+        if self.counts["flagged"]:
+            return 1
+        if self.counts["error"]:
+            return 3
+        if self.counts["review"]:
+            return 4
+        return 0
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Complete lines of a ``results.jsonl``; a torn last line (killed writer) is ignored."""
+    out = []
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | Path | None = None,
+         resume: bool = False, options: FeatureOptions | None = None, policy: pol.Policy | None = None,
+         hmac_key: bytes | None = None, progress: Progress | None = None,
+         on_result: Callable[[Result], None] | None = None) -> ScanSummary:
+    """Scan inputs against an index, streaming one result line per input.
+
+    Parameters
+    ----------
+    inputs : files and folders (folders walked; explicit files always inputs)
+    index_dir : the index
+    out_dir : where ``results.jsonl``, ``results.csv``, ``report.html`` and
+        ``run.json`` go; ``None`` writes nothing (results via ``on_result``)
+    resume : skip inputs already in ``out_dir/results.jsonl``
+    on_result : called with every new result as it is decided
+
+    Returns
+    -------
+    ScanSummary
+    """
+    progress = progress or _NoProgress()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    scanner = Scanner(index_dir, options=options, policy=policy, hmac_key=hmac_key)
+    summary = ScanSummary(out_dir=str(out_dir) if out_dir else None)
+    items = []
+    for found in media.discover([Path(i) for i in inputs]):
+        if isinstance(found, media.Skipped):
+            summary.skipped += 1
+        else:
+            items.append(found)
+    sink = None
+    results_path = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        results_path = out / "results.jsonl"
+        if resume:
+            done = read_results(results_path)
+            _truncate_torn_tail(results_path)
+            done_paths = {r["path"] for r in done}
+            for r in done:
+                summary.counts[r["verdict"]] += 1
+            before = len(items)
+            items = [i for i in items if str(i.path) not in done_paths]
+            summary.resumed = before - len(items)
+        sink = open(results_path, "a" if resume else "w", encoding="utf-8")
+    progress.start(len(items), "scanning")
+    try:
+        for result in scanner.check_paths(items):
+            summary.counts[result.verdict] += 1
+            if sink is not None:
+                sink.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                sink.flush()
+            if on_result is not None:
+                on_result(result)
+            progress.advance()
+    finally:
+        if sink is not None:
+            sink.close()
+        summary.run = {
+            **scanner.describe(), "started_at": started.isoformat(timespec="seconds"),
+            "ended_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 3), "inputs": [str(i) for i in inputs],
+            "counts": {v: summary.counts[v] for v in pol.VERDICTS}, "skipped": summary.skipped,
+            "resumed": summary.resumed,
+        }
+        scanner.close()
+        if out_dir is not None:
+            _write_outputs(Path(out_dir), summary.run)
+    return summary
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    """Cut a partial last line left by a killed scan, so appends start on a new line."""
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
+def _write_outputs(out: Path, run: dict[str, Any]) -> None:
+    from scanner.report import write_all
+
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(run, indent=2))
+    os.replace(tmp, out / "run.json")
+    write_all(read_results(out / "results.jsonl"), run, out)
+
+
+def check(path: str | Path, index_dir: str | Path, *, options: FeatureOptions | None = None,
+          hmac_key: bytes | None = None) -> tuple[Result, dict[str, Any]]:
+    """Judge one file (always an input, whatever its name); returns the result and provenance."""
+    scanner = Scanner(index_dir, options=options, hmac_key=hmac_key)
+    try:
+        modality = media.sniff(Path(path)) or "image"
+        result = next(scanner.check_paths([media.Input(Path(path), modality)]))
+        return result, scanner.describe()
+    finally:
+        scanner.close()

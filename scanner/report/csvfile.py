@@ -1,0 +1,24 @@
+"""``results.csv``: one row per input, the best match flattened into columns."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+COLUMNS = ("path", "verdict", "score", "reason", "sha256", "modality", "work_id", "ref_path", "title",
+           "rights_holder", "feature", "chance", "error", "index_id")
+
+
+def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
+    """Write results as CSV (atomically: tmp file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in results:
+            best = (r.get("matches") or [{}])[0]
+            writer.writerow({**{k: best.get(k) for k in ("work_id", "ref_path", "title", "rights_holder",
+                                                          "feature", "chance")}, **r})
+    os.replace(tmp, path)
