@@ -420,7 +420,9 @@ class Scanner:
                        key=lambda m: m["expected"])[:MAX_MATCHES]
         if verdict == "clear":
             shown = []
-        best = max((m["score"] for m in evidence), default=0.0)
+        # collisions on featureless content carry no strength worth showing
+        best = 0.0 if p.featureless else max(
+            (m["score"] for m in evidence if not m["featureless_ref"]), default=0.0)
         return Result(verdict=verdict, reason=reason, score=best, matches=shown, **base)
 
     def check_paths(self, items: Iterable[media.Input]) -> Iterator[Result]:

@@ -26,6 +26,8 @@ import contextlib
 import json
 import logging
 import os
+import pickle  # only for its exception class: checkpoints are never unpickled freely
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +322,13 @@ class Clip(Featurizer):
         name = self.model_name
         _, sha, tag = self._checkpoint()
         return f"{name}:{tag}" if tag else f"{name}:sha256:{sha[:16]}"
+
+    def identity(self) -> dict[str, Any]:
+        """The base identity plus ``model_name`` and the checkpoint's full ``checkpoint_sha256``."""
+        ident = super().identity()
+        ident["model_name"] = self.model_name
+        ident["checkpoint_sha256"] = self.checkpoint_sha256
+        return ident
 
     @property
     def checkpoint_sha256(self) -> str:
@@ -678,11 +687,19 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, SafetensorError, ...
+    except pickle.UnpicklingError as e:
+        # torch's own text suggests retrying with weights_only=False: never show that
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        detail = f"it names {m.group(1)}" if m else ""
         raise ModelError(
-            f"{path}: refused: not a plain weights file that loads without running code "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r})"
+            f"{path}: refused: the checkpoint holds more than tensors"
+            f"{' (' + detail + ')' if detail else ''}; likeness loads only plain weights "
+            f"(torch.load with weights_only=True, or .safetensors) and never runs code from a "
+            f"checkpoint. Convert it to a plain state dict or safetensors on a trusted machine."
         ) from e
+    except Exception as e:  # RuntimeError (damaged zip), SafetensorError, OSError, ...
+        first = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ModelError(f"{path}: refused: cannot read it as a weights file ({type(e).__name__}: {first})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(

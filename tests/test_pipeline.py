@@ -1,0 +1,121 @@
+"""End-to-end behaviour of build and scan through scanner.pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from scanner.demo import MILD_TRANSFORMS, clip_art, flatten, synthetic_picture
+from scanner.pipeline import check, read_results, scan
+
+
+@pytest.mark.parametrize("transform", sorted(MILD_TRANSFORMS))
+@pytest.mark.parametrize("ref", [0, 3, 5])
+def test_transformed_copy_is_flagged_with_its_work(phash_index: Path, refs_dir: Path, tmp_path: Path,
+                                                   transform: str, ref: int) -> None:
+    src = flatten(Image.open(refs_dir / f"ref{ref}.png"))
+    path = tmp_path / f"copy-{transform}.png"
+    MILD_TRANSFORMS[transform](src).save(path)
+    result, run = check(path, phash_index)
+    assert result.verdict == "flagged", result.reason
+    assert Path(result.matches[0]["ref_path"]).name == f"ref{ref}.png"
+    assert result.matches[0]["rights_holder"] == f"Holder {ref}"
+    assert result.matches[0]["expected"] < 1e-3
+    assert run["n_works"] == 10
+
+
+def test_unrelated_pictures_are_clear(phash_index: Path, tmp_path: Path) -> None:
+    for seed in range(500, 520):
+        synthetic_picture(seed).save(tmp_path / f"new{seed}.png")
+    summary = scan([tmp_path], phash_index)
+    assert summary.counts["clear"] == 20, summary.counts
+    assert summary.exit_code() == 0
+
+
+def test_rgba_with_garbage_under_alpha_matches_its_flattened_copy(phash_index: Path, refs_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    ref = Image.open(refs_dir / "ref7.png")
+    assert ref.mode == "RGBA"
+    arr = np.asarray(ref).copy()
+    hidden = arr[..., 3] == 0
+    assert hidden.any() and arr[hidden][:, :3].std() > 50  # the garbage is really there
+    flatten(ref).save(tmp_path / "flat.png")
+    result, _ = check(tmp_path / "flat.png", phash_index)
+    assert result.verdict == "flagged"
+    assert Path(result.matches[0]["ref_path"]).name == "ref7.png"
+
+
+def test_near_uniform_output_against_near_empty_reference_is_not_flagged(tmp_path: Path) -> None:
+    from scanner.pipeline import FeatureOptions, build_index
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    empty = Image.new("RGB", (200, 200), (250, 250, 250))
+    ImageDraw.Draw(empty).point([(100, 100)], fill=(0, 0, 0))
+    empty.save(refs / "empty.png")
+    synthetic_picture(1).save(refs / "real.png")
+    build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-phash"]))
+    Image.new("RGB", (300, 300), (248, 248, 248)).save(tmp_path / "flat.png")
+    result, _ = check(tmp_path / "flat.png", tmp_path / "index")
+    assert result.verdict == "clear"
+    assert result.reason.startswith("near-uniform picture")
+    assert result.score == 0.0
+
+
+def test_corrupt_and_zero_byte_files_error_and_sidecars_are_skipped(phash_index: Path, refs_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    (outs / "empty.jpg").write_bytes(b"")
+    good = outs / "fine.png"
+    synthetic_picture(900).save(good)
+    (outs / "broken.jpg").write_bytes((refs_dir / "ref0.png").read_bytes()[:200])
+    (outs / "prompt.json").write_text('{"prompt": "x"}')
+    summary = scan([outs], phash_index, out_dir=tmp_path / "res")
+    assert summary.counts["error"] == 2 and summary.counts["clear"] == 1
+    assert summary.skipped == 1
+    assert summary.exit_code() == 3
+    lines = {Path(r["path"]).name: r for r in read_results(tmp_path / "res" / "results.jsonl")}
+    assert set(lines) == {"empty.jpg", "fine.png", "broken.jpg"}
+    assert lines["empty.jpg"]["error"] == "zero-byte file"
+    assert "truncated" in lines["broken.jpg"]["error"] or "corrupt" in lines["broken.jpg"]["error"]
+    assert all(r["index_id"] == summary.run["index_id"] for r in lines.values())
+    run = json.loads((tmp_path / "res" / "run.json").read_text())
+    assert run["counts"]["error"] == 2 and run["skipped"] == 1
+    assert (tmp_path / "res" / "results.csv").read_text().count("\n") == 4
+    assert "broken.jpg" in (tmp_path / "res" / "report.html").read_text()
+
+
+def test_resume_skips_done_inputs_and_ignores_a_torn_line(phash_index: Path, tmp_path: Path) -> None:
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for s in range(6):
+        synthetic_picture(700 + s).save(outs / f"o{s}.png")
+    res = tmp_path / "res"
+    scan([outs], phash_index, out_dir=res)
+    lines = (res / "results.jsonl").read_text().splitlines(keepends=True)
+    # as if killed after three lines, in the middle of the fourth
+    (res / "results.jsonl").write_text("".join(lines[:3]) + lines[3][:25])
+    summary = scan([outs], phash_index, out_dir=res, resume=True)
+    assert summary.resumed == 3
+    paths = [r["path"] for r in read_results(res / "results.jsonl")]
+    assert sorted(paths) == sorted(str(p) for p in outs.glob("*.png"))
+    assert summary.counts["clear"] == 6
+
+
+def test_licensed_work_gives_licensed(phash_index: Path, refs_dir: Path, tmp_path: Path) -> None:
+    Image.open(refs_dir / "ref9.png").save(tmp_path / "mine.png")
+    result, _ = check(tmp_path / "mine.png", phash_index)
+    assert result.verdict == "licensed"
+
+
+def test_clip_art_reference_found_from_its_bordered_copy(phash_index: Path, refs_dir: Path,
+                                                         tmp_path: Path) -> None:
+    art = clip_art(3)
+    MILD_TRANSFORMS["border-5"](flatten(art)).save(tmp_path / "b.png")
+    result, _ = check(tmp_path / "b.png", phash_index)
+    assert result.verdict == "flagged" and Path(result.matches[0]["ref_path"]).name == "ref3.png"

@@ -1,0 +1,159 @@
+"""The index directory: reopen, atomic swaps, locking, verification, tampering."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scanner.demo import synthetic_picture
+from scanner.errors import IndexError_, IndexLockedError, IndexMismatchError
+from scanner.index import store
+from scanner.pipeline import FeatureOptions, build_index, remove_from_index
+
+
+def test_index_reopens_identically(phash_index: Path) -> None:
+    with store.open_index(phash_index) as a, store.open_index(phash_index) as b:
+        assert a.index_id == b.index_id
+        assert a.n_works == 10 == len(a.works())
+        fa, fb = a.faiss_index("image-phash"), b.faiss_index("image-phash")
+        assert np.array_equal(fa.reconstruct_n(0, fa.ntotal), fb.reconstruct_n(0, fb.ntotal))
+        assert np.array_equal(a.rows("image-phash"), b.rows("image-phash"))
+        assert {w.title for w in a.works().values()} == {f"Work {i}" for i in range(10)}
+    assert store.verify_index(phash_index)["files"] == 3
+
+
+def test_add_and_remove_keep_ids_and_vectors_consistent(fresh_index: Path, tmp_path: Path) -> None:
+    more = tmp_path / "more"
+    more.mkdir()
+    for s in (50, 51):
+        synthetic_picture(s).save(more / f"m{s}.png")
+    before = store.open_index(fresh_index).index_id
+    summary = build_index([more], fresh_index, create=False)
+    assert summary.added == 2 and summary.n_works == 12
+    again = build_index([more], fresh_index, create=False)  # same content is not added twice
+    assert again.added == 0 and len(again.duplicates) == 2
+    with store.open_index(fresh_index) as idx:
+        assert idx.index_id == before
+        ids = sorted(idx.works())
+        assert ids == list(range(1, 13))
+    assert remove_from_index(fresh_index, [2, 99]) == [2]
+    with store.open_index(fresh_index) as idx:
+        assert 2 not in idx.works() and idx.n_works == 11
+        rows = idx.rows("image-phash")
+        assert 2 not in set(rows[:, 0]) and len(rows) == idx.faiss_index("image-phash").ntotal == 11
+    store.verify_index(fresh_index)
+
+
+def test_failed_write_leaves_the_old_index_whole(fresh_index: Path) -> None:
+    snapshot = {p.name: p.read_bytes() for p in fresh_index.iterdir() if not p.name.startswith(".")}
+    with pytest.raises(RuntimeError):
+        with store.IndexWriter(fresh_index) as w:
+            w.add_work(path="x.png", sha256="ab" * 32, modality="image")
+            raise RuntimeError("killed")
+    assert {p.name: p.read_bytes() for p in fresh_index.iterdir() if not p.name.startswith(".")} == snapshot
+    assert not list(fresh_index.parent.glob(".index.tmp-*"))
+    store.verify_index(fresh_index)
+
+
+def test_swap_interrupted_between_renames_is_recovered(fresh_index: Path) -> None:
+    old = fresh_index.parent / ".index.old-deadbeef"
+    os.rename(fresh_index, old)  # as if killed right after the first rename
+    with store.open_index(fresh_index) as idx:
+        assert idx.n_works == 10
+    assert fresh_index.exists() and not old.exists()
+
+
+def _hold_lock(path: str, ready: "mp.synchronize.Event", release: "mp.synchronize.Event") -> None:
+    with store.IndexWriter(path):
+        ready.set()
+        release.wait(20)
+
+
+def test_second_writer_gets_a_clear_locked_error(fresh_index: Path) -> None:
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(fresh_index), ready, release))
+    proc.start()
+    try:
+        assert ready.wait(20)
+        with pytest.raises(IndexLockedError, match=f"locked by pid {proc.pid}"):
+            with store.IndexWriter(fresh_index):
+                pass
+        with store.open_index(fresh_index) as idx:  # readers are not blocked
+            assert idx.n_works == 10
+    finally:
+        release.set()
+        proc.join(20)
+
+
+@pytest.mark.parametrize("victim", ["image-phash.faiss", "image-phash.rows.npy", "catalog.sqlite"])
+def test_modified_data_file_is_refused_before_loading(fresh_index: Path, victim: str) -> None:
+    path = fresh_index / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexError_, match="does not match the manifest"):
+        store.verify_index(fresh_index)
+    idx = store.open_index(fresh_index)
+    with pytest.raises(IndexError_, match=victim.replace(".", r"\.")):
+        idx.faiss_index("image-phash"), idx.rows("image-phash"), idx.works()
+
+
+def test_verification_stamp_is_invalidated_by_a_change(fresh_index: Path) -> None:
+    with store.open_index(fresh_index) as idx:
+        idx.rows("image-phash")  # verified and stamped
+    assert (fresh_index / store.STAMP).exists()
+    rows = fresh_index / "image-phash.rows.npy"
+    data = bytearray(rows.read_bytes())
+    data[-1] ^= 0x01
+    rows.write_bytes(bytes(data))
+    with pytest.raises(IndexError_):
+        store.open_index(fresh_index).rows("image-phash")
+
+
+def test_signed_manifest(refs_dir: Path, tmp_path: Path) -> None:
+    key = b"secret-key"
+    index = tmp_path / "signed"
+    build_index([refs_dir], index, options=FeatureOptions(names=["image-phash"]), hmac_key=key)
+    store.verify_index(index, hmac_key=key)
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["policy"]["flag_at"] = 1.0  # a swapped threshold
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexError_, match="does not match its signature"):
+        store.open_index(index, hmac_key=key)
+    with pytest.raises(IndexError_, match="not signed"):
+        shutil.copytree(index, tmp_path / "copy")
+        (tmp_path / "copy" / "manifest.sig").unlink()
+        store.open_index(tmp_path / "copy", hmac_key=key)
+
+
+def test_featurizer_version_mismatch_is_refused(fresh_index: Path) -> None:
+    with store.open_index(fresh_index) as idx:
+        ident = dict(idx.features["image-phash"], version="phash-other")
+        with pytest.raises(IndexMismatchError, match="phash-other"):
+            idx.check_featurizer(ident)
+
+
+def test_not_an_index(tmp_path: Path) -> None:
+    with pytest.raises(IndexError_, match="no index at"):
+        store.open_index(tmp_path / "nothing")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IndexError_, match="manifest.json is missing"):
+        store.open_index(tmp_path / "dir")
+
+
+def test_metadata_sidecar_json_and_csv(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text(json.dumps({"a.png": {"title": "A", "rights_holder": "R",
+                                                           "license": "CC", "licensed": True}}))
+    meta = store.read_metadata(tmp_path / "m.json")
+    assert meta["a.png"] == {"title": "A", "rights_holder": "R", "notes": None, "licence": "CC",
+                             "licensed": True}
+    (tmp_path / "m.csv").write_text("file,title\na.png,A\n")
+    with pytest.raises(Exception, match="no 'path' column"):
+        store.read_metadata(tmp_path / "m.csv")
