@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from scanner.errors import ModelError, ParameterError
+from scanner.media import sha256_file
 
 LOG = logging.getLogger(__name__)
 
@@ -69,25 +70,6 @@ def set_offline() -> None:
     """
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ[name] = "1"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks.
-
-    Parameters
-    ----------
-    path : str or Path
-
-    Returns
-    -------
-    str
-        64 lowercase hex digits.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- registry

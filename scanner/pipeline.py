@@ -89,10 +89,8 @@ def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[
     feats: list[Featurizer] = [make(n) for n in WEIGHT_FREE]
     notes = []
     try:
-        from scanner.models import resolve_checkpoint
-
         clip = make("image-clip", **options.clip_options())
-        resolve_checkpoint(clip.model_name, clip.pretrained, models_dir=clip.models_dir)
+        clip.model_id  # resolves and verifies the checkpoint (once), or raises
         feats.append(clip)
     except LikenessError as exc:
         notes.append(f"image-clip not used: {str(exc).splitlines()[0]}")
@@ -109,8 +107,15 @@ def features_for_index(index: store.Index, options: FeatureOptions) -> list[Feat
             opts = options.clip_options()
             model, _, tag = (spec.get("model") or ":").partition(":")
             opts["model"] = opts["model"] or spec.get("model_name") or model
-            if not opts["pretrained"] and not tag.startswith("sha256"):
+            if not opts["pretrained"]:
                 opts["pretrained"] = tag
+                if tag.startswith("sha256:"):  # built from a file: find it by content in models/
+                    from scanner.models import default_models_dir, find_by_sha256
+
+                    models_dir = Path(options.models_dir or default_models_dir())
+                    entry = find_by_sha256(spec.get("checkpoint_sha256", ""), models_dir=models_dir)
+                    if entry is not None:
+                        opts["pretrained"] = entry.get("pretrained") or str(models_dir / entry["file"])
             feat = make(name, **opts)
         else:
             feat = make(name)

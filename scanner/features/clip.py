@@ -415,7 +415,13 @@ class Clip(Featurizer):
                 file, sha = _models.resolve_checkpoint(name, self.pretrained, models_dir=models_dir)
                 given = os.fspath(self.pretrained)
                 if Path(given).expanduser().is_file():
-                    entry = _models.find_by_sha256(sha, models_dir=models_dir)
+                    # the same bytes registered under a tag get the tag's id; a damaged
+                    # registry must not stop a checkpoint named by path from loading
+                    try:
+                        entry = _models.find_by_sha256(sha, models_dir=models_dir)
+                    except ModelError as e:
+                        LOG.warning("%s; identifying %s by its sha256", e, file)
+                        entry = None
                     tag = entry.get("pretrained") if entry and entry.get("model") == name else None
                 else:
                     tag = given
