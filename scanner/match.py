@@ -25,7 +25,9 @@ class Evidence:
     distance : float
         Smaller-is-closer form: Hamming bits, or ``1 - cosine``.
     locator : int
-        Which part of the work matched (tile or segment; 0 for whole works).
+        Which row of the work matched (its view, tile or segment).
+    query_locator : int
+        Which of the query's rows matched.
     """
 
     work_id: int
@@ -33,6 +35,7 @@ class Evidence:
     raw: float
     distance: float
     locator: int
+    query_locator: int = 0
 
 
 def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
@@ -42,21 +45,26 @@ def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
 
 
 def best_per_work(D: np.ndarray, I: np.ndarray, rows: np.ndarray, *, feature: str,
-                  metric: str) -> list[list[Evidence]]:
+                  metric: str, codes_per_query: int = 1) -> list[list[Evidence]]:
     """Group each query's neighbours by work, keeping each work's closest row.
 
     Parameters
     ----------
-    D, I : ``[shape=(n, k)]`` search results (:func:`scanner.index.search.knn`)
+    D, I : ``[shape=(n * codes_per_query, k)]`` search results
+        (:func:`scanner.index.search.knn`), query rows item-major
     rows : int32 ``[shape=(n_rows, 2)]`` row -> (work_id, locator)
     feature : feature name, copied into the evidence
     metric : ``"hamming"`` or ``"ip"``
+    codes_per_query : rows each query item has (all are pooled)
 
     Returns
     -------
     list of lists
         Per query, evidence sorted closest first, one entry per work.
     """
+    k = D.shape[1]
+    D = D.reshape(-1, codes_per_query * k)
+    I = I.reshape(-1, codes_per_query * k)
     dist = to_distance(D, metric)
     valid = I >= 0
     safe = np.where(valid, I, 0)
@@ -71,6 +79,7 @@ def best_per_work(D: np.ndarray, I: np.ndarray, rows: np.ndarray, *, feature: st
             if not valid[q, j] or int(works[q, j]) in seen:
                 continue
             seen.add(int(works[q, j]))
-            ev.append(Evidence(int(works[q, j]), feature, float(D[q, j]), float(dist[q, j]), int(locs[q, j])))
+            ev.append(Evidence(int(works[q, j]), feature, float(D[q, j]), float(dist[q, j]), int(locs[q, j]),
+                               int(j // k)))
         out.append(ev)
     return out

@@ -193,7 +193,11 @@ def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
 
 
 def _embed(feat: Featurizer, batch: Sequence[Prepared]) -> tuple[list[int], np.ndarray]:
-    """Vectors of ``feat`` for the items of ``batch`` that decoded (their positions, vectors)."""
+    """Vectors of ``feat`` for the items of ``batch`` that decoded.
+
+    Returns the items' positions and their vectors, ``feat.codes_per_item``
+    rows per item, item-major.
+    """
     pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
     if not pos:
         return [], np.zeros((0, 0))
@@ -218,9 +222,19 @@ class BuildSummary:
 
 
 def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
+    """Fit each feature's null from pairs of rows of different works.
+
+    Featureless works and uninformative rows are left out: they collide by
+    construction, and are never evidence at scan time either.
+    """
     nulls = {}
+    featureless = writer.featureless_work_ids()
     for name in writer.feature_names():
         vecs, rows = writer.vectors(name)
+        keep = ~np.isin(rows[:, 0], featureless)
+        if name in WEIGHT_FREE:
+            keep &= make(name).informative(vecs)
+        vecs, rows = vecs[keep], rows[keep]
         a, b = pol.sample_pairs(rows[:, 0])
         spec = writer.manifest["features"].get(name) or {}
         if (spec.get("metric") or ("hamming" if vecs.dtype == np.uint8 else "ip")) == "hamming":
@@ -291,10 +305,13 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                 work_ids.append(wid)
             for feat in featurizers:
                 pos, vecs = _embed(feat, batch)
+                m = feat.codes_per_item
                 keep = [j for j, i in enumerate(pos) if work_ids[i] is not None]
                 if keep:
-                    writer.add_vectors(feat.identity(), vecs[keep],
-                                       np.array([work_ids[pos[j]] for j in keep], np.int32))
+                    rows = (np.repeat(np.array(keep) * m, m) + np.tile(np.arange(m), len(keep)))
+                    writer.add_vectors(feat.identity(), vecs[rows],
+                                       np.repeat(np.array([work_ids[pos[j]] for j in keep], np.int32), m),
+                                       np.tile(np.arange(m, dtype=np.int32), len(keep)))
             progress.advance(len(batch))
         _check_models(writer, featurizers)
         writer.set("null", _fit_nulls(writer))
@@ -388,13 +405,18 @@ class Scanner:
             if not pos:
                 continue
             D, I = search.knn(self.index.faiss_index(feat.name), vecs, K)
-            per_query = best_per_work(D, I, self.index.rows(feat.name), feature=feat.name, metric=feat.metric)
+            I[~feat.informative(vecs)] = -1  # a flat code's neighbours are no evidence
+            rows = self.index.rows(feat.name)
+            per_query = best_per_work(D, I, rows, feature=feat.name, metric=feat.metric,
+                                      codes_per_query=feat.codes_per_item)
             null = self.index.null.get(feat.name, {})
+            # every (query row, index row) comparison is a chance to match by chance
+            comparisons = len(rows) * feat.codes_per_item
             for i, evs in zip(pos, per_query):
                 if not evs:
                     continue
                 dist = np.array([e.distance for e in evs])
-                expected = pol.expected_chance(dist, null, self.index.n_works,
+                expected = pol.expected_chance(dist, null, comparisons,
                                                dim=feat.dim if feat.metric == "hamming" else None)
                 strength = pol.strength(expected, self.policy)
                 for e, x, s in zip(evs, expected, strength):
@@ -412,7 +434,7 @@ class Scanner:
             "raw_kind": "hamming_bits" if feat.metric == "hamming" else "cosine",
             "expected": expected, "chance": pol.one_in(expected),
             "featureless_ref": work.featureless if work else None,
-            "locator": None,
+            "locator": feat.locator(e.query_locator, e.locator),
         }
 
     def _result(self, p: Prepared, evidence: list[dict[str, Any]]) -> Result:

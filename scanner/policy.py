@@ -174,6 +174,10 @@ def pair_rate(distance: np.ndarray | float, null: dict[str, Any], *, dim: int | 
         rate = 0.5 * (1 + np.vectorize(erf)(z / np.sqrt(2)))
         return np.clip(rate, MIN_RATE, 1.0)
     xs, levels = np.asarray(null["x"]), np.asarray(null["levels"])
+    # tied quantiles (many pairs at one distance): the rate at that distance is
+    # the highest level reaching it
+    xs, last = np.unique(xs[::-1], return_index=True)
+    levels = levels[::-1][last]
     log_rate = np.interp(x, xs, np.log10(levels))
     below = x < xs[0]
     log_rate = np.where(below, np.log10(levels[0]) - null["slope"] * (xs[0] - x), log_rate)
@@ -182,10 +186,14 @@ def pair_rate(distance: np.ndarray | float, null: dict[str, Any], *, dim: int | 
     return np.clip(rate, MIN_RATE, 1.0)
 
 
-def expected_chance(distance: np.ndarray | float, null: dict[str, Any], n_works: int,
+def expected_chance(distance: np.ndarray | float, null: dict[str, Any], comparisons: int,
                     *, dim: int | None = None) -> np.ndarray:
-    """Expected number of chance matches at least this close in an index of ``n_works``."""
-    return pair_rate(distance, null, dim=dim) * max(int(n_works), 1)
+    """Expected number of chance matches at least this close among ``comparisons`` pairs.
+
+    ``comparisons`` is what one query is compared with: the index's rows times
+    the query's own rows.
+    """
+    return pair_rate(distance, null, dim=dim) * max(int(comparisons), 1)
 
 
 def strength(expected: np.ndarray | float, policy: Policy) -> np.ndarray:

@@ -29,12 +29,17 @@ class Featurizer(ABC):
         ``dense`` rows are float32 and L2-normalised (inner product = cosine);
         ``binary`` rows are packed bits, uint8 ``[shape=(n, dim // 8)]``.
     metric : {"ip", "hamming"}
+    codes_per_item : int
+        Rows each item yields (views of one picture: whole, content inside
+        frames, tiles). :meth:`embed` returns them item-major; row ``j`` of an
+        item is its locator ``j``.
     """
 
     name: str
     modality: Literal["image", "audio"] = "image"
     kind: Literal["dense", "binary"]
     metric: Literal["ip", "hamming"]
+    codes_per_item: int = 1
 
     @property
     @abstractmethod
@@ -60,6 +65,7 @@ class Featurizer(ABC):
             "kind": self.kind,
             "metric": self.metric,
             "dim": self.dim,
+            "codes_per_item": self.codes_per_item,
             "model": self.model_id,
         }
 
@@ -84,9 +90,18 @@ class Featurizer(ABC):
 
         Returns
         -------
-        np.ndarray [shape=(n, dim)] float32, L2-normalised, for dense features;
-        np.ndarray [shape=(n, dim // 8)] uint8 for binary features.
+        np.ndarray [shape=(n * codes_per_item, dim)] float32, L2-normalised, for
+        dense features; np.ndarray [shape=(n * codes_per_item, dim // 8)] uint8
+        for binary features. Rows are item-major.
         """
+
+    def informative(self, vectors: np.ndarray) -> np.ndarray:
+        """Which rows carry enough detail to be evidence, bool ``[shape=(n,)]``."""
+        return np.ones(len(vectors), dtype=bool)
+
+    def locator(self, query_row: int, ref_row: int) -> dict[str, Any] | None:
+        """Evidence of where the match sits, from the query's and the work's row numbers."""
+        return None
 
     def raw_to_similarity(self, raw: np.ndarray) -> np.ndarray:
         """Map raw search scores to a similarity in [0, 1] (1 = identical)."""

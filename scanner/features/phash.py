@@ -1,14 +1,16 @@
 """``image-phash``: perceptual hashes (imagehash's DCT pHash) as packed bits.
 
-The picture is first trimmed of uniform frames (:func:`trim_borders`), so a copy
-with a border, or clip art on a different margin, hashes like the original.
-Codes are 256 bits (``hash_size=16``), searched by Hamming distance in a faiss
-binary index.
+Each picture gives two codes: one of the whole picture, one of its content
+inside any uniform frames (:func:`trim_borders`). Trimming lets a bordered copy,
+or clip art on another margin, hash like its original; the whole-picture code
+keeps resized, recompressed or brightened copies exact, since a trim box that
+moves by a pixel shifts the content the hash sees. Codes are 256 bits
+(``hash_size=16``), searched by Hamming distance in a faiss binary index.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import imagehash
 import numpy as np
@@ -17,6 +19,10 @@ from PIL import Image
 from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
 from scanner.features.content import trim_borders
+
+
+#: Largest share of bits a code may be off balance (|ones - dim/2| / dim) and count as evidence.
+MAX_IMBALANCE = 0.125
 
 
 class PHash(Featurizer):
@@ -32,13 +38,14 @@ class PHash(Featurizer):
     modality = "image"
     kind = "binary"
     metric = "hamming"
+    codes_per_item = 2  # locator 0: whole picture, 1: content inside frames
 
     def __init__(self, hash_size: int = 16):
         self.hash_size = hash_size
 
     @property
     def version(self) -> str:
-        return f"phash-trim-{self.hash_size}-v1"
+        return f"phash-whole+trim-{self.hash_size}-v2"
 
     @property
     def dim(self) -> int:
@@ -46,20 +53,38 @@ class PHash(Featurizer):
             raise ParameterError(f"hash_size must be an even number >= 8, given {self.hash_size}")
         return self.hash_size * self.hash_size
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Packed hash of one RGB image: uint8 ``[shape=(dim // 8,)]``.
+    def informative(self, vectors: np.ndarray) -> np.ndarray:
+        """Codes whose bits are balanced, bool ``[shape=(n,)]``.
 
-        An all-one-colour picture gets the all-zero code; it is judged
-        featureless upstream and never flagged.
+        pHash sets a bit where a DCT coefficient exceeds their median, so a
+        picture with detail sets about half of them; a flat picture (a plain
+        rectangle, a thin outline on white) ties most coefficients and sets
+        few. Such codes collide across unrelated works and are no evidence.
+        """
+        ones = np.bitwise_count(np.asarray(vectors, dtype=np.uint8)).sum(axis=1)
+        return np.abs(ones - self.dim / 2) <= self.dim * MAX_IMBALANCE
+
+    def locator(self, query_row: int, ref_row: int) -> dict[str, Any]:
+        views = ("whole picture", "content inside frames")
+        return {"query_view": views[query_row], "ref_view": views[ref_row]}
+
+    def _code(self, image: Image.Image) -> np.ndarray:
+        return np.packbits(imagehash.phash(image, hash_size=self.hash_size).hash.reshape(-1))
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Packed codes of one RGB image: uint8 ``[shape=(2, dim // 8)]``.
+
+        Row 0 hashes the whole picture, row 1 its content inside frames. An
+        all-one-colour picture gets all-zero codes; it is judged featureless
+        upstream and never flagged.
         """
         trimmed = trim_borders(image)
         if trimmed is None:
-            return np.zeros(self.dim // 8, dtype=np.uint8)
-        bits = imagehash.phash(trimmed, hash_size=self.hash_size).hash
-        return np.packbits(bits.reshape(-1))
+            return np.zeros((2, self.dim // 8), dtype=np.uint8)
+        return np.stack([self._code(image), self._code(trimmed)])
 
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
-        """Stack prepared codes: uint8 ``[shape=(n, dim // 8)]``."""
+        """Stack prepared codes: uint8 ``[shape=(2 * n, dim // 8)]``, item-major."""
         if not prepared:
             return np.zeros((0, self.dim // 8), dtype=np.uint8)
-        return np.ascontiguousarray(np.stack(prepared), dtype=np.uint8)
+        return np.ascontiguousarray(np.concatenate(prepared), dtype=np.uint8)

@@ -520,6 +520,12 @@ class IndexWriter:
         row = self._db.execute("SELECT id FROM works WHERE sha256=?", (sha256,)).fetchone()
         return row[0] if row else None
 
+    def featureless_work_ids(self) -> np.ndarray:
+        """Ids of works judged featureless at build time, int32."""
+        assert self._db is not None
+        ids = self._db.execute("SELECT id FROM works WHERE featureless IS NOT NULL").fetchall()
+        return np.array([r[0] for r in ids], dtype=np.int32)
+
     def add_work(self, *, path: str, sha256: str, modality: str, **meta: Any) -> int:
         """Add a work to the catalog and return its id (ids are never reused)."""
         assert self._db is not None
