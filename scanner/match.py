@@ -28,6 +28,8 @@ class Evidence:
         Which row of the work matched (its view, tile or segment).
     query_locator : int
         Which of the query's rows matched.
+    row : int
+        The index row that matched.
     """
 
     work_id: int
@@ -36,6 +38,7 @@ class Evidence:
     distance: float
     locator: int
     query_locator: int = 0
+    row: int = -1
 
 
 def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
@@ -80,6 +83,6 @@ def best_per_work(D: np.ndarray, I: np.ndarray, rows: np.ndarray, *, feature: st
                 continue
             seen.add(int(works[q, j]))
             ev.append(Evidence(int(works[q, j]), feature, float(D[q, j]), float(dist[q, j]), int(locs[q, j]),
-                               int(j // k)))
+                               int(j // k), int(I[q, j])))
         out.append(ev)
     return out

@@ -236,13 +236,19 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
             keep &= make(name).informative(vecs)
         vecs, rows = vecs[keep], rows[keep]
         a, b = pol.sample_pairs(rows[:, 0])
-        spec = writer.manifest["features"].get(name) or {}
-        if (spec.get("metric") or ("hamming" if vecs.dtype == np.uint8 else "ip")) == "hamming":
-            d = pol.hamming_pairs(vecs, a, b)
+        if vecs.dtype == np.uint8:  # binary codes: Hamming distances standardised by code density
+            ones = _ones(vecs)
+            d = pol.standardize_hamming(pol.hamming_pairs(vecs, a, b), ones[a], ones[b], vecs.shape[1] * 8)
+            nulls[name] = pol.fit_null(d, prior=pol.PRIOR_HAMMING_Z)
         else:
             d = 1.0 - np.einsum("ij,ij->i", vecs[a], vecs[b])
-        nulls[name] = pol.fit_null(d)
+            nulls[name] = pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
     return nulls
+
+
+def _ones(codes: np.ndarray) -> np.ndarray:
+    """Bits set per packed code, int ``[shape=(n,)]``."""
+    return np.bitwise_count(codes).sum(axis=1, dtype=np.int32)
 
 
 def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: FeatureOptions | None = None,
@@ -387,9 +393,15 @@ class Scanner:
         self.policy = policy or pol.Policy.from_params(self.index.policy)
         self.featurizers = features_for_index(self.index, self.options)
         self.works = self.index.works()
+        self._ones: dict[str, np.ndarray] = {}
         for feat in self.featurizers:  # load and verify everything before the first result
             self.index.faiss_index(feat.name)
             self.index.rows(feat.name)
+
+    def _ref_ones(self, feature: str) -> np.ndarray:
+        if feature not in self._ones:
+            self._ones[feature] = _ones(self.index.codes(feature))
+        return self._ones[feature]
 
     def describe(self) -> dict[str, Any]:
         """Provenance for ``run.json`` and report headers."""
@@ -409,15 +421,18 @@ class Scanner:
             rows = self.index.rows(feat.name)
             per_query = best_per_work(D, I, rows, feature=feat.name, metric=feat.metric,
                                       codes_per_query=feat.codes_per_item)
-            null = self.index.null.get(feat.name, {})
+            null = self.index.null[feat.name]
             # every (query row, index row) comparison is a chance to match by chance
             comparisons = len(rows) * feat.codes_per_item
-            for i, evs in zip(pos, per_query):
+            for j, (i, evs) in enumerate(zip(pos, per_query)):
                 if not evs:
                     continue
                 dist = np.array([e.distance for e in evs])
-                expected = pol.expected_chance(dist, null, comparisons,
-                                               dim=feat.dim if feat.metric == "hamming" else None)
+                if feat.metric == "hamming":
+                    q_ones = _ones(vecs[[j * feat.codes_per_item + e.query_locator for e in evs]])
+                    r_ones = self._ref_ones(feat.name)[[e.row for e in evs]]
+                    dist = pol.standardize_hamming(dist, q_ones, r_ones, feat.dim)
+                expected = pol.expected_chance(dist, null, comparisons)
                 strength = pol.strength(expected, self.policy)
                 for e, x, s in zip(evs, expected, strength):
                     evidence[i].append(self._match(feat, e, float(x), float(s)))

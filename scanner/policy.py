@@ -22,6 +22,7 @@ Featureless inputs (near-uniform, almost empty) are never flagged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -34,8 +35,17 @@ VERDICTS = ("flagged", "error", "review", "licensed", "clear")
 COPY_EVIDENCE = frozenset({"image-phash", "image-local", "audio-fingerprint"})
 #: Pairs sampled to fit a null distribution.
 NULL_PAIRS = 400_000
-#: Tail levels kept in the fitted null (per-pair chance rates).
-_LEVELS = np.logspace(-7, np.log10(0.5), 48)
+#: Fewer pairs than this and the null falls back to a prior.
+MIN_NULL_PAIRS = 50
+#: Priors (centre, spread) for tiny indexes: standardised Hamming distances of
+#: correlated bits, and CLIP cosine distances between unrelated pictures.
+PRIOR_HAMMING_Z = (0.0, 1.2)
+PRIOR_COSINE_DISTANCE = (0.5, 0.15)
+#: Factor on the fitted spread: real score tails are heavier than normal ones
+#: (on clip art, the nearest unrelated work sits about 1.25 spreads nearer than
+#: a normal law predicts); 1.5 keeps chance-match estimates on the safe side.
+TAIL_WIDENING = 1.5
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 #: Smallest chance rate reported (the fitted tail is not trusted further).
 MIN_RATE = 1e-30
 
@@ -114,86 +124,87 @@ def sample_pairs(work_ids: np.ndarray, *, n_pairs: int = NULL_PAIRS,
     return a[keep], b[keep]
 
 
-def fit_null(distances: np.ndarray) -> dict[str, Any]:
-    """Fit a null model of chance-pair distances (smaller = closer).
+def standardize_hamming(distance: np.ndarray, ones_a: np.ndarray, ones_b: np.ndarray,
+                        dim: int) -> np.ndarray:
+    """Hamming distances as z-scores against what two codes of these densities give by chance.
 
-    Keeps the empirical lower tail at fixed chance levels and an exponential
-    extrapolation (log-rate linear in distance) below the smallest level the
-    sample supports.
+    Two unrelated codes with ``ones_a`` and ``ones_b`` bits set differ in a
+    share ``q = pa (1 - pb) + pb (1 - pa)`` of their bits; sparse codes (a
+    symmetric picture ties many DCT coefficients) are therefore close by
+    construction, and only the standardised distance is comparable across codes.
 
     Parameters
     ----------
-    distances : ``[shape=(m,)]`` distances between pairs of different works
-        (Hamming bits, or ``1 - cosine``).
+    distance, ones_a, ones_b : ``[shape=(m,)]`` Hamming distances and bit counts
+    dim : code length in bits
+
+    Returns
+    -------
+    float64 ``[shape=(m,)]``: ``(distance - dim q) / sqrt(dim q (1 - q))``
+    """
+    pa = np.asarray(ones_a, dtype=np.float64) / dim
+    pb = np.asarray(ones_b, dtype=np.float64) / dim
+    q = np.clip(pa * (1 - pb) + pb * (1 - pa), 1.0 / dim, 1 - 1.0 / dim)
+    return (np.asarray(distance, dtype=np.float64) - dim * q) / np.sqrt(dim * q * (1 - q))
+
+
+def fit_null(distances: np.ndarray, *, prior: tuple[float, float]) -> dict[str, Any]:
+    """Fit a null model of chance-pair distances (smaller = closer).
+
+    The model is a normal law fitted robustly to the bulk of the distances
+    (median, and the spread of the central half), with its spread widened by
+    :data:`TAIL_WIDENING` for tails heavier than normal. The bulk, not the
+    extreme tail, is used on purpose: a library holds related works (variants,
+    series) whose mutual closeness is no chance, and fitting the tail to them
+    would call every real copy a chance match.
+
+    Parameters
+    ----------
+    distances : ``[shape=(m,)]`` distances between rows of different works
+        (standardised Hamming distances, or ``1 - cosine``).
+    prior : (centre, spread) used when there are too few pairs to fit (a tiny index)
 
     Returns
     -------
     dict
-        JSON-serialisable model for :func:`pair_rate`.
+        JSON-serialisable model for :func:`pair_rate`: ``centre``, ``spread``
+        (before widening), ``pairs``, and ``mean``/``std`` for information.
     """
-    d = np.sort(np.asarray(distances, dtype=np.float64))
+    d = np.asarray(distances, dtype=np.float64)
     m = len(d)
-    if m < 20:
-        return {"pairs": int(m)}
-    # levels the sample supports: at least ~5 pairs below each
-    levels = _LEVELS[_LEVELS >= 5.0 / m]
-    xs = np.quantile(d, levels)
-    # tail slope from the lowest decade of supported levels
-    lo = levels <= levels[0] * 20
-    if lo.sum() >= 2 and np.ptp(xs[lo]) > 0:
-        slope = float(np.polyfit(xs[lo], np.log10(levels[lo]), 1)[0])
-    else:
-        slope = float(np.log10(levels[-1] / levels[0]) / max(np.ptp(xs), 1e-9))
-    # a tail must fall at least as fast as the bulk does, or extrapolation is too lenient
-    bulk = np.log10(levels[-1] / levels[0]) / max(xs[-1] - xs[0], 1e-9)
-    return {"pairs": int(m), "levels": levels.tolist(), "x": xs.tolist(),
-            "slope": max(slope, bulk, 1e-9), "mean": float(d.mean()), "std": float(d.std())}
+    if m < MIN_NULL_PAIRS:
+        return {"pairs": int(m), "centre": prior[0], "spread": prior[1], "tail_widening": TAIL_WIDENING,
+                "prior": True}
+    q25, centre, q75 = np.quantile(d, [0.25, 0.5, 0.75])
+    spread = max((q75 - q25) / 1.349, 1e-6)  # interquartile range of a normal law
+    return {"pairs": int(m), "centre": float(centre), "spread": float(spread),
+            "tail_widening": TAIL_WIDENING, "mean": float(d.mean()), "std": float(d.std())}
 
 
-def pair_rate(distance: np.ndarray | float, null: dict[str, Any], *, dim: int | None = None) -> np.ndarray:
+def pair_rate(distance: np.ndarray | float, null: dict[str, Any]) -> np.ndarray:
     """Chance that an unrelated pair is at most ``distance`` apart.
 
     Parameters
     ----------
-    distance : distance(s) as in :func:`fit_null`
-    null : the fitted model
-    dim : int, optional
-        Code length, used for a binomial prior when the index is too small to fit.
+    distance : distance(s) on the scale the null was fitted on
+    null : the model from :func:`fit_null`
 
     Returns
     -------
     float64 ``[shape=distance.shape]`` in ``[MIN_RATE, 1]``
     """
-    x = np.asarray(distance, dtype=np.float64)
-    if "x" not in null:
-        # too few works to fit: independent fair bits (hash) or a wide cosine prior
-        from math import erf, sqrt
-
-        mu, sd = ((dim / 2, sqrt(dim) / 2) if dim else (1.0, 0.08))
-        z = (x - mu) / (sd * 2)  # doubled spread: real codes are correlated
-        rate = 0.5 * (1 + np.vectorize(erf)(z / np.sqrt(2)))
-        return np.clip(rate, MIN_RATE, 1.0)
-    xs, levels = np.asarray(null["x"]), np.asarray(null["levels"])
-    # tied quantiles (many pairs at one distance): the rate at that distance is
-    # the highest level reaching it
-    xs, last = np.unique(xs[::-1], return_index=True)
-    levels = levels[::-1][last]
-    log_rate = np.interp(x, xs, np.log10(levels))
-    below = x < xs[0]
-    log_rate = np.where(below, np.log10(levels[0]) - null["slope"] * (xs[0] - x), log_rate)
-    rate = np.where(x > xs[-1], np.minimum(1.0, levels[-1] + (1 - levels[-1]) * (x - xs[-1]) /
-                                           max(2 * null["mean"] - xs[-1], 1e-9)), 10 ** log_rate)
-    return np.clip(rate, MIN_RATE, 1.0)
+    z = (np.asarray(distance, dtype=np.float64) - null["centre"]) / (
+        null["spread"] * null.get("tail_widening", TAIL_WIDENING))
+    return np.clip(0.5 * _erfc(-z / np.sqrt(2)), MIN_RATE, 1.0)
 
 
-def expected_chance(distance: np.ndarray | float, null: dict[str, Any], comparisons: int,
-                    *, dim: int | None = None) -> np.ndarray:
+def expected_chance(distance: np.ndarray | float, null: dict[str, Any], comparisons: int) -> np.ndarray:
     """Expected number of chance matches at least this close among ``comparisons`` pairs.
 
     ``comparisons`` is what one query is compared with: the index's rows times
     the query's own rows.
     """
-    return pair_rate(distance, null, dim=dim) * max(int(comparisons), 1)
+    return pair_rate(distance, null) * max(int(comparisons), 1)
 
 
 def strength(expected: np.ndarray | float, policy: Policy) -> np.ndarray:

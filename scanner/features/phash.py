@@ -21,8 +21,11 @@ from scanner.features.base import Featurizer
 from scanner.features.content import trim_borders
 
 
-#: Largest share of bits a code may be off balance (|ones - dim/2| / dim) and count as evidence.
-MAX_IMBALANCE = 0.125
+#: Largest share of bits a code may be off balance (|ones - dim/2| / dim) and
+#: count as evidence. Symmetric pictures tie many DCT coefficients at zero and
+#: set well under half their bits while still being distinctive, so only codes
+#: with almost no bits (or almost all) set are left out.
+MAX_IMBALANCE = 0.4375
 
 
 class PHash(Featurizer):
@@ -58,8 +61,8 @@ class PHash(Featurizer):
 
         pHash sets a bit where a DCT coefficient exceeds their median, so a
         picture with detail sets about half of them; a flat picture (a plain
-        rectangle, a thin outline on white) ties most coefficients and sets
-        few. Such codes collide across unrelated works and are no evidence.
+        rectangle) ties nearly all coefficients and sets almost none. Such
+        codes collide across unrelated works and are no evidence.
         """
         ones = np.bitwise_count(np.asarray(vectors, dtype=np.uint8)).sum(axis=1)
         return np.abs(ones - self.dim / 2) <= self.dim * MAX_IMBALANCE

@@ -214,6 +214,13 @@ class Index:
                 raise IndexError_(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
         return self._faiss[feature]
 
+    def codes(self, feature: str) -> np.ndarray:
+        """Packed codes of a binary feature, uint8 ``[shape=(n, dim // 8)]`` (a view, no copy)."""
+        import faiss
+
+        index = self.faiss_index(feature)
+        return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
+
     def rows(self, feature: str) -> np.ndarray:
         """Row map of ``feature``: int32 ``[shape=(n, 2)]`` of (work_id, locator)."""
         if feature not in self._rows:
