@@ -35,34 +35,44 @@ def _work_planes(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(small, dtype=np.float32).transpose(2, 0, 1))
 
 
-def _peel(planes: np.ndarray) -> int:
-    """How many leading rows of ``planes`` (``[shape=(3, h, w)]``) are one frame.
+def _side(planes: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """The frame along the leading edge of ``planes`` (``[shape=(3, h, w)]``).
 
-    The first row sets the frame colour if it is one colour; the frame is the
-    run of rows whose every pixel lies within :data:`LINE_TOLERANCE` of it.
-    Another colour behind it (a margin inside a border) is the next pass's frame.
+    Returns its depth in rows and its colour, or ``(0, None)`` when the first
+    row is not one colour. The frame is the run of rows whose every pixel lies
+    within :data:`LINE_TOLERANCE` of the first row's colour; another colour
+    behind it (a margin inside a border) is the next pass's frame.
     """
-    # the two pixels at each end of a line belong to the perpendicular frames
+    # the pixels at each end of a line belong to the perpendicular frames
     # (corners blend both), so they neither set the colour nor break the run
     inner = planes[:, :, CORNER:-CORNER] if planes.shape[2] > 4 * CORNER else planes
     colour = np.median(inner[:, 0], axis=1)
     dev = np.abs(inner - colour[:, None, None]).max(axis=0).max(axis=1)
     off = np.flatnonzero(dev > LINE_TOLERANCE)
-    return int(off[0]) if off.size else planes.shape[1]
+    depth = int(off[0]) if off.size else planes.shape[1]
+    return depth, (colour if depth else None)
 
 
 def _trim(planes: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Peel frames off every side; ``(content planes, whole picture was one colour)``."""
+    """Peel frames off; ``(content planes, whole picture was one colour)``.
+
+    A frame must run along at least three sides in one colour: a border or a
+    margin does, while the bands of a striped flag or a horizon (two opposite
+    sides) are content and stay.
+    """
     for step in range(MAX_PASSES):
         _, h, w = planes.shape
         cols = np.ascontiguousarray(planes.transpose(0, 2, 1))
-        top, bottom = _peel(planes), _peel(planes[:, ::-1])
-        left, right = _peel(cols), _peel(cols[:, ::-1])
-        if top + bottom >= h or left + right >= w:
-            # a picture of bands (a striped flag) would peel to nothing: the
-            # bands are the content, so keep what the earlier passes left
-            return planes, step == 0
-        if top == bottom == left == right == 0:
+        sides = [_side(planes), _side(planes[:, ::-1]), _side(cols), _side(cols[:, ::-1])]
+        if step == 0 and sides[0][0] == h:
+            return planes, True
+        framed = [c for _, c in sides if c is not None]
+        if len(framed) < 3:
+            break
+        ref = np.median(np.stack(framed), axis=0)
+        depth = [d if c is not None and np.abs(c - ref).max() <= LINE_TOLERANCE else 0 for d, c in sides]
+        top, bottom, left, right = depth
+        if sum(d > 0 for d in depth) < 3 or top + bottom >= h or left + right >= w:
             break
         planes = np.ascontiguousarray(planes[:, top:h - bottom, left:w - right])
     return planes, False
