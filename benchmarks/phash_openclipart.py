@@ -56,7 +56,7 @@ from PIL import Image, ImageOps
 from scanner import media
 from scanner.demo import MILD_TRANSFORMS, flatten
 from scanner.errors import DecodeError
-from scanner.features.content import featureless_reason
+from scanner.features.content import analyse
 from scanner.pipeline import DECODE_SIDE  # decode like the scanner does
 
 CORPUS = Path("/usr/share/openclipart/png")
@@ -126,7 +126,7 @@ def _check(path: Path) -> dict[str, Any]:
         return {"path": str(path), "error": exc.reason}
     except Exception as exc:  # noqa: BLE001 - any failure means: skip this file
         return {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}
-    return {"path": str(path), "error": None, "featureless": featureless_reason(image)}
+    return {"path": str(path), "error": None, "featureless": analyse(image).featureless}
 
 
 def pick(pool: list[Path], n: int, rng: random.Random, ex: ProcessPoolExecutor) -> tuple[list[dict], list[dict]]:
@@ -341,7 +341,8 @@ def _code(path: str) -> tuple[np.ndarray | None, str | None]:
         image = media.load_image(path, max_side=DECODE_SIDE)
     except DecodeError as exc:
         return None, exc.reason
-    return make(FEATURE).prepare(image), featureless_reason(image)
+    content = analyse(image)
+    return make(FEATURE).prepare(image, content), content.featureless
 
 
 def _quantiles(values: list[float]) -> dict[str, float] | None:
@@ -460,7 +461,7 @@ def diagnose(the_set: dict[str, Any], index_dir: Path, ex: ProcessPoolExecutor) 
                        "n_works": n_works, "code_bits": feat.dim},
         "undecodable": [{"path": paths[i], "error": coded[i][1]} for i, (c, _) in enumerate(coded) if c is None],
         "featureless_inputs": sum(1 for c, why in coded if c is not None and why),
-        # all-zero codes: what phash gives when trim_borders leaves nothing
+        # all-zero codes: what phash gives a one-colour picture
         "all_zero_code_refs": zero_refs,
         "all_zero_code_inputs": len(zero_inputs),
         # a DCT-median hash sets about half its bits; far from that, the code carries little

@@ -24,7 +24,7 @@ from scanner import __version__
 from scanner import media, policy as pol
 from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterError
 from scanner.features import WEIGHT_FREE, Featurizer, make
-from scanner.features.content import featureless_reason
+from scanner.features.content import analyse
 from scanner.index import search, store
 from scanner.match import best_per_work
 
@@ -149,10 +149,11 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer]) -> Prepar
             raise DecodeError(item.path, f"{item.modality} files are not supported by this index "
                                          "(it holds no features for them)")
         image = media.load_image(item.path, max_side=DECODE_SIDE)
-        out.featureless = featureless_reason(image)
+        content = analyse(image)
+        out.featureless = content.featureless
         for feat in featurizers:
             if feat.modality == "image":
-                out.prepared[feat.name] = feat.prepare(image)
+                out.prepared[feat.name] = feat.prepare(image, content)
     except DecodeError as exc:
         out.error = exc.reason
     except LikenessError as exc:

@@ -16,6 +16,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from PIL import Image
 
+from scanner.features.content import Content
+
 
 class Featurizer(ABC):
     """Base class of all featurizers.
@@ -70,13 +72,16 @@ class Featurizer(ABC):
         }
 
     @abstractmethod
-    def prepare(self, image: Image.Image) -> np.ndarray:
+    def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """Per-item work that can run in a worker thread.
 
         Parameters
         ----------
         image : PIL.Image.Image
             RGB image as returned by :func:`scanner.media.load_image`.
+        content : Content, optional
+            :func:`scanner.features.content.analyse` of ``image``, when the
+            caller has it already (computed here otherwise, if needed).
 
         Returns
         -------

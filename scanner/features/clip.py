@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 from scanner import models as _models
 from scanner.errors import ModelError, ParameterError
 from scanner.features.base import Featurizer
+from scanner.features.content import Content
 
 if TYPE_CHECKING:  # only for annotations; importing torch here would defeat lazy loading
     import torch
@@ -573,7 +574,7 @@ class Clip(Featurizer):
 
     # ------------------------------------------------------------------ the interface
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
+    def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """Resize, crop and normalise one image as open_clip's eval transform does.
 
         Thread-safe; uses PIL and numpy only (no weights needed, none loaded).

@@ -1,7 +1,7 @@
 """``image-phash``: perceptual hashes (imagehash's DCT pHash) as packed bits.
 
 Each picture gives two codes: one of the whole picture, one of its content
-inside any uniform frames (:func:`trim_borders`). Trimming lets a bordered copy,
+inside any uniform frames (:func:`scanner.features.content.analyse`). Trimming lets a bordered copy,
 or clip art on another margin, hash like its original; the whole-picture code
 keeps resized, recompressed or brightened copies exact, since a trim box that
 moves by a pixel shifts the content the hash sees. Codes are 256 bits
@@ -18,7 +18,7 @@ from PIL import Image
 
 from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
-from scanner.features.content import trim_borders
+from scanner.features.content import Content, analyse
 
 
 #: Largest share of bits a code may be off balance (|ones - dim/2| / dim) and
@@ -71,20 +71,27 @@ class PHash(Featurizer):
         views = ("whole picture", "content inside frames")
         return {"query_view": views[query_row], "ref_view": views[ref_row]}
 
-    def _code(self, image: Image.Image) -> np.ndarray:
-        return np.packbits(imagehash.phash(image, hash_size=self.hash_size).hash.reshape(-1))
+    def _code(self, image: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
+        # imagehash resamples to 4 x hash_size with Lanczos, which is slow from
+        # a large picture: a box reduction to twice that size first keeps the
+        # hash and costs a fraction
+        grey = image.convert("L").crop(box)
+        factor = min(grey.width, grey.height) // (8 * self.hash_size)
+        if factor > 1:
+            grey = grey.reduce(factor)
+        return np.packbits(imagehash.phash(grey, hash_size=self.hash_size).hash.reshape(-1))
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
+    def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """Packed codes of one RGB image: uint8 ``[shape=(2, dim // 8)]``.
 
         Row 0 hashes the whole picture, row 1 its content inside frames. An
         all-one-colour picture gets all-zero codes; it is judged featureless
         upstream and never flagged.
         """
-        trimmed = trim_borders(image)
-        if trimmed is None:
+        content = content or analyse(image)
+        if content.box is None:
             return np.zeros((2, self.dim // 8), dtype=np.uint8)
-        return np.stack([self._code(image), self._code(trimmed)])
+        return np.stack([self._code(image, (0, 0, image.width, image.height)), self._code(image, content.box)])
 
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Stack prepared codes: uint8 ``[shape=(2 * n, dim // 8)]``, item-major."""
