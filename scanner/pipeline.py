@@ -89,11 +89,19 @@ def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[
     feats: list[Featurizer] = [make(n) for n in WEIGHT_FREE]
     notes = []
     try:
+        from scanner.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
+        from scanner.models import default_models_dir, resolve_checkpoint
+
+        # look for weights first (a registry read): torch is imported only when they exist
+        model = options.clip_model or DEFAULT_MODEL
+        resolve_checkpoint(Path(model).stem if model.endswith(".json") else model,
+                           options.clip_pretrained or DEFAULT_PRETRAINED,
+                           models_dir=options.models_dir or default_models_dir())
         clip = make("image-clip", **options.clip_options())
-        clip.model_id  # resolves and verifies the checkpoint (once), or raises
+        clip.model_id  # loads and verifies the checkpoint (once), or raises
         feats.append(clip)
     except LikenessError as exc:
-        notes.append(f"image-clip not used: {str(exc).splitlines()[0]}")
+        notes.append(f"image-clip not used: {str(exc).split('. ')[0]} (see `likeness models --help`)")
     except ImportError as exc:
         notes.append(f"image-clip not used: {exc.name} is not installed (pip install likeness-scanner[clip])")
     return feats, notes
