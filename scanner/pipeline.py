@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -171,23 +171,51 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer]) -> Prepar
     return out
 
 
+#: Featurizers seen by forked decode processes (set before the pool forks).
+_FORKED_FEATURIZERS: Sequence[Featurizer] = ()
+
+
+def _prepare_chunk(items: Sequence[media.Input], featurizers: Sequence[Featurizer] | None = None) -> list[Prepared]:
+    return [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers) for item in items]
+
+
 def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurizer], *,
                    workers: int | None = None) -> Iterator[Prepared]:
-    """Decode and prepare items in a bounded look-ahead thread pool, in order.
+    """Decode and prepare items ahead of the caller, in order, with bounded look-ahead.
 
-    Pillow and the hashing libraries release the GIL for decoding and resizing,
-    so threads keep every core busy while the caller embeds earlier batches.
+    Weight-free featurizers run in forked processes (decoding and hashing hold
+    the GIL part of the time; processes scale to every core); featurizers with
+    a model run in threads, since a model must not be forked and Pillow
+    releases the GIL while decoding.
     """
-    workers = workers or min(8, max(2, len(os.sched_getaffinity(0)) + 1))
-    ahead = workers * 4
-    with ThreadPoolExecutor(workers, thread_name_prefix="likeness-decode") as pool:
-        pending = []
+    global _FORKED_FEATURIZERS
+    cpus = len(os.sched_getaffinity(0))
+    fork = hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
+    pool: Any
+    if fork:
+        import multiprocessing
+
+        _FORKED_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
+        pool = ProcessPoolExecutor(workers or cpus, mp_context=multiprocessing.get_context("fork"))
+        chunk, args = 16, ()
+    else:
+        pool = ThreadPoolExecutor(workers or min(8, cpus + 1), thread_name_prefix="likeness-decode")
+        chunk, args = 1, (featurizers,)
+    ahead = (workers or cpus + 1) * 4
+    with pool:
+        pending: list[Any] = []
+        batch: list[media.Input] = []
         for item in items:
-            pending.append(pool.submit(_prepare_one, item, featurizers))
+            batch.append(item)
+            if len(batch) == chunk:
+                pending.append(pool.submit(_prepare_chunk, batch, *args))
+                batch = []
             if len(pending) >= ahead:
-                yield pending.pop(0).result()
+                yield from pending.pop(0).result()
+        if batch:
+            pending.append(pool.submit(_prepare_chunk, batch, *args))
         for fut in pending:
-            yield fut.result()
+            yield from fut.result()
 
 
 def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:

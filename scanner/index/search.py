@@ -13,7 +13,12 @@ import numpy as np
 
 #: Queries per faiss call; bounds the (block, k) result buffers.
 QUERY_BLOCK = 4096
+#: Below this many distance computations per call, faiss runs on one thread:
+#: waking an OpenMP team costs more than it saves, and its spinning threads
+#: take the cores the decode workers need.
+PARALLEL_WORK = 1 << 24
 _configured = False
+_n_threads = 1
 
 
 def configure_faiss(threads: int | None = None) -> None:
@@ -27,9 +32,15 @@ def configure_faiss(threads: int | None = None) -> None:
     global _configured
     import faiss
 
+    global _n_threads
     faiss.cvar.distance_compute_blas_threshold = 1
-    faiss.omp_set_num_threads(threads or max(1, len(os.sched_getaffinity(0))))
+    _n_threads = threads or max(1, len(os.sched_getaffinity(0)))
+    faiss.omp_set_num_threads(_n_threads)
     _configured = True
+
+
+def _threads() -> int:
+    return _n_threads
 
 
 def knn(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +65,10 @@ def knn(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     if n == 0 or index.ntotal == 0:
         binary = queries.dtype == np.uint8
         return (np.zeros((n, k), np.int32 if binary else np.float32), np.full((n, k), -1, np.int64))
+    import faiss
+
     out_d, out_i = [], []
+    faiss.omp_set_num_threads(1 if min(n, QUERY_BLOCK) * index.ntotal < PARALLEL_WORK else _threads())
     for start in range(0, n, QUERY_BLOCK):
         block = np.ascontiguousarray(queries[start:start + QUERY_BLOCK])
         d, i = index.search(block, k)
