@@ -24,7 +24,7 @@ A reproducible (fixed seed) measurement through the real command line:
    the nearest other work, and of every negative to its nearest work, as
    quantiles, next to the distances the index's thresholds flag and review.
 
-Writes ``benchmarks/results/phash_openclipart.json`` and ``.md``. Corpus data
+Writes ``benchmarks/results/phash_openclipart-seed<SEED>.json`` and ``.md``. Corpus data
 and every intermediate file stay under ``--work`` (never in the repository).
 
 Usage::
@@ -452,7 +452,10 @@ def diagnose(the_set: dict[str, Any], index_dir: Path, ex: ProcessPoolExecutor) 
 
     # the Hamming distances the index's thresholds turn into flag / review
     bits = np.arange(feat.dim + 1)
-    expected = pol.expected_chance(bits, null, len(rows) * feat.codes_per_item, dim=feat.dim)
+    # for two balanced codes (half their bits set); sparser codes need closer matches
+    half = np.full(bits.shape, feat.dim // 2)
+    expected = pol.expected_chance(pol.standardize_hamming(bits, half, half, feat.dim), null,
+                                   len(rows) * feat.codes_per_item)
     flag_upto = int(bits[expected <= policy.flag_at].max()) if (expected <= policy.flag_at).any() else None
     review_upto = int(bits[expected <= policy.review_at].max()) if (expected <= policy.review_at).any() else None
     out: dict[str, Any] = {
@@ -645,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
 
     text = markdown(report)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{NAME}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.results / f"{NAME}.md").write_text(text)
+    stem = f"{NAME}-seed{args.seed}"
+    (args.results / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.results / f"{stem}.md").write_text(text)
     print(text)
     for t, fails in scored["failures"].items():  # copies matched to another work say most
         for f in [f for f in fails if f["best_ref"]][:5]:
