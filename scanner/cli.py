@@ -218,6 +218,8 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
                                                     "results.csv, report.html, run.json."),
              resume: bool = typer.Option(False, "--resume", help="Skip inputs already in --out/results.jsonl."),
              device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+             candidates: int = typer.Option(0, "--candidates", min=0, help="Also record the N nearest works "
+                                            "per input, whatever the verdict (for evaluation)."),
              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
@@ -232,7 +234,7 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
     with progress_bar(not quiet) as prog:
         summary = scan(inputs, index, out_dir=out_dir, resume=resume,
                        options=_options(None, clip_model, clip_pretrained, models_dir, device),
-                       hmac_key=_key(hmac_key_file), progress=prog)
+                       hmac_key=_key(hmac_key_file), progress=prog, candidates=candidates)
     out.print(summary_table(summary.counts, skipped=summary.skipped, resumed=summary.resumed))
     if out_dir is not None:
         out.print(f"results: {out_dir / 'results.jsonl'}, {out_dir / 'results.csv'}, "

@@ -403,11 +403,15 @@ class Result:
     error: str | None = None
     index_id: str | None = None
     matches: list[dict[str, Any]] = field(default_factory=list)
+    candidates: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "modality": self.modality,
+        line = {"path": self.path, "sha256": self.sha256, "modality": self.modality,
                 "verdict": self.verdict, "score": round(self.score, 4), "reason": self.reason,
                 "error": self.error, "index_id": self.index_id, "matches": self.matches}
+        if self.candidates is not None:
+            line["candidates"] = self.candidates
+        return line
 
 
 class Scanner:
@@ -418,10 +422,13 @@ class Scanner:
     index_dir : the index to match against
     options : featurizer options (must agree with the index's models)
     policy : thresholds; the index's own by default
+    candidates : also record this many nearest works per input, whatever the
+        verdict (for evaluation: precision-recall curves need the scores of
+        non-matches too)
     """
 
     def __init__(self, index_dir: str | Path, *, options: FeatureOptions | None = None,
-                 policy: pol.Policy | None = None, hmac_key: bytes | None = None):
+                 policy: pol.Policy | None = None, hmac_key: bytes | None = None, candidates: int = 0):
         from scanner.models import set_offline
 
         set_offline()
@@ -430,6 +437,7 @@ class Scanner:
         self.policy = policy or pol.Policy.from_params(self.index.policy)
         self.featurizers = features_for_index(self.index, self.options)
         self.works = self.index.works()
+        self.candidates = candidates
         self._ones: dict[str, np.ndarray] = {}
         for feat in self.featurizers:  # load and verify everything before the first result
             self.index.faiss_index(feat.name)
@@ -502,7 +510,13 @@ class Scanner:
         # collisions on featureless content carry no strength worth showing
         best = 0.0 if p.featureless else max(
             (m["score"] for m in evidence if not m["featureless_ref"]), default=0.0)
-        return Result(verdict=verdict, reason=reason, score=best, matches=shown, **base)
+        result = Result(verdict=verdict, reason=reason, score=best, matches=shown, **base)
+        if self.candidates:
+            nearest: dict[int, dict[str, Any]] = {}
+            for m in sorted(evidence, key=lambda m: m["expected"]):
+                nearest.setdefault(m["work_id"], m)
+            result.candidates = list(nearest.values())[: self.candidates]
+        return result
 
     def check_paths(self, items: Iterable[media.Input]) -> Iterator[Result]:
         """Results for items, in order, batched (decoding runs ahead in threads)."""
@@ -553,7 +567,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | Path | None = None,
          resume: bool = False, options: FeatureOptions | None = None, policy: pol.Policy | None = None,
-         hmac_key: bytes | None = None, progress: Progress | None = None,
+         hmac_key: bytes | None = None, progress: Progress | None = None, candidates: int = 0,
          on_result: Callable[[Result], None] | None = None) -> ScanSummary:
     """Scan inputs against an index, streaming one result line per input.
 
@@ -564,6 +578,7 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     out_dir : where ``results.jsonl``, ``results.csv``, ``report.html`` and
         ``run.json`` go; ``None`` writes nothing (results via ``on_result``)
     resume : skip inputs already in ``out_dir/results.jsonl``
+    candidates : also record this many nearest works per input (see :class:`Scanner`)
     on_result : called with every new result as it is decided
 
     Returns
@@ -573,7 +588,7 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     progress = progress or _NoProgress()
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
-    scanner = Scanner(index_dir, options=options, policy=policy, hmac_key=hmac_key)
+    scanner = Scanner(index_dir, options=options, policy=policy, hmac_key=hmac_key, candidates=candidates)
     summary = ScanSummary(out_dir=str(out_dir) if out_dir else None)
     items = []
     for found in media.discover([Path(i) for i in inputs]):

@@ -119,3 +119,14 @@ def test_clip_art_reference_found_from_its_bordered_copy(phash_index: Path, refs
     MILD_TRANSFORMS["border-5"](flatten(art)).save(tmp_path / "b.png")
     result, _ = check(tmp_path / "b.png", phash_index)
     assert result.verdict == "flagged" and Path(result.matches[0]["ref_path"]).name == "ref3.png"
+
+
+def test_candidates_recorded_whatever_the_verdict(phash_index: Path, tmp_path: Path) -> None:
+    synthetic_picture(4242).save(tmp_path / "new.png")
+    seen = []
+    scan([tmp_path / "new.png"], phash_index, candidates=3, on_result=seen.append)
+    line = seen[0].to_dict()
+    assert line["verdict"] == "clear" and line["matches"] == []
+    assert len(line["candidates"]) == 3
+    assert len({c["work_id"] for c in line["candidates"]}) == 3
+    assert [c["expected"] for c in line["candidates"]] == sorted(c["expected"] for c in line["candidates"])
