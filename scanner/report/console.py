@@ -54,4 +54,4 @@ def print_check(console: Console, result: Mapping[str, Any], run: Mapping[str, A
                           m["feature"], f"{m['score']:.2f}", m["chance"], str(m.get("ref_path")))
         console.print(table)
     console.print(f"[dim]index {run.get('index_id')} · {run.get('n_works')} works · "
-                  f"sha256 {result.get('sha256')}[/]", highlight=False)
+                  f"sha256 {result.get('sha256') or '—'}[/]", highlight=False)
