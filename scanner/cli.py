@@ -333,6 +333,46 @@ def demo_cmd(out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Where
     out.print(f"[green]demo worked[/]: results in {out_dir / 'results'}", highlight=False)
 
 
+# --- bench (search core benchmarks; library code in scanner/bench.py) -----------------------
+
+bench_app = typer.Typer(help="Measure search and scanning against this machine's limits.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("search")
+@handled
+def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference vectors (codes for binary)."),
+                     dim: int = typer.Option(512, "--dim", help="Dimensions (bits for --kind binary)."),
+                     queries: int = typer.Option(1000, "--queries", help="Queries searched as one batch."),
+                     k: int = typer.Option(10, "--k", help="Neighbours per query."),
+                     backend: str = typer.Option("faiss", "--backend", help="faiss, torch, numpy or torch-plain."),
+                     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 or int8."),
+                     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+                     kind: str = typer.Option("dense", "--kind", help="dense or binary."),
+                     recall_queries: int = typer.Option(1000, "--recall-queries",
+                                                        help="Queries checked against exact search (0: skip)."),
+                     repeat: int = typer.Option(1, "--repeat", help="Timed runs; the fastest counts."),
+                     seed: int = typer.Option(0, "--seed"),
+                     as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Batched top-k search throughput vs the machine's GEMM peak (or memory bandwidth)."""
+    from scanner.bench import bench_search
+
+    result = bench_search(n_refs=refs, dim=dim, n_queries=queries, k=k, backend=backend, precision=precision,
+                          device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed)
+    if as_json:
+        print(json.dumps(result))
+        return
+    unit = "GB/s" if kind == "binary" else "GFLOP/s"
+    out.print(f"{backend} {precision} {kind}: {result['n_refs']} refs x {result['dim']}, "
+              f"{result['n_queries']} queries, k={result['k']}", highlight=False)
+    out.print(f"  {result['qps']:.1f} queries/s, {result['gflops']:.1f} {unit} of {result['peak_gflops']:.1f} "
+              f"peak ({result['ratio']:.0%}), recall@{k} {result['recall']}, peak RSS {result['rss_mb']:.0f} MB",
+              highlight=False)
+
+
+# --- end of bench --------------------------------------------------------------------------
+
+
 @app.callback(invoke_without_command=True)
 def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     if version:

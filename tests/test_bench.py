@@ -1,0 +1,65 @@
+"""``likeness bench search``: keys, recall, and the synthetic data's shape."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from scanner import bench
+from scanner.cli import app
+from scanner.errors import ParameterError
+
+
+def test_mixture_is_normalised_and_structured() -> None:
+    mix = bench.GaussianMixture(32, n_clusters=8, seed=0)
+    x = mix.sample(2000, seed=1)
+    assert x.shape == (2000, 32) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    assert np.array_equal(x, mix.sample(2000, seed=1))            # deterministic
+    # anisotropic: the leading principal direction carries far more than 1/32 of the variance
+    ev = np.linalg.eigvalsh(np.cov(x.T))
+    assert ev[-1] / ev.sum() > 3 / 32
+
+
+def test_codes_have_near_neighbours() -> None:
+    codes = bench.synthetic_codes(3000, 64, seed=0)
+    assert codes.shape == (3000, 8) and codes.dtype == np.uint8
+    d = np.unpackbits(codes[:50, None] ^ codes[None, 50:], axis=-1).sum(-1)
+    assert d.min(1).mean() < 16                                     # uniform codes would be ~20+
+
+
+@pytest.mark.parametrize("backend,precision", [("faiss", "fp32"), ("numpy", "fp32"), ("torch", "bf16")])
+def test_bench_search_dense(backend: str, precision: str) -> None:
+    r = bench.bench_search(n_refs=2000, dim=32, n_queries=50, k=5, backend=backend, precision=precision,
+                           measure_peak=False)
+    assert tuple(r) == bench.KEYS
+    assert r["recall"] >= 0.95 and r["qps"] > 0 and r["n_refs"] == 2000
+
+
+def test_bench_search_binary() -> None:
+    r = bench.bench_search(n_refs=3000, dim=64, n_queries=20, k=5, kind="binary", measure_peak=False)
+    assert r["recall"] == 1.0
+
+
+def test_bench_rejects_bad_values() -> None:
+    with pytest.raises(ParameterError):
+        bench.bench_search(n_refs=0, dim=8, n_queries=1)
+    with pytest.raises(ParameterError):
+        bench.bench_search(n_refs=10, dim=8, n_queries=1, kind="graph")
+
+
+def test_cli_json_keys() -> None:
+    res = CliRunner().invoke(app, ["bench", "search", "--refs", "1000", "--dim", "16", "--queries", "20",
+                                   "--k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert list(doc) == list(bench.KEYS)
+    assert doc["peak_gflops"] > 0 and doc["ratio"] > 0
+
+
+def test_cli_bad_backend_exits_2() -> None:
+    res = CliRunner().invoke(app, ["bench", "search", "--refs", "100", "--backend", "nope"])
+    assert res.exit_code == 2

@@ -1,0 +1,147 @@
+"""Search backends agree with each other and with exact numpy search."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scanner.errors import ParameterError
+from scanner.index import search
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dense() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    refs = _unit(rng.standard_normal((3000, 48)))
+    queries = _unit(refs[:60] + 0.4 * rng.standard_normal((60, 48)))
+    return refs, queries
+
+
+@pytest.fixture(scope="module")
+def truth(dense: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    refs, queries = dense
+    return search.make_searcher(refs, backend="numpy").search(queries, 10)
+
+
+@pytest.mark.parametrize("backend,precision,min_recall,tol", [
+    ("faiss", "fp32", 1.0, 1e-5), ("numpy", "fp32", 1.0, 1e-6), ("torch", "fp32", 1.0, 1e-5),
+    ("torch", "bf16", 0.97, 5e-3), ("torch", "fp16", 0.99, 1e-3), ("torch", "int8", 0.9, 2e-2)])
+def test_backends_agree(dense, truth, backend, precision, min_recall, tol) -> None:
+    refs, queries = dense
+    # small ref blocks: the running top-k merge across chunks is exercised
+    opts = {"ref_block": 700, "query_block": 25} if backend == "torch" else {}
+    D, I = search.make_searcher(refs, backend=backend, precision=precision, **opts).search(queries, 10)
+    assert D.shape == I.shape == (60, 10) and D.dtype == np.float32 and I.dtype == np.int64
+    assert search.recall_at_k(I, truth[1]) >= min_recall
+    # scores are fp32 re-scores of the rows found, sorted descending
+    assert np.all(np.diff(D, axis=1) <= 1e-6)
+    assert np.allclose(D[:, 0], truth[0][:, 0], atol=tol)
+
+
+def test_grouped_topk_is_exact() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    S = torch.from_numpy(rng.standard_normal((7, 5000)).astype(np.float32))
+    v, c = search._topk_grouped(S, 10, 16)       # 5000 is not a multiple of 16: tail path
+    want = S.topk(10, dim=1).values
+    assert torch.equal(v.sort(1, descending=True).values, want)
+    assert torch.equal(S.gather(1, c), v)
+
+
+def test_knn_keeps_faiss_layout_and_backends(dense, truth) -> None:
+    import faiss
+
+    refs, queries = dense
+    index = faiss.IndexFlatIP(refs.shape[1])
+    index.add(refs)
+    D, I = search.knn(index, queries, 10)
+    assert np.array_equal(I, truth[1])
+    D2, I2 = search.knn(index, queries, 10, backend="torch", precision="fp32")
+    assert np.array_equal(I2, truth[1])
+    # one query (the single-asset check) takes the same path
+    D1, I1 = search.knn(index, queries[:1], 10)
+    assert np.array_equal(I1, truth[1][:1])
+    # more neighbours asked than rows: capped like faiss
+    small = faiss.IndexFlatIP(refs.shape[1])
+    small.add(refs[:3])
+    assert search.knn(small, queries, 10)[1].shape == (60, 3)
+    assert search.make_searcher(refs[:3], backend="torch").search(queries, 5)[1][:, 3:].tolist() == [[-1, -1]] * 60
+
+
+def test_binary_backends_agree() -> None:
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 256, (4000, 32), dtype=np.uint8)
+    q = codes[:40].copy()
+    q[:, :2] ^= 0x11                              # a few bits flipped: near copies
+    Df, If = search.make_searcher(codes, metric="hamming", backend="faiss").search(q, 8)
+    Dn, In = search.make_searcher(codes, metric="hamming", backend="numpy").search(q, 8)
+    assert Df.dtype == Dn.dtype == np.int32
+    assert np.array_equal(Df, Dn)                 # ties may order rows differently, distances may not
+    assert np.array_equal(If[:, 0], np.arange(40)) and np.array_equal(In[:, 0], np.arange(40))
+
+
+def test_bad_input_is_a_parameter_error(dense) -> None:
+    refs, queries = dense
+    with pytest.raises(ParameterError):
+        search.make_searcher(refs, backend="gpu-magic")
+    with pytest.raises(ParameterError):
+        search.make_searcher(refs, backend="faiss", precision="bf16")
+    with pytest.raises(ParameterError):
+        search.make_searcher(refs, backend="numpy").search(queries[:, :10], 5)
+    with pytest.raises(ParameterError):
+        search.make_searcher(refs, backend="numpy").search(queries, 0)
+    with pytest.raises(ParameterError):
+        search.resolve_device("tpu")
+
+
+def test_ivf_by_size(dense) -> None:
+    refs, queries = dense
+    index, params = search.build_faiss_index(refs, "ip")
+    assert params["type"] == "flat"
+    index, params = search.build_faiss_index(refs, "ip", kind="ivf", nlist=16)
+    assert params["type"] == "ivf" and params["recall_at_10"] >= 0.95 and index.nprobe == params["nprobe"]
+
+
+@pytest.mark.parametrize("first,second", [("faiss", "torch"), ("torch", "faiss")])
+def test_import_order_of_faiss_and_torch(first: str, second: str) -> None:
+    """Both OpenMP runtimes loaded, in either order: searching neither crashes nor hangs."""
+    code = (f"import {first}, {second}\n"
+            "import numpy as np\nfrom scanner.index import search\n"
+            "r = np.random.default_rng(0).standard_normal((5000, 64)).astype('float32')\n"
+            "r /= np.linalg.norm(r, axis=1, keepdims=True)\n"
+            "a = search.make_searcher(r, backend='faiss').search(r[:300], 5)[1]\n"
+            "b = search.make_searcher(r, backend='torch').search(r[:300], 5)[1]\n"
+            "c = search.make_searcher(r, backend='faiss').search(r[:300], 5)[1]\n"
+            "assert (a == b).all() and (a == c).all()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_fused_kernel_in_triton_interpreter() -> None:
+    """The CUDA kernel's arithmetic, run by Triton's CPU interpreter (fp32 and fp16, int8 rows)."""
+    pytest.importorskip("triton")
+    pytest.importorskip("torch")
+    code = ("import numpy as np, torch\nfrom scanner.index import search\n"
+            "rng = np.random.default_rng(0)\n"
+            "R = rng.standard_normal((1000, 64)).astype(np.float32); R /= np.linalg.norm(R, axis=1, keepdims=True)\n"
+            "Q = R[:70].copy()\n"
+            "want = np.pad(Q @ R.T, ((0, 0), (0, 24)), constant_values=-np.inf).reshape(70, 32, 32).max(-1)\n"
+            "for dt, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):\n"
+            "    g = search.ip_group_max(torch.from_numpy(Q).to(dt), torch.from_numpy(R).to(dt), group=32)\n"
+            "    assert np.abs(g.numpy() - want).max() < tol\n"
+            "R8 = np.rint(R * 100).astype(np.int8)\n"
+            "g = search.ip_group_max(torch.from_numpy(Q).half(), torch.from_numpy(R8), group=32).numpy()\n"
+            "w8 = np.pad(Q @ R8.T.astype(np.float32), ((0, 0), (0, 24)), constant_values=-np.inf)\n"
+            "assert np.abs(g - w8.reshape(70, 32, 32).max(-1)).max() < 0.2\n"
+            "s = search.TorchSearcher(R[:995], precision='fp32', group=32); s.fused = True\n"
+            "ref = search.make_searcher(R[:995], backend='numpy').search(Q, 10)\n"
+            "assert (s.search(Q, 10)[1] == ref[1]).all()\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env=env)
