@@ -238,11 +238,12 @@ def code_state() -> dict[str, Any]:
 
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.strip()
+            # strip only line ends: porcelain lines start with a status column that may be a space
+            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.rstrip("\n")
         except OSError:
             return ""
 
-    return {"commit": git("rev-parse", "HEAD") or None,
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
             "uncommitted_scanner_files": [line[3:] for line in git("status", "--porcelain", "--", "scanner").splitlines()]}
 
 

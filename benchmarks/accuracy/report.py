@@ -1,0 +1,125 @@
+"""Markdown tables and the precision-recall figure of one evaluated half."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: Published DISC21 (ISC2021 descriptor track) figures of SSCD (Pizzi et al., CVPR 2022), for context.
+SSCD_DISC21 = {"muAP": (0.61, 0.72), "recall_at_p90": (0.38, 0.63)}
+#: Issue targets, per group of transforms and on negatives.
+TARGETS = {"mild": 0.95, "hard": 0.85, "combo": None, "negatives_flagged": 0.01, "negatives_review": 0.05}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    """The tables of one half, as markdown."""
+    cfg, s = rep["config"], rep["set"]
+    half = cfg["half"].upper()
+    label = "REPORT half (the figures to quote)" if cfg["half"] == "report" else \
+        "TUNE half (thresholds and choices may be looked at here only)"
+    lines = [
+        f"### {rep['set_name']}: {label}",
+        "",
+        f"Features `{cfg['features']}`; corpus `{cfg['corpus']}`, seed {cfg['seed']}; "
+        f"{s['n_refs']} references from {len(s['ref_topics'])} folders ({', '.join(s['ref_topics'])}); "
+        f"{s['n_negatives']} negatives from {len(s['negative_topics'])} other folders "
+        f"({', '.join(s['negative_topics'])}); {s['n_queries']} copies; pictures at most {cfg['max_side']} px.",
+        "",
+        "| transform | group | n | flagged, right work | review, right work | recall | target | wrong work "
+        "| clear | error | recall@1 | muAP | scan images/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t, c in rep["per_transform"].items():
+        target = TARGETS[c["group"]]
+        met = "" if target is None else (" ✓" if c["recall"] >= target else " ✗")
+        lines.append(
+            f"| {t} | {c['group']} | {c['n']} | {c['flagged_right']} ({_f(c['recall_flagged'], 2)}) "
+            f"| {c['review_right']} ({_f(c['recall_review'], 2)}) | **{c['recall']:.3f}**{met} "
+            f"| {'-' if target is None else f'>= {target}'} | {c['wrong_work']} | {c['clear']} | {c['error']} "
+            f"| {c['recall_at_rank1']:.3f} | {c['muAP']:.3f} | {c['scan_images_per_s']:.0f} |")
+    neg = rep["negatives"]
+    ok = (neg["share_flagged"] <= TARGETS["negatives_flagged"] and neg["share_review"] <= TARGETS["negatives_review"])
+    lines += [
+        "",
+        "| negatives (unseen folders) | n | flagged | review | clear | error | target | met | scan images/s |",
+        "|---|---:|---:|---:|---:|---:|---:|:-:|---:|",
+        f"| {half} | {neg['n']} | {neg['flagged']} ({_pct(neg['share_flagged'])}) | {neg['review']} "
+        f"({_pct(neg['share_review'])}) | {neg['clear']} | {neg['error']} | <= 1% flagged, <= 5% review "
+        f"| {'yes' if ok else 'NO'} | {neg['scan_images_per_s']:.0f} |",
+        "",
+        "| descriptor metrics (ISC2021/DISC21 definitions, score = -log10 expected) | muAP | recall@P90 "
+        "| expected at P90 | recall@1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, m in rep["descriptor"].items():
+        thr = m.get("threshold_at_p90")
+        lines.append(f"| {key} | **{m['muAP']:.3f}** | **{_f(m['recall_at_p90'])}** "
+                     f"| {'-' if thr is None else f'{10 ** -thr:.2g}'} | {_f(m.get('recall_at_rank1'))} |")
+    lo, hi = SSCD_DISC21["muAP"], SSCD_DISC21["recall_at_p90"]
+    lines.append(f"| SSCD on DISC21 (published, for context) | {lo[0]}–{lo[1]} | {hi[0]}–{hi[1]} | | |")
+    alt = rep.get("descriptor_with_strength_score")
+    if alt:
+        lines.append(f"| all, score = the 0–1 `score` field instead | {alt['muAP']:.3f} "
+                     f"| {_f(alt['recall_at_p90'])} | | |")
+    tt = rep.get("at_tune_threshold")
+    if tt:
+        lines += ["", f"At the score threshold that gives precision 0.9 on TUNE (expected <= "
+                      f"{10 ** -tt['threshold']:.2g}), this half has precision {_f(tt['precision'])} and recall "
+                      f"{_f(tt['recall'])} ({tt['predictions']} predictions kept)."]
+    tp = rep["throughput"]
+    lines += [
+        "",
+        f"Index build: {tp['build_files']} references in {tp['build_seconds']:.2f} s "
+        f"({tp['build_images_per_s']:.0f} images/s, wall clock). Scans: {tp['scan_files']} inputs in "
+        f"{tp['scan_seconds_in_process']:.2f} s in-process ({tp['scan_images_per_s']:.0f} images/s; "
+        f"{tp['scan_seconds_wall']:.2f} s wall clock over {tp['scan_runs']} runs, process start included). "
+        f"Per-transform rates are in-process (run.json `seconds`). Making the set took "
+        f"{tp['set_seconds']:.0f} s{' (reused)' if tp['set_reused'] else ''}. Machine: "
+        f"{rep['machine']['cpus']} CPU cores; 1-min load average {tp['loadavg_before']} before, "
+        f"{tp['loadavg_after']} after.",
+    ]
+    if s["notes"]:
+        lines += ["", "Notes: " + "; ".join(s["notes"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def figure(rep: dict[str, Any], path: Path) -> bool:
+    """Precision-recall curves (all copies, and mild / hard / combo) with the P90 points; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
+    for key, m in rep["descriptor"].items():
+        curve = m.get("curve")
+        if not curve:
+            continue
+        ax.plot(curve["recall"], curve["precision"], lw=2.2 if key == "all copies" else 1.2,
+                label=f"{key}: muAP {m['muAP']:.3f}, R@P90 {_f(m['recall_at_p90'])}")
+        if m["recall_at_p90"] is not None:
+            ax.plot([m["recall_at_p90"]], [m["precision_at_p90_point"]], "k.", ms=6)
+    ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (copies whose reference is predicted)")
+    ax.set_ylabel("precision (pooled predictions, negatives included)")
+    cfg = rep["config"]
+    ax.set_title(f"{rep['set_name']} — {cfg['half'].upper()} half\n{cfg['features']}, "
+                 f"{rep['set']['n_refs']} refs, {rep['set']['n_negatives']} negatives", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
