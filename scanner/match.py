@@ -7,7 +7,8 @@ with its locator, as that work's evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -29,7 +30,9 @@ class Evidence:
     query_locator : int
         Which of the query's rows matched.
     row : int
-        The index row that matched.
+        The index row that matched (-1 for landmark evidence).
+    detail : dict, optional
+        Landmark evidence: where the match sits (boxes, shares, inliers).
     """
 
     work_id: int
@@ -39,6 +42,7 @@ class Evidence:
     locator: int
     query_locator: int = 0
     row: int = -1
+    detail: dict[str, Any] | None = None
 
 
 def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
@@ -86,3 +90,332 @@ def best_per_work(D: np.ndarray, I: np.ndarray, rows: np.ndarray, *, feature: st
                                int(j // k), int(I[q, j])))
         out.append(ev)
     return out
+
+
+# --- landmarks: voting, then geometric verification ------------------------------------
+
+#: Largest Hamming distance (of 256 bits) between two ORB descriptors of the same spot.
+LANDMARK_MAX_DISTANCE = 64
+#: A keypoint votes for the works among its neighbours at most this many bits
+#: farther than its nearest one.
+LANDMARK_VOTE_MARGIN = 6
+#: Neighbours searched per query keypoint.
+LANDMARK_K = 8
+#: Keypoints per view of a query that are searched and vote (all are verified).
+LANDMARK_VOTERS = 250
+#: Best-voted (work, view) pairs verified geometrically per query.
+LANDMARK_TOP = 6
+#: Lowe's ratio: a query keypoint pairs with a work keypoint only if the
+#: work's second-nearest keypoint is clearly farther.
+LANDMARK_RATIO = 0.8
+#: References sampled as queries to fit a landmark feature's null.
+LANDMARK_NULL_QUERIES = 300
+#: RANSAC tolerance in working pixels (pictures are matched at 512 pixels).
+LANDMARK_TOLERANCE = 6.0
+
+
+@dataclass(frozen=True)
+class LandmarkTable:
+    """Reference keypoints of an index, row-aligned with its faiss index.
+
+    Attributes
+    ----------
+    rows : int32 ``[shape=(n, 2)]`` row -> (work_id, keypoint number)
+    desc : uint8 ``[shape=(n, 32)]`` descriptors
+    xy : float32 ``[shape=(n, 2)]`` positions normalised to the work's picture
+    size : float32 ``[shape=(n, 2)]`` the work's picture size in working pixels
+    """
+
+    rows: np.ndarray
+    desc: np.ndarray
+    xy: np.ndarray
+    size: np.ndarray
+    _by_work: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def work_rows(self, work_id: int) -> np.ndarray:
+        """Row numbers of one work's keypoints, int64."""
+        if not self._by_work:
+            order = np.argsort(self.rows[:, 0], kind="stable")
+            works, starts = np.unique(self.rows[order, 0], return_index=True)
+            for w, part in zip(works, np.split(order, starts[1:])):
+                self._by_work[int(w)] = part
+        return self._by_work.get(int(work_id), np.zeros(0, np.int64))
+
+
+def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.ndarray | None = None, *,
+                   max_distance: int = LANDMARK_MAX_DISTANCE, margin: int = LANDMARK_VOTE_MARGIN,
+                   exclude: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Votes of one query's keypoints for works, per view of the query.
+
+    Each keypoint votes for the works among its neighbours within ``margin``
+    bits of its nearest one (and within ``max_distance``), one vote split
+    evenly among them: a descriptor of a stock shape, near many works alike,
+    counts little (an inverse document frequency over the neighbourhood).
+
+    Parameters
+    ----------
+    D, I : ``[shape=(n, k)]`` Hamming distances and index rows of each keypoint's neighbours
+    rows : int32 ``[shape=(n_rows, 2)]`` row -> (work_id, keypoint number)
+    views : uint8 ``[shape=(n,)]`` each keypoint's view (0 as given, 1 mirrored); all 0 if omitted
+    exclude : a work whose rows are passed over (a reference queried against its own index)
+
+    Returns
+    -------
+    works, views : int64 ``[shape=(m,)]`` the (work, view) pairs that got votes
+    votes : float64 ``[shape=(m,)]``, most first
+    """
+    w = np.where((I >= 0) & (D <= max_distance), np.asarray(rows)[np.maximum(I, 0), 0], -1).astype(np.int64)
+    if exclude is not None:
+        w[w == exclude] = -1
+    D = np.asarray(D, np.int64)
+    near = np.where(w >= 0, D, 1 << 30).min(axis=1, keepdims=True)
+    w[D > near + margin] = -1
+    w.sort(axis=1)
+    first = w >= 0
+    first[:, 1:] &= w[:, 1:] != w[:, :-1]
+    weight = 1.0 / np.maximum(first.sum(axis=1), 1)  # an inverse document frequency
+    v = np.zeros(len(w), np.int64) if views is None else np.asarray(views, np.int64)
+    keys = (w * 2 + v[:, None])[first]
+    pairs, inv = np.unique(keys, return_inverse=True)
+    votes = np.bincount(inv, weights=np.broadcast_to(weight[:, None], w.shape)[first], minlength=len(pairs))
+    order = np.argsort(-votes, kind="stable")
+    return pairs[order] // 2, pairs[order] % 2, votes[order]
+
+
+def _box(points: np.ndarray) -> np.ndarray:
+    """Axis-aligned bounding box ``[x0, y0, x1, y1]`` of normalised points, clipped to [0, 1]."""
+    p = np.clip(points, 0.0, 1.0)
+    return np.concatenate([p.min(axis=0), p.max(axis=0)])
+
+
+def _corners(size: np.ndarray) -> np.ndarray:
+    w, h = float(size[0]), float(size[1])
+    return np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
+
+
+def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def landmark_boxes(m: np.ndarray, q_px: np.ndarray, r_px: np.ndarray, q_size: np.ndarray,
+                   r_size: np.ndarray, *, mirrored: bool) -> dict[str, Any]:
+    """Where a verified match sits in the query and in the work.
+
+    Each box is the other picture's frame carried over by the fitted transform,
+    clipped to this picture and widened to hold every inlier: a crop's query box
+    is the whole output and its work box the cropped part; a pasted work's
+    query box is the pasted area.
+
+    Parameters
+    ----------
+    m : float64 ``[shape=(2, 3)]`` query view pixels -> work pixels
+    q_px, r_px : inlier positions in working pixels, ``[shape=(n, 2)]``
+    q_size, r_size : (width, height) in working pixels of the query view and the work
+    mirrored : the query view is mirrored (its boxes are turned back)
+
+    Returns
+    -------
+    dict with ``query_box``, ``ref_box`` (normalised ``[x0, y0, x1, y1]``),
+    ``query_share``, ``ref_share`` (area shares in [0, 1]) and ``mirrored``
+    """
+    q_size = np.asarray(q_size, np.float64)
+    r_size = np.asarray(r_size, np.float64)
+    ref_box = _box(np.vstack([_apply(m, _corners(q_size)) / r_size, r_px / r_size]))
+    q_pts = q_px / q_size
+    a = m[:, :2]
+    if abs(np.linalg.det(a)) > 1e-9:
+        inv = np.linalg.inv(a)
+        q_pts = np.vstack([(_corners(r_size) - m[:, 2]) @ inv.T / q_size, q_pts])
+    query_box = _box(q_pts)
+    if mirrored:
+        query_box = np.array([1 - query_box[2], query_box[1], 1 - query_box[0], query_box[3]])
+
+    def share(b: np.ndarray) -> float:
+        return round(float(max(b[2] - b[0], 0) * max(b[3] - b[1], 0)), 4)
+
+    return {"query_box": [round(float(v), 4) for v in query_box],
+            "ref_box": [round(float(v), 4) for v in ref_box],
+            "query_share": share(query_box), "ref_share": share(ref_box), "mirrored": bool(mirrored)}
+
+
+def _ratio_pairs(q_desc: np.ndarray, r_desc: np.ndarray, *, ratio: float,
+                 max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query and work keypoints paired by Lowe's ratio test, each work keypoint once."""
+    from scanner.features.local import hamming_knn
+
+    d, j = hamming_knn(q_desc, r_desc, k=2)
+    second = d[:, 1] if d.shape[1] > 1 else np.full(len(d), 256)
+    ok = (d[:, 0] <= max_distance) & (d[:, 0] < ratio * second)
+    qi, ri, di = np.flatnonzero(ok), j[ok, 0], d[ok, 0]
+    o = np.lexsort((di, ri))
+    keep = np.ones(len(o), bool)
+    keep[1:] = ri[o][1:] != ri[o][:-1]
+    return qi[o][keep], ri[o][keep]
+
+
+def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], table: LandmarkTable, *,
+                     feature: str, ratio: float = LANDMARK_RATIO,
+                     max_distance: int = LANDMARK_MAX_DISTANCE,
+                     tolerance: float = LANDMARK_TOLERANCE) -> list[Evidence]:
+    """Verify candidate works geometrically against one query's keypoints.
+
+    Per candidate (work, view of the query), query keypoints are paired with
+    the work's by Lowe's ratio test, and the pairs one similarity transform
+    explains (:func:`scanner.features.local.ransac_similarity`) are counted;
+    a work verified in both views keeps the better.
+
+    Parameters
+    ----------
+    query : ``[shape=(n,)]`` of :data:`scanner.features.local.KEYPOINT_DTYPE`
+    candidates : (work id, view) pairs (:func:`landmark_votes`)
+    table : the index's keypoints
+    feature : feature name, copied into the evidence
+
+    Returns
+    -------
+    list of Evidence with at least 3 inliers, one per work, most inliers first;
+    ``raw`` is the inlier count and ``detail`` the boxes of
+    :func:`landmark_boxes` with ``inliers``
+    """
+    from scanner.features.local import ransac_similarity
+
+    found: dict[int, tuple[int, dict[str, Any]]] = {}
+    for w, view in candidates:
+        w = int(w)
+        r_rows = table.work_rows(w)
+        q_rows = np.flatnonzero(query["view"] == view)
+        if len(r_rows) < 3 or len(q_rows) < 3:
+            continue
+        qi, ri = _ratio_pairs(query["desc"][q_rows], table.desc[r_rows], ratio=ratio, max_distance=max_distance)
+        if len(qi) < 3:
+            continue
+        qk, rk = q_rows[qi], r_rows[ri]
+        q_px = query["xy"][qk].astype(np.float64) * query["size"][qk]
+        r_px = table.xy[rk].astype(np.float64) * table.size[rk]
+        inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance)
+        n_in = int(inl.sum())
+        if m is None or n_in < 3 or n_in <= found.get(w, (0,))[0]:
+            continue
+        detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
+                                mirrored=bool(view))
+        detail["inliers"] = n_in
+        found[w] = (n_in, detail)
+    out = [Evidence(w, feature, float(n), -float(n), 0, int(d["mirrored"]), -1, d) for w, (n, d) in found.items()]
+    out.sort(key=lambda e: -e.raw)
+    return out
+
+
+def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: LandmarkTable, *, feature: str,
+                      k: int = LANDMARK_K, top: int = LANDMARK_TOP, per_view: int = LANDMARK_VOTERS,
+                      exclude: Sequence[int | None] | None = None) -> list[list[Evidence]]:
+    """Per-work landmark evidence for a batch of queries: search, vote, verify.
+
+    An even subset of each query's keypoints (:func:`voters`) is searched,
+    all queries in one batch (:func:`scanner.index.search.knn`); these
+    keypoints vote for works (:func:`landmark_votes`) and the ``top``
+    best-voted (work, view) pairs are verified with every keypoint
+    (:func:`verify_landmarks`).
+
+    Parameters
+    ----------
+    queries : per query, ``[shape=(n,)]`` of :data:`scanner.features.local.KEYPOINT_DTYPE`
+    index : faiss binary index over ``table.desc``
+    table : the index's keypoints
+    feature : feature name, copied into the evidence
+    k : neighbours per query keypoint
+    top : (work, view) pairs verified per query
+    per_view : keypoints per view searched and voting
+    exclude : per query, a work to pass over (references queried against
+        their own index, to fit the null); ``k`` grows by 8 to make room
+
+    Returns
+    -------
+    list of lists of Evidence, one list per query, most inliers first
+    """
+    from scanner.index.search import knn
+
+    exclude = list(exclude) if exclude is not None else [None] * len(queries)
+    if exclude and any(e is not None for e in exclude):
+        k += 8
+    chosen = [voters(q["view"], per_view=per_view) for q in queries]
+    counts = [len(c) for c in chosen]
+    if not sum(counts) or index.ntotal == 0:
+        return [[] for _ in queries]
+    desc = np.concatenate([q["desc"][c] for q, c in zip(queries, chosen)])
+    D, I = knn(index, desc, k)
+    out = []
+    start = 0
+    for q, c, ex in zip(queries, chosen, exclude):
+        d, i = D[start:start + len(c)], I[start:start + len(c)]
+        start += len(c)
+        if not len(c):
+            out.append([])
+            continue
+        works, views, _ = landmark_votes(d, i, table.rows, q["view"][c], exclude=ex)
+        out.append(verify_landmarks(q, list(zip(works[:top], views[:top])), table, feature=feature))
+    return out
+
+
+def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
+    """Keypoints of a query that are searched and vote: an even subset of each view.
+
+    Every other keypoint (or every third...) across all pyramid levels and
+    the whole picture: voting needs far fewer keypoints than verification, and
+    the search is what a scan spends most on.
+
+    Parameters
+    ----------
+    views : uint8 ``[shape=(n,)]`` each keypoint's view
+    per_view : most voters per view
+
+    Returns
+    -------
+    int64 ``[shape=(m,)]`` row numbers, in order
+    """
+    out = []
+    for view in (0, 1):
+        rows = np.flatnonzero(views == view)
+        if len(rows):
+            out.append(rows[::max(1, -(-len(rows) // per_view))])
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip: Sequence[int] = (),
+                         n_queries: int = LANDMARK_NULL_QUERIES, seed: int = 0) -> np.ndarray:
+    """Inliers of chance candidates: a sample of references verified against the other works.
+
+    Each sampled work is a query (its keypoints thinned to a query's count,
+    as given only), matched like a scan (:func:`landmark_evidence`) against
+    the index less itself. Every one of the ``LANDMARK_TOP`` candidates a
+    query may verify gives a score (0 when it was not verified or fell short).
+
+    Parameters
+    ----------
+    table : the index's keypoints; ``index`` the faiss index over them
+    skip : works left out of the sample (featureless ones)
+    n_queries : works sampled
+
+    Returns
+    -------
+    float64 ``[shape=(n_sampled * LANDMARK_TOP,)]`` inlier counts
+    """
+    from scanner.features.local import KEYPOINT_DTYPE, N_FEATURES
+
+    rng = np.random.default_rng(seed)
+    works = np.setdiff1d(np.unique(table.rows[:, 0]), np.asarray(skip, np.int64))
+    if len(works) < 2:
+        return np.zeros(0)
+    sample = np.sort(rng.choice(works, min(len(works), n_queries), replace=False))
+    queries = []
+    for w in sample:
+        r = np.sort(rng.choice(table.work_rows(int(w)), min(len(table.work_rows(int(w))), N_FEATURES),
+                               replace=False))
+        q = np.zeros(len(r), KEYPOINT_DTYPE)
+        q["desc"], q["xy"], q["size"] = table.desc[r], table.xy[r], table.size[r]
+        queries.append(q)
+    found = landmark_evidence(queries, index, table, feature=feature, exclude=[int(w) for w in sample])
+    scores = np.zeros((len(found), LANDMARK_TOP))
+    for j, evs in enumerate(found):
+        raw = [e.raw for e in evs][:LANDMARK_TOP]
+        scores[j, :len(raw)] = raw
+    return scores.ravel()

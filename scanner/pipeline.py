@@ -26,7 +26,8 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import best_per_work
+from scanner.match import (LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence,
+                           landmark_null_scores)
 
 #: Longest side images are decoded to; every image featurizer works below it.
 DECODE_SIDE = 512
@@ -146,7 +147,7 @@ class Prepared:
     error: str | None = None
 
 
-def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer]) -> Prepared:
+def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
     out = Prepared(item)
     try:
         out.sha256 = media.sha256_file(item.path)
@@ -161,7 +162,8 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer]) -> Prepar
         out.featureless = content.featureless
         for feat in featurizers:
             if feat.modality == "image":
-                out.prepared[feat.name] = feat.prepare(image, content)
+                prepare = feat.prepare_reference if reference else feat.prepare
+                out.prepared[feat.name] = prepare(image, content)
     except DecodeError as exc:
         out.error = exc.reason
     except LikenessError as exc:
@@ -175,13 +177,18 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer]) -> Prepar
 _FORKED_FEATURIZERS: Sequence[Featurizer] = ()
 
 
-def _prepare_chunk(items: Sequence[media.Input], featurizers: Sequence[Featurizer] | None = None) -> list[Prepared]:
-    return [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers) for item in items]
+def _prepare_chunk(items: Sequence[media.Input], featurizers: Sequence[Featurizer] | None = None,
+                   reference: bool = False) -> list[Prepared]:
+    return [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers, reference)
+            for item in items]
 
 
 def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurizer], *,
-                   workers: int | None = None) -> Iterator[Prepared]:
+                   workers: int | None = None, reference: bool = False) -> Iterator[Prepared]:
     """Decode and prepare items ahead of the caller, in order, with bounded look-ahead.
+
+    ``reference=True`` prepares references being indexed
+    (:meth:`Featurizer.prepare_reference`).
 
     Weight-free featurizers run in forked processes (decoding and hashing hold
     the GIL part of the time; processes scale to every core); featurizers with
@@ -197,10 +204,10 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
 
         _FORKED_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
         pool = ProcessPoolExecutor(workers or cpus, mp_context=multiprocessing.get_context("fork"))
-        chunk, args = 16, ()
+        chunk, args = 16, (None, reference)
     else:
         pool = ThreadPoolExecutor(workers or min(8, cpus + 1), thread_name_prefix="likeness-decode")
-        chunk, args = 1, (featurizers,)
+        chunk, args = 1, (featurizers, reference)
     ahead = (workers or cpus + 1) * 4
     with pool:
         pending: list[Any] = []
@@ -268,6 +275,10 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
     featureless = writer.featureless_work_ids()
     for name in writer.feature_names():
         vecs, rows = writer.vectors(name)
+        if writer.feature_kind(name) == "landmark":
+            nulls[name] = _fit_landmark_null(name, vecs, rows, writer.extras(name), writer.landmark_index(name),
+                                             featureless)
+            continue
         keep = ~np.isin(rows[:, 0], featureless)
         if name in WEIGHT_FREE:
             keep &= make(name).informative(vecs)
@@ -281,6 +292,14 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
             d = 1.0 - np.einsum("ij,ij->i", vecs[a], vecs[b])
             nulls[name] = pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
     return nulls
+
+
+def _fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dict[str, np.ndarray],
+                       index: Any, featureless: np.ndarray) -> dict[str, Any]:
+    """A landmark feature's null: references queried against the other works, as a scan would."""
+    table = LandmarkTable(rows, codes, extra["xy"], extra["size"])
+    scores = landmark_null_scores(table, index, feature=name, skip=featureless)
+    return pol.fit_inlier_null(scores, candidates=LANDMARK_TOP)
 
 
 def _ones(codes: np.ndarray) -> np.ndarray:
@@ -330,7 +349,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                 items.append(found)
         progress.start(len(items), "indexing references")
         seen: dict[str, str] = {}
-        for batch in _batches(prepare_stream(items, featurizers), BATCH):
+        for batch in _batches(prepare_stream(items, featurizers, reference=True), BATCH):
             work_ids = []
             for p in batch:
                 wid = None
@@ -347,6 +366,9 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                     summary.added += 1
                 work_ids.append(wid)
             for feat in featurizers:
+                if feat.kind == "landmark":
+                    _add_landmarks(writer, feat, batch, work_ids)
+                    continue
                 pos, vecs = _embed(feat, batch)
                 m = feat.codes_per_item
                 keep = [j for j, i in enumerate(pos) if work_ids[i] is not None]
@@ -365,6 +387,17 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
         writer.commit()
         summary.n_works = writer.manifest["works"]["count"]
     return summary
+
+
+def _add_landmarks(writer: store.IndexWriter, feat: Featurizer, batch: Sequence[Prepared],
+                   work_ids: Sequence[int | None]) -> None:
+    """Queue each new work's keypoints (any number, none included) with their positions."""
+    for p, wid in zip(batch, work_ids):
+        if wid is None or p.error is not None or feat.name not in p.prepared:
+            continue
+        codes, extra = feat.index_rows(p.prepared[feat.name])
+        writer.add_vectors(feat.identity(), codes, np.full(len(codes), wid, np.int32),
+                           np.arange(len(codes), dtype=np.int32), extra=extra)
 
 
 def _check_models(writer: store.IndexWriter, featurizers: Sequence[Featurizer]) -> None:
@@ -439,14 +472,24 @@ class Scanner:
         self.works = self.index.works()
         self.candidates = candidates
         self._ones: dict[str, np.ndarray] = {}
+        self._tables: dict[str, LandmarkTable] = {}
         for feat in self.featurizers:  # load and verify everything before the first result
             self.index.faiss_index(feat.name)
             self.index.rows(feat.name)
+            if feat.kind == "landmark":
+                self._landmarks(feat.name)
 
     def _ref_ones(self, feature: str) -> np.ndarray:
         if feature not in self._ones:
             self._ones[feature] = _ones(self.index.codes(feature))
         return self._ones[feature]
+
+    def _landmarks(self, feature: str) -> LandmarkTable:
+        if feature not in self._tables:
+            extra = self.index.landmarks(feature)
+            self._tables[feature] = LandmarkTable(np.asarray(self.index.rows(feature)), self.index.codes(feature),
+                                                  extra["xy"], extra["size"])
+        return self._tables[feature]
 
     def describe(self) -> dict[str, Any]:
         """Provenance for ``run.json`` and report headers."""
@@ -458,6 +501,9 @@ class Scanner:
         """Embed, search, match and decide one batch of prepared inputs."""
         evidence: list[list[dict[str, Any]]] = [[] for _ in batch]
         for feat in self.featurizers:
+            if feat.kind == "landmark":
+                self._judge_landmarks(feat, batch, evidence)
+                continue
             pos, vecs = _embed(feat, batch)
             if not pos:
                 continue
@@ -483,18 +529,33 @@ class Scanner:
                     evidence[i].append(self._match(feat, e, float(x), float(s)))
         return [self._result(p, ev) for p, ev in zip(batch, evidence)]
 
+    def _judge_landmarks(self, feat: Featurizer, batch: Sequence[Prepared],
+                         evidence: list[list[dict[str, Any]]]) -> None:
+        """Landmark features: any number of keypoints per item, verified per work by geometry."""
+        pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
+        found = landmark_evidence([batch[i].prepared[feat.name] for i in pos], self.index.faiss_index(feat.name),
+                                  self._landmarks(feat.name), feature=feat.name)
+        null = self.index.null[feat.name]
+        for i, evs in zip(pos, found):
+            if evs:
+                expected = pol.expected_inliers(np.array([e.raw for e in evs]), null)
+                strength = pol.strength(expected, self.policy)
+                evidence[i].extend(self._match(feat, e, float(x), float(s))
+                                   for e, x, s in zip(evs, expected, strength))
+
     def _match(self, feat: Featurizer, e: Any, expected: float, strength: float) -> dict[str, Any]:
         work = self.works.get(e.work_id)
         raw = int(e.raw) if feat.metric == "hamming" else round(e.raw, 4)
+        raw_kind = {"landmark": "inliers", "binary": "hamming_bits"}.get(feat.kind, "cosine")
         return {
             "work_id": e.work_id, "ref_path": work.path if work else None,
             "title": work.title if work else None, "rights_holder": work.rights_holder if work else None,
             "licence": work.licence if work else None, "licensed": bool(work and work.licensed),
             "feature": feat.name, "score": round(strength, 4), "raw": raw,
-            "raw_kind": "hamming_bits" if feat.metric == "hamming" else "cosine",
+            "raw_kind": raw_kind,
             "expected": expected, "chance": pol.one_in(expected),
             "featureless_ref": work.featureless if work else None,
-            "locator": feat.locator(e.query_locator, e.locator),
+            "locator": e.detail if e.detail is not None else feat.locator(e.query_locator, e.locator),
         }
 
     def _result(self, p: Prepared, evidence: list[dict[str, Any]]) -> Result:

@@ -45,6 +45,17 @@ PRIOR_COSINE_DISTANCE = (0.5, 0.15)
 #: (on clip art, the nearest unrelated work sits about 1.25 spreads nearer than
 #: a normal law predicts); 1.5 keeps chance-match estimates on the safe side.
 TAIL_WIDENING = 1.5
+#: Landmark nulls: fewer chance-candidate scores than this and the prior is used.
+#: The prior (half the chance candidates reach 4 inliers, then one in e fewer
+#: per 2.5 more) is a little wider than what a 200-work openclipart library
+#: gives (4, 0.54, 1.9).
+MIN_INLIER_SAMPLES = 100
+PRIOR_INLIERS = {"threshold": 4.0, "p_threshold": 0.5, "scale": 2.5}
+#: Bounds of a fitted landmark null's scale (inliers per e-fold of the tail):
+#: counts come in whole keypoints, and a body that does not fall off at all
+#: (every candidate related) is capped rather than made infinite.
+MIN_INLIER_SCALE = 0.5
+MAX_INLIER_SCALE = 10.0
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])
 #: Smallest chance rate reported (the fitted tail is not trusted further).
 MIN_RATE = 1e-30
@@ -205,6 +216,68 @@ def expected_chance(distance: np.ndarray | float, null: dict[str, Any], comparis
     the query's own rows.
     """
     return pair_rate(distance, null) * max(int(comparisons), 1)
+
+
+def fit_inlier_null(inliers: np.ndarray, *, candidates: int) -> dict[str, Any]:
+    """Fit a null model of landmark inlier counts (larger = closer).
+
+    ``inliers`` are the counts of chance candidates: references verified
+    against the best-voted other works (:func:`scanner.match.landmark_null_scores`).
+    Above a threshold ``u`` (their median), the chance that a candidate
+    reaches ``n`` inliers is modelled as an exponential tail,
+    ``P(X >= n) = p_u exp(-(n - u) / scale)`` (a generalised-Pareto tail with
+    shape 0: consensus among random pairs falls off geometrically), widened by
+    :data:`TAIL_WIDENING`. The scale is read from how the histogram of counts
+    falls off from ``u`` until the counts are an eighth of the count at ``u``
+    (a least-squares line through the logarithm of the counts), not from the
+    extreme tail, on purpose: a library holds related works (a series,
+    variants, the same picture filed twice; a quarter of the best candidates
+    in the whole openclipart collection) whose shared keypoints are no chance,
+    and fitting them would call real copies chance. ``p_u`` counts them,
+    which keeps it on the safe side.
+
+    Parameters
+    ----------
+    inliers : ``[shape=(m,)]`` inlier counts of chance candidates (0: not verified)
+    candidates : candidates verified per query (every one is a chance to match)
+
+    Returns
+    -------
+    dict
+        JSON-serialisable model for :func:`expected_inliers`: ``threshold``
+        (``u``), ``p_threshold``, ``scale`` (before widening), ``candidates``,
+        ``samples``, ``prior`` when too few samples to fit.
+    """
+    x = np.rint(np.asarray(inliers, dtype=np.float64)).astype(np.int64)
+    model: dict[str, Any] = {"kind": "inliers", "candidates": int(candidates), "samples": int(len(x)),
+                             "tail_widening": TAIL_WIDENING}
+    if len(x) < MIN_INLIER_SAMPLES:
+        return {**model, **PRIOR_INLIERS, "prior": True}
+    u = int(np.quantile(x, 0.5))
+    counts = np.bincount(x[x >= u] - u).astype(np.float64)
+    body = np.flatnonzero(counts < counts[0] / 8)
+    span = counts[: body[0] if len(body) else len(counts)]
+    n = np.flatnonzero(span > 0)
+    if len(n) >= 2:
+        slope, _ = np.polyfit(n, np.log(span[n]), 1, w=np.sqrt(span[n]))
+        scale = -1.0 / slope if slope < 0 else np.inf
+    else:  # all of the body in one count: it falls off within one inlier
+        scale = MIN_INLIER_SCALE
+    scale = float(np.clip(scale, MIN_INLIER_SCALE, MAX_INLIER_SCALE))
+    return {**model, "threshold": float(u), "p_threshold": float(np.mean(x >= u)), "scale": scale,
+            "quantiles": [float(q) for q in np.quantile(x, [0.5, 0.9, 0.99])], "max": float(x.max())}
+
+
+def expected_inliers(inliers: np.ndarray | float, null: dict[str, Any]) -> np.ndarray:
+    """Expected number of chance candidates with at least this many inliers, per query.
+
+    ``candidates * P(X >= n)`` under the model of :func:`fit_inlier_null`.
+    """
+    n = np.asarray(inliers, dtype=np.float64)
+    scale = null["scale"] * null.get("tail_widening", TAIL_WIDENING)
+    rate = np.minimum(null["p_threshold"] * np.exp(-(n - null["threshold"]) / scale), 1.0)
+    rate = np.where(n < null["threshold"], 1.0, rate)
+    return np.clip(rate, MIN_RATE, 1.0) * max(int(null["candidates"]), 1)
 
 
 def strength(expected: np.ndarray | float, policy: Policy) -> np.ndarray:

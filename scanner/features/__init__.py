@@ -12,9 +12,9 @@ from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
 
 #: Every featurizer name likeness knows, in the order reports list them.
-NAMES = ("image-phash", "image-clip")
+NAMES = ("image-phash", "image-local", "image-clip")
 #: Those that need no downloaded weights.
-WEIGHT_FREE = ("image-phash",)
+WEIGHT_FREE = ("image-phash", "image-local")
 
 
 def make(name: str, **options: Any) -> Featurizer:
@@ -38,6 +38,10 @@ def make(name: str, **options: Any) -> Featurizer:
         from scanner.features.phash import PHash
 
         return PHash()
+    if name == "image-local":
+        from scanner.features.local import LocalORB
+
+        return LocalORB()
     if name == "image-clip":
         from scanner.features.clip import Clip
 

@@ -6,6 +6,11 @@ A featurizer turns decoded media into fixed-size vectors in two steps:
   pipeline runs it in its decode workers, so a model never waits on disk.
 * :meth:`Featurizer.embed` works on a batch of prepared items and returns one
   row per item.
+
+Landmark featurizers (kind ``"landmark"``: keypoints, audio peaks) yield a
+variable number of rows per item, each with a position; :meth:`Featurizer.index_rows`
+says what the index keeps of a reference, and :mod:`scanner.match` verifies
+their geometry.
 """
 
 from __future__ import annotations
@@ -27,19 +32,21 @@ class Featurizer(ABC):
     name : str
         Feature name used on the command line and in the index (``image-phash``).
     modality : {"image", "audio"}
-    kind : {"dense", "binary"}
+    kind : {"dense", "binary", "landmark"}
         ``dense`` rows are float32 and L2-normalised (inner product = cosine);
-        ``binary`` rows are packed bits, uint8 ``[shape=(n, dim // 8)]``.
+        ``binary`` rows are packed bits, uint8 ``[shape=(n, dim // 8)]``;
+        ``landmark`` rows are packed bits too, any number per item, each with
+        a position kept beside the index (``<feature>.npz``).
     metric : {"ip", "hamming"}
     codes_per_item : int
         Rows each item yields (views of one picture: whole, content inside
         frames, tiles). :meth:`embed` returns them item-major; row ``j`` of an
-        item is its locator ``j``.
+        item is its locator ``j``. 0 for landmark features (variable).
     """
 
     name: str
     modality: Literal["image", "audio"] = "image"
-    kind: Literal["dense", "binary"]
+    kind: Literal["dense", "binary", "landmark"]
     metric: Literal["ip", "hamming"]
     codes_per_item: int = 1
 
@@ -88,6 +95,24 @@ class Featurizer(ABC):
         np.ndarray
             Whatever :meth:`embed` takes, for one item.
         """
+
+    def prepare_reference(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
+        """:meth:`prepare` for a reference being indexed.
+
+        The same by default; a featurizer may keep more of a reference than a
+        query needs (more keypoints), or less (no mirrored view).
+        """
+        return self.prepare(image, content)
+
+    def index_rows(self, prepared: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Landmark features: what the index keeps of one prepared reference.
+
+        Returns
+        -------
+        codes : uint8 ``[shape=(n, dim // 8)]``
+        extra : per-row arrays (positions), each ``[shape=(n, ...)]``
+        """
+        raise NotImplementedError(f"{self.name} is not a landmark feature")
 
     @abstractmethod
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:

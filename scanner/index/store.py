@@ -6,6 +6,8 @@ Layout (see DESIGN.md)::
     <index>/catalog.sqlite        works(id, path, sha256, modality, title, rights_holder, ...)
     <index>/<feature>.faiss       faiss index (binary or dense) of every vector of that feature
     <index>/<feature>.rows.npy    int32 [shape=(n, 2)]: row -> (work_id, locator)
+    <index>/<feature>.npz         landmark features only: per-row arrays (keypoint positions),
+                                  row-aligned with the faiss index; plain arrays, no pickle
 
 Every write happens in a staging copy beside the index and is swapped in by
 rename, so a killed writer leaves the previous index whole. One writer at a
@@ -46,6 +48,59 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 CATALOG = "catalog.sqlite"
 STAMP = ".verified.json"
+#: Landmark descriptors from this many rows on are searched through an inverted
+#: file (exact flat search below).
+IVF_FROM = 32768
+#: Inverted lists probed per query descriptor.
+IVF_NPROBE = 6
+
+
+def _is_binary(kind: str) -> bool:
+    return kind in ("binary", "landmark")
+
+
+def binary_index(codes: np.ndarray) -> Any:
+    """A faiss binary index over packed codes, rows numbered in order.
+
+    Below :data:`IVF_FROM` rows, exact flat search. From there on, an inverted
+    file whose centroids are a seeded sample of the codes themselves (no
+    training: k-means on millions of ORB descriptors costs minutes and, for
+    voting, finds the same works), with ``4 sqrt(n)`` lists of which
+    :data:`IVF_NPROBE` are probed; the probe count is stored in the file.
+
+    Parameters
+    ----------
+    codes : uint8 ``[shape=(n, nbytes)]``
+    """
+    import faiss
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    dim = codes.shape[1] * 8
+    if len(codes) < IVF_FROM:
+        index = faiss.IndexBinaryFlat(dim)
+    else:
+        nlist = int(min(65536, 4 * np.sqrt(len(codes))))
+        quantizer = faiss.IndexBinaryFlat(dim)
+        quantizer.add(codes[np.sort(np.random.default_rng(0).choice(len(codes), nlist, replace=False))])
+        index = faiss.IndexBinaryIVF(quantizer, dim, nlist)
+        index.is_trained = True
+        index.nprobe = IVF_NPROBE
+        index.own_fields = True
+        quantizer.this.disown()
+    index.add(codes)
+    return index
+
+
+def binary_codes(index: Any) -> np.ndarray:
+    """Every code of a faiss binary index (flat or inverted file), in row order, uint8."""
+    import faiss
+
+    if index.ntotal == 0:
+        return np.zeros((0, index.code_size), np.uint8)
+    if isinstance(index, faiss.IndexBinaryFlat):
+        return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
+    index.make_direct_map()
+    return index.reconstruct_n(0, index.ntotal)
 
 
 
@@ -141,6 +196,7 @@ class Index:
         self._checked: set[str] = set()
         self._faiss: dict[str, Any] = {}
         self._rows: dict[str, np.ndarray] = {}
+        self._landmarks: dict[str, dict[str, np.ndarray]] = {}
         self._catalog: sqlite3.Connection | None = None
         self._works: dict[int, Work] | None = None
 
@@ -206,7 +262,7 @@ class Index:
             path = self._file(f"{feature}.faiss")
             flags = faiss.IO_FLAG_MMAP if path.stat().st_size > (256 << 20) else 0
             try:
-                if self.features[feature]["kind"] == "binary":
+                if _is_binary(self.features[feature]["kind"]):
                     self._faiss[feature] = faiss.read_index_binary(str(path), flags)
                 else:
                     self._faiss[feature] = faiss.read_index(str(path), flags)
@@ -215,11 +271,20 @@ class Index:
         return self._faiss[feature]
 
     def codes(self, feature: str) -> np.ndarray:
-        """Packed codes of a binary feature, uint8 ``[shape=(n, dim // 8)]`` (a view, no copy)."""
-        import faiss
+        """Packed codes of a binary or landmark feature, uint8 ``[shape=(n, dim // 8)]``
+        (a view, no copy, for a flat index)."""
+        return binary_codes(self.faiss_index(feature))
 
-        index = self.faiss_index(feature)
-        return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
+    def landmarks(self, feature: str) -> dict[str, np.ndarray]:
+        """Per-row arrays of a landmark feature (keypoint positions), row-aligned with its rows."""
+        if feature not in self._landmarks:
+            path = self._file(f"{feature}.npz")
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    self._landmarks[feature] = {k: data[k] for k in data.files}
+            except (ValueError, OSError) as exc:
+                raise IndexError_(f"cannot read {path}: {exc}") from None
+        return self._landmarks[feature]
 
     def rows(self, feature: str) -> np.ndarray:
         """Row map of ``feature``: int32 ``[shape=(n, 2)]`` of (work_id, locator)."""
@@ -392,6 +457,11 @@ def verify_index(path: str | Path, *, hmac_key: bytes | None = None) -> dict[str
             if not (len(rows) == ntotal == spec["count"]):
                 raise IndexError_(f"{path}: {feature} has {ntotal} vectors, {len(rows)} row entries, "
                                   f"manifest says {spec['count']}")
+            if spec["kind"] == "landmark":
+                for key, arr in index.landmarks(feature).items():
+                    if len(arr) != ntotal:
+                        raise IndexError_(f"{path}: {feature} has {ntotal} vectors but {len(arr)} "
+                                          f"{key!r} entries in {feature}.npz")
     return {"index_id": manifest["index_id"], "files": len(manifest["files"]), "bytes": total}
 
 
@@ -425,6 +495,7 @@ class _FeatureData:
     identity: dict[str, Any]
     vectors: list[np.ndarray] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)
+    extra: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 class IndexWriter:
@@ -453,6 +524,8 @@ class IndexWriter:
         self._features: dict[str, _FeatureData] = {}
         self._removed: set[int] = set()
         self._final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._final_extra: dict[str, dict[str, np.ndarray]] = {}
+        self._final_index: dict[str, Any] = {}
         self._committed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -548,7 +621,7 @@ class IndexWriter:
         return next_id
 
     def add_vectors(self, identity: dict[str, Any], vectors: np.ndarray, work_ids: np.ndarray,
-                    locators: np.ndarray | None = None) -> None:
+                    locators: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> None:
         """Queue vectors of one feature for the index.
 
         Parameters
@@ -557,6 +630,9 @@ class IndexWriter:
         vectors : float32 ``[shape=(n, dim)]`` or uint8 ``[shape=(n, dim // 8)]``
         work_ids : int ``[shape=(n,)]``
         locators : int ``[shape=(n,)]``, optional (tile or segment number; 0 by default)
+        extra : per-row arrays of a landmark feature (keypoint positions), each
+            ``[shape=(n, ...)]``, kept in ``<feature>.npz``; every call of one
+            feature must give the same keys
         """
         name = identity["name"]
         existing = self.manifest["features"].get(name)
@@ -571,9 +647,19 @@ class IndexWriter:
         if len(work_ids) != n:
             raise ParameterError(f"{n} vectors but {len(work_ids)} work ids")
         loc = np.zeros(n, np.int32) if locators is None else np.asarray(locators, np.int32)
+        extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
+        if (identity["kind"] == "landmark") != bool(extra):
+            raise ParameterError(f"{name}: per-row arrays (keypoint positions) are given for landmark "
+                                 f"features, and only for them (kind {identity['kind']!r})")
+        if any(len(v) != n for v in extra.values()):
+            raise ParameterError(f"{n} vectors but per-row arrays of lengths "
+                                 f"{ {k: len(v) for k, v in extra.items()} }")
         self._final.clear()
+        self._final_extra.clear()
+        self._final_index.clear()
         data.vectors.append(vectors)
         data.rows.append(np.stack([np.asarray(work_ids, np.int32), loc], axis=1))
+        data.extra.append(extra)
 
     def remove_works(self, work_ids: Iterable[int]) -> list[int]:
         """Remove works (catalog rows and their vectors); returns the ids that existed."""
@@ -584,6 +670,8 @@ class IndexWriter:
                 found.append(int(wid))
         self._removed.update(found)
         self._final.clear()
+        self._final_extra.clear()
+        self._final_index.clear()
         return found
 
     def set(self, key: str, value: Any) -> None:
@@ -605,28 +693,52 @@ class IndexWriter:
 
         assert self.staging is not None
         spec = self.manifest["features"].get(name) or self._features[name].identity
-        binary = spec["kind"] == "binary"
+        binary = _is_binary(spec["kind"])
         fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
+        epath = self.staging / f"{name}.npz"
         parts_v: list[np.ndarray] = []
         parts_r: list[np.ndarray] = []
+        parts_e: list[dict[str, np.ndarray]] = []
         if fpath.exists():
             old = faiss.read_index_binary(str(fpath)) if binary else faiss.read_index(str(fpath))
             if old.ntotal:
-                parts_v.append(old.reconstruct_n(0, old.ntotal))
+                parts_v.append(binary_codes(old) if binary else old.reconstruct_n(0, old.ntotal))
                 parts_r.append(np.load(rpath, allow_pickle=False))
+                if spec["kind"] == "landmark":
+                    with np.load(epath, allow_pickle=False) as data:
+                        parts_e.append({k: data[k] for k in data.files})
         new = self._features.get(name)
         if new is not None:
             parts_v += new.vectors
             parts_r += new.rows
+            parts_e += new.extra
         width = spec["dim"] // 8 if binary else spec["dim"]
         dtype = np.uint8 if binary else np.float32
         vecs = np.concatenate(parts_v).astype(dtype) if parts_v else np.zeros((0, width), dtype)
         rows = np.concatenate(parts_r).astype(np.int32) if parts_r else np.zeros((0, 2), np.int32)
+        extra = {k: np.concatenate([e[k] for e in parts_e]) for k in (parts_e[0] if parts_e else {})}
         if self._removed and len(rows):
             keep = ~np.isin(rows[:, 0], np.fromiter(self._removed, np.int32))
             vecs, rows = vecs[keep], rows[keep]
+            extra = {k: v[keep] for k, v in extra.items()}
         self._final[name] = (vecs, rows)
+        self._final_extra[name] = extra
         return vecs, rows
+
+    def landmark_index(self, name: str) -> Any:
+        """The faiss index a landmark feature will be written with (built once, for the null fit too)."""
+        if name not in self._final_index:
+            self._final_index[name] = binary_index(self.vectors(name)[0])
+        return self._final_index[name]
+
+    def extras(self, name: str) -> dict[str, np.ndarray]:
+        """Per-row arrays of a landmark feature, row-aligned with :meth:`vectors`."""
+        self.vectors(name)
+        return self._final_extra[name]
+
+    def feature_kind(self, name: str) -> str:
+        """``dense``, ``binary`` or ``landmark``."""
+        return (self.manifest["features"].get(name) or self._features[name].identity)["kind"]
 
     def feature_names(self) -> list[str]:
         """Features the committed index will hold."""
@@ -638,7 +750,9 @@ class IndexWriter:
         assert self.staging is not None
         spec = dict(self.manifest["features"].get(name) or self._features[name].identity)
         vecs, rows = self.vectors(name)
-        if spec["kind"] == "binary":
+        if spec["kind"] == "landmark":
+            index = self.landmark_index(name)
+        elif spec["kind"] == "binary":
             index = faiss.IndexBinaryFlat(spec["dim"])
             index.add(np.ascontiguousarray(vecs, dtype=np.uint8))
         else:
@@ -647,9 +761,15 @@ class IndexWriter:
         # write under new names; os.replace over a hard link leaves the published copy alone
         fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
         tmpf, tmpr = fpath.with_name(fpath.name + ".new"), rpath.with_name(rpath.name + ".new")
-        (faiss.write_index_binary if spec["kind"] == "binary" else faiss.write_index)(index, str(tmpf))
+        (faiss.write_index_binary if _is_binary(spec["kind"]) else faiss.write_index)(index, str(tmpf))
         with open(tmpr, "wb") as fh:
             np.save(fh, np.ascontiguousarray(rows, np.int32), allow_pickle=False)
+        if spec["kind"] == "landmark":
+            epath = self.staging / f"{name}.npz"
+            tmpe = epath.with_name(epath.name + ".new")
+            with open(tmpe, "wb") as fh:  # a file object: np.savez would append .npz to a name
+                np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in self.extras(name).items()})
+            os.replace(tmpe, epath)
         os.replace(tmpf, fpath)
         os.replace(tmpr, rpath)
         spec["count"] = int(index.ntotal)

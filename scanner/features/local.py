@@ -1,0 +1,262 @@
+"""``image-local``: ORB keypoints with binary descriptors, for partial copies.
+
+A crop, a collage or a mirrored copy keeps pieces of a work but not its whole
+picture, so whole-picture codes (pHash, one CLIP vector) miss it. Local
+features survive: each picture yields up to :data:`N_FEATURES` ORB keypoints
+(FAST corners over an 8-level pyramid, oriented BRIEF descriptors of 256 bits)
+found on its grey content at :data:`WORK_SIDE` pixels. The index holds every
+reference descriptor with its work and its position; a query's descriptors
+vote for works, and the best-voted works are verified geometrically
+(:func:`ransac_similarity`, used by :mod:`scanner.match`): the number of
+matched keypoints that one similarity transform explains is the score.
+
+ORB descriptors are not mirror-invariant, so a query also yields the
+descriptors of its mirror image (view 1); references are indexed as they are.
+
+Positions are stored normalised to the whole picture (``x / width``,
+``y / height``), with the picture's size at the working scale so geometry
+runs in working pixels, where the RANSAC tolerance has a fixed meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from scanner.errors import ParameterError
+from scanner.features.base import Featurizer
+from scanner.features.content import Content, analyse
+
+#: Longer side (pixels) of the grey content the keypoints are found on.
+WORK_SIDE = 512
+#: Keypoints kept per query picture and view (the strongest by FAST/Harris score).
+N_FEATURES = 500
+#: Keypoints kept per reference: twice a query's, so a crop (a part of the
+#: work, magnified) still finds enough of the work's keypoints in its part.
+REF_FEATURES = 1000
+#: Bytes per descriptor (ORB: 256 bits).
+DESC_BYTES = 32
+#: A picture with fewer keypoints than this carries no local evidence.
+MIN_KEYPOINTS = 8
+#: Views of a query: as given, and mirrored left to right.
+VIEWS = ("as given", "mirrored")
+
+#: One keypoint as :meth:`LocalORB.prepare` returns it: its descriptor, its
+#: position normalised to the whole picture of its view, the view's size in
+#: working pixels, and the view (0 as given, 1 mirrored).
+KEYPOINT_DTYPE = np.dtype([("desc", np.uint8, (DESC_BYTES,)), ("xy", np.float32, (2,)),
+                           ("size", np.float32, (2,)), ("view", np.uint8)])
+
+
+def _cv2() -> Any:
+    import cv2
+
+    cv2.setNumThreads(1)  # one image per worker process; a thread team per call costs more
+    return cv2
+
+
+def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints of a grey picture.
+
+    Parameters
+    ----------
+    grey : uint8 ``[shape=(h, w)]``
+    n_features : int > 0, most keypoints kept
+
+    Returns
+    -------
+    xy : float32 ``[shape=(n, 2)]`` keypoint centres in pixels of ``grey``, strongest
+        (Harris response) first
+    desc : uint8 ``[shape=(n, 32)]`` packed 256-bit descriptors
+    """
+    cv2 = _cv2()
+    if n_features < 1:
+        raise ParameterError(f"n_features must be positive, given {n_features}")
+    grey = np.ascontiguousarray(grey, dtype=np.uint8)
+    if grey.ndim != 2:
+        raise ParameterError(f"expected a grey picture of shape (h, w), given shape={grey.shape}")
+    orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8, edgeThreshold=19,
+                         patchSize=19, fastThreshold=6)
+    kps, desc = orb.detectAndCompute(grey, None)
+    if desc is None or not kps:
+        return np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8)
+    # strongest first (stable: ties keep OpenCV's order), so a prefix is the best subset
+    order = np.argsort([-kp.response for kp in kps], kind="stable")
+    xy = np.array([kps[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    return xy, np.ascontiguousarray(desc[order], dtype=np.uint8)
+
+
+def working_grey(image: Image.Image, box: tuple[int, int, int, int] | None = None,
+                 *, side: int = WORK_SIDE) -> tuple[np.ndarray, float]:
+    """The grey content of ``image`` inside ``box``, scaled so its longer side is ``side``.
+
+    Returns
+    -------
+    grey : uint8 ``[shape=(h, w)]``
+    scale : float, working pixels per pixel of ``image``
+    """
+    cv2 = _cv2()
+    box = box or (0, 0, image.width, image.height)
+    grey = np.asarray(image.convert("L").crop(box))
+    h, w = grey.shape
+    scale = side / max(h, w, 1)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(grey, size, interpolation=interp), scale
+
+
+def extract(image: Image.Image, content: Content | None = None, *, mirror: bool = True,
+            n_features: int = N_FEATURES) -> np.ndarray:
+    """Keypoints of a picture's content (and of its mirror image).
+
+    Parameters
+    ----------
+    image : RGB picture
+    content : :func:`scanner.features.content.analyse` of ``image`` (computed if missing)
+    mirror : also extract from the picture mirrored left to right (view 1)
+    n_features : keypoints kept per view
+
+    Returns
+    -------
+    np.ndarray [shape=(n,)] of :data:`KEYPOINT_DTYPE`; empty for a featureless picture
+    """
+    content = content or analyse(image)
+    if content.box is None or content.featureless:
+        return np.zeros(0, KEYPOINT_DTYPE)
+    x0, y0, x1, y1 = content.box
+    grey, scale = working_grey(image, content.box)
+    size = np.array([image.width * scale, image.height * scale], np.float32)
+    parts = []
+    for view in (0, 1) if mirror else (0,):
+        pic = grey[:, ::-1] if view else grey
+        xy, desc = orb_keypoints(pic, n_features=n_features)
+        if view:  # back to the content's pixels, then to the mirrored whole picture
+            xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
+        px = xy / scale + np.array([x0, y0], np.float32)
+        norm = px / np.array([image.width, image.height], np.float32)
+        if view:
+            norm[:, 0] = 1.0 - norm[:, 0]
+        out = np.zeros(len(xy), KEYPOINT_DTYPE)
+        out["desc"], out["xy"], out["size"], out["view"] = desc, norm, size, view
+        parts.append(out)
+    return np.concatenate(parts)
+
+
+def hamming_knn(queries: np.ndarray, refs: np.ndarray, *, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest descriptors of ``refs`` for each of ``queries`` (a small brute-force search).
+
+    Parameters
+    ----------
+    queries, refs : uint8 ``[shape=(n, 32)]``, ``[shape=(m, 32)]`` packed descriptors
+    k : int > 0
+
+    Returns
+    -------
+    D : int32 ``[shape=(n, min(k, m))]`` Hamming distances, nearest first
+    I : int64 ``[shape=(n, min(k, m))]`` rows of ``refs``
+    """
+    import faiss
+
+    k = min(k, len(refs))
+    if k < 1 or not len(queries):
+        return np.zeros((len(queries), max(k, 0)), np.int32), np.zeros((len(queries), max(k, 0)), np.int64)
+    index = faiss.IndexBinaryFlat(refs.shape[1] * 8)
+    index.add(np.ascontiguousarray(refs, dtype=np.uint8))
+    # far too small to share: an OpenMP team only waits on itself (and spins
+    # for a long time when another process holds the cores)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def ransac_similarity(src: np.ndarray, dst: np.ndarray, *, tolerance: float,
+                      iterations: int = 500, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Largest set of point pairs that one similarity transform maps onto each other.
+
+    Parameters
+    ----------
+    src, dst : float32 ``[shape=(n, 2)]`` matched positions (working pixels)
+    tolerance : float, largest reprojection error of an inlier (working pixels)
+    iterations : RANSAC draws
+    seed : OpenCV's random state, so results are deterministic
+
+    Returns
+    -------
+    inliers : bool ``[shape=(n,)]``
+    transform : float64 ``[shape=(2, 3)]`` mapping ``src`` to ``dst``, or ``None``
+    """
+    cv2 = _cv2()
+    n = len(src)
+    if n < 3:
+        return np.zeros(n, bool), None
+    cv2.setRNGSeed(seed)
+    m, mask = cv2.estimateAffinePartial2D(np.asarray(src, np.float32), np.asarray(dst, np.float32),
+                                          method=cv2.RANSAC, ransacReprojThreshold=tolerance,
+                                          maxIters=iterations, confidence=0.995, refineIters=5)
+    if m is None or mask is None:
+        return np.zeros(n, bool), None
+    return mask.ravel().astype(bool), m
+
+
+class LocalORB(Featurizer):
+    """Local keypoint featurizer (weight-free, kind ``landmark``).
+
+    Parameters
+    ----------
+    n_features : int > 0
+        Keypoints kept per query picture and view.
+    ref_features : int > 0
+        Keypoints kept per reference (as given; references are not mirrored).
+    """
+
+    name = "image-local"
+    modality = "image"
+    kind = "landmark"
+    metric = "hamming"
+    codes_per_item = 0  # variable: one row per keypoint
+
+    def __init__(self, n_features: int = N_FEATURES, ref_features: int = REF_FEATURES):
+        self.n_features = n_features
+        self.ref_features = ref_features
+        _cv2()  # imported before decode workers fork, not once per worker
+
+    @property
+    def version(self) -> str:
+        return f"orb-{self.ref_features}/{self.n_features}-{WORK_SIDE}-mirror-v1"
+
+    @property
+    def dim(self) -> int:
+        return DESC_BYTES * 8
+
+    def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
+        """A query's keypoints in both views: ``[shape=(n,)]`` of :data:`KEYPOINT_DTYPE`."""
+        return extract(image, content, mirror=True, n_features=self.n_features)
+
+    def prepare_reference(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
+        """A reference's keypoints, as given only: ``[shape=(n,)]`` of :data:`KEYPOINT_DTYPE`."""
+        return extract(image, content, mirror=False, n_features=self.ref_features)
+
+    def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        """Descriptors of a batch, concatenated item after item: uint8 ``[shape=(n, 32)]``."""
+        if not prepared:
+            return np.zeros((0, DESC_BYTES), np.uint8)
+        return np.ascontiguousarray(np.concatenate([p["desc"] for p in prepared]), dtype=np.uint8)
+
+    def index_rows(self, prepared: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """What the index keeps of one reference: its descriptors as given, and their positions.
+
+        Returns
+        -------
+        desc : uint8 ``[shape=(n, 32)]``
+        extra : ``{"xy": float32 [shape=(n, 2)], "size": float32 [shape=(n, 2)]}``
+        """
+        own = prepared[prepared["view"] == 0]
+        if len(own) < MIN_KEYPOINTS:
+            own = own[:0]
+        return (np.ascontiguousarray(own["desc"]),
+                {"xy": np.ascontiguousarray(own["xy"]), "size": np.ascontiguousarray(own["size"])})

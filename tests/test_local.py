@@ -1,0 +1,187 @@
+"""image-local: ORB keypoints, voting, geometric verification, landmark storage and null."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from scanner import policy as pol
+from scanner.demo import flatten, synthetic_picture
+from scanner.features import WEIGHT_FREE, make
+from scanner.features.local import KEYPOINT_DTYPE, extract
+from scanner.index import store
+from scanner.match import landmark_votes
+from scanner.pipeline import FeatureOptions, build_index, check, remove_from_index, scan
+
+FEATURES = ["image-phash", "image-local"]
+
+
+@pytest.fixture(scope="module")
+def local_index(refs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A phash + local index of the ten shared references (do not modify)."""
+    index = tmp_path_factory.mktemp("local") / "index"
+    build_index([refs_dir], index, options=FeatureOptions(names=FEATURES), metadata=refs_dir.parent / "meta.csv")
+    return index
+
+
+def _ref(refs_dir: Path, i: int) -> Image.Image:
+    return flatten(Image.open(refs_dir / f"ref{i}.png"))
+
+
+def _local(result) -> list[dict]:
+    return [m for m in result.matches if m["feature"] == "image-local"]
+
+
+def test_keypoints_of_both_views_are_deterministic() -> None:
+    pic = synthetic_picture(0)
+    feat = make("image-local")
+    a, b = feat.prepare(pic), feat.prepare(pic.copy())
+    assert a.dtype == KEYPOINT_DTYPE and np.array_equal(a, b)
+    assert set(np.unique(a["view"])) == {0, 1}
+    assert 100 < (a["view"] == 0).sum() <= feat.n_features
+    assert ((a["xy"] >= 0) & (a["xy"] <= 1)).all()
+    ref = feat.prepare_reference(pic)
+    assert (ref["view"] == 0).all() and len(ref) > (a["view"] == 0).sum()
+    codes, extra = feat.index_rows(ref)
+    assert codes.shape == (len(ref), 32) and codes.dtype == np.uint8
+    assert extra["xy"].shape == extra["size"].shape == (len(ref), 2)
+    # a mirrored picture's mirrored view is the picture's own view, keypoint for keypoint
+    m = feat.prepare(ImageOps.mirror(pic))
+    assert abs(int((m["view"] == 1).sum()) - int((a["view"] == 0).sum())) <= 5
+
+
+def test_featureless_pictures_have_no_keypoints(local_index: Path, tmp_path: Path) -> None:
+    flat = Image.new("RGB", (300, 200), (200, 30, 30))
+    assert len(extract(flat)) == 0
+    grad = Image.fromarray(np.tile(np.linspace(0, 2, 300, dtype=np.uint8), (200, 1))).convert("RGB")
+    assert len(extract(grad)) == 0
+    grad.save(tmp_path / "near-uniform.png")
+    result, _ = check(tmp_path / "near-uniform.png", local_index)
+    assert result.verdict == "clear" and not _local(result)
+
+
+def test_half_crop_is_flagged_with_its_work_and_the_cropped_part(local_index: Path, refs_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    ref = _ref(refs_dir, 0)
+    w, h = ref.size
+    ref.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2)).save(tmp_path / "crop.png")
+    result, _ = check(tmp_path / "crop.png", local_index)
+    assert result.verdict == "flagged", result.reason
+    m = result.matches[0]
+    assert m["feature"] == "image-local" and Path(m["ref_path"]).name == "ref0.png"
+    assert m["expected"] <= 1e-3 and m["raw_kind"] == "inliers" and m["raw"] == m["locator"]["inliers"]
+    loc = m["locator"]
+    assert np.allclose(loc["ref_box"], [0.25, 0.25, 0.75, 0.75], atol=0.03), loc
+    assert loc["query_share"] > 0.95 and 0.2 < loc["ref_share"] < 0.3 and not loc["mirrored"]
+
+
+def test_work_pasted_into_another_picture_is_flagged_with_the_pasted_area(local_index: Path, refs_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    ref = _ref(refs_dir, 4)
+    ground = synthetic_picture(900, (640, 480))
+    small = ref.resize((288, round(288 * ref.height / ref.width)))
+    ground.paste(small, (300, 150))
+    ground.save(tmp_path / "collage.png")
+    result, _ = check(tmp_path / "collage.png", local_index)
+    assert result.verdict == "flagged", result.reason
+    m = _local(result)[0]
+    assert Path(m["ref_path"]).name == "ref4.png"
+    pasted = [300 / 640, 150 / 480, (300 + small.width) / 640, (150 + small.height) / 480]
+    assert np.allclose(m["locator"]["query_box"], pasted, atol=0.03), m["locator"]
+    assert m["locator"]["ref_share"] > 0.9
+
+
+def test_mirrored_copy_is_found(local_index: Path, refs_dir: Path, tmp_path: Path) -> None:
+    ImageOps.mirror(_ref(refs_dir, 5)).crop((0, 0, 260, 240)).save(tmp_path / "mirror.png")
+    result, _ = check(tmp_path / "mirror.png", local_index)
+    assert result.verdict == "flagged", result.reason
+    m = _local(result)[0]
+    assert Path(m["ref_path"]).name == "ref5.png" and m["locator"]["mirrored"]
+
+
+def test_unrelated_pictures_give_no_local_evidence(local_index: Path, tmp_path: Path) -> None:
+    for seed in range(600, 612):
+        synthetic_picture(seed, (400, 300)).save(tmp_path / f"new{seed}.png")
+    results = []
+    summary = scan([tmp_path], local_index, on_result=results.append)
+    assert summary.counts["clear"] == 12, summary.counts
+    assert not any(_local(r) for r in results)
+
+
+def test_landmarks_round_trip_through_the_store(refs_dir: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    build_index([refs_dir], index, options=FeatureOptions(names=["image-local"]))
+    with store.open_index(index) as a, store.open_index(index) as b:
+        assert np.array_equal(a.codes("image-local"), b.codes("image-local"))
+        assert np.array_equal(a.rows("image-local"), b.rows("image-local"))
+        la, lb = a.landmarks("image-local"), b.landmarks("image-local")
+        assert sorted(la) == ["size", "xy"] and all(np.array_equal(la[k], lb[k]) for k in la)
+        before = {k: v.copy() for k, v in la.items()}
+        rows_before = np.array(a.rows("image-local"))
+        assert a.null["image-local"]["kind"] == "inliers"
+    assert store.verify_index(index)["files"] == 4  # catalog, faiss, rows, npz
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for s in (50, 51):
+        synthetic_picture(s).save(more / f"m{s}.png")
+    assert build_index([more], index, create=False).added == 2
+    assert remove_from_index(index, [2]) == [2]
+    with store.open_index(index) as idx:
+        rows, lm = idx.rows("image-local"), idx.landmarks("image-local")
+        assert len(rows) == len(lm["xy"]) == len(lm["size"]) == idx.faiss_index("image-local").ntotal
+        assert 2 not in set(rows[:, 0]) and {11, 12} <= set(rows[:, 0])
+        kept = rows_before[:, 0] != 2
+        n = int(kept.sum())  # the older works' rows come first, in their order
+        assert np.array_equal(rows[:n], rows_before[kept])
+        assert np.array_equal(lm["xy"][:n], before["xy"][kept])
+    store.verify_index(index)
+
+
+def test_large_landmark_sets_use_an_inverted_file() -> None:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (store.IVF_FROM + 100, 32), dtype=np.uint8)
+    index = store.binary_index(codes)
+    assert isinstance(index, faiss.IndexBinaryIVF) and index.ntotal == len(codes)
+    assert np.array_equal(store.binary_codes(index), codes)
+    D, I = index.search(codes[:50], 1)
+    assert (D[:, 0] == 0).all() and np.array_equal(I[:, 0], np.arange(50))
+
+
+def test_inlier_null_fit_and_expected_chance() -> None:
+    rng = np.random.default_rng(0)
+    chance = np.concatenate([np.zeros(200), 3 + rng.geometric(0.45, 1000) - 1, rng.integers(50, 300, 60)])
+    null = pol.fit_inlier_null(chance, candidates=6)
+    assert "prior" not in null and null["threshold"] >= 3
+    e = pol.expected_inliers(np.array([0, 5, 10, 20, 40, 80]), null)
+    assert e[0] == 6 and (np.diff(e) <= 0).all() and e[-1] < 1e-6
+    # the related works in the top 5% do not drag the tail out
+    assert pol.expected_inliers(40, null) < 1e-3
+    few = pol.fit_inlier_null(chance[:20], candidates=6)
+    assert few["prior"] and few["threshold"] == pol.PRIOR_INLIERS["threshold"]
+
+
+def test_image_local_is_a_default_weight_free_feature() -> None:
+    assert "image-local" in WEIGHT_FREE
+    feat = make("image-local")
+    assert feat.kind == "landmark" and feat.model_id is None and feat.identity()["dim"] == 256
+
+
+def test_votes_weigh_stock_descriptors_little() -> None:
+    rows = np.array([[w, 0] for w in range(1, 6)], np.int32)  # row r belongs to work r + 1
+    # keypoint 0 is near one work only; keypoint 1 is equally near four works (a stock shape)
+    D = np.array([[5, 40, 50, 60], [10, 12, 13, 14]])
+    I = np.array([[0, 1, 2, 3], [1, 2, 3, 4]])
+    works, views, votes = landmark_votes(D, I, rows, np.zeros(2, np.uint8))
+    got = dict(zip(works.tolist(), votes.tolist()))
+    assert got == {1: 1.0, 2: 0.25, 3: 0.25, 4: 0.25, 5: 0.25} and (views == 0).all()
+    # a reference queried against its own index passes over its own rows: keypoint 0's
+    # nearest other work is then work 2
+    works, _, votes = landmark_votes(D, I, rows, exclude=1)
+    assert dict(zip(works.tolist(), votes.tolist())) == {2: 1.25, 3: 0.25, 4: 0.25, 5: 0.25}
+
