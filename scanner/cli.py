@@ -123,7 +123,8 @@ def _print_build(summary: Any, verb: str) -> None:
 def index_build(refs: List[Path] = typer.Argument(..., help="Reference files or folders."),
                 index: Path = IndexOpt,
                 features: Optional[str] = typer.Option(None, "--features", help="Comma-separated: "
-                                                       "image-phash,image-clip (default: all that can run here)."),
+                                                       "image-phash,image-local,image-clip "
+                                                       "(default: all that can run here)."),
                 metadata: Optional[Path] = typer.Option(None, "--metadata", help="CSV/JSON with path, title, "
                                                         "rights_holder, licence, notes, licensed."),
                 clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,

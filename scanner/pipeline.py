@@ -297,7 +297,8 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
 def _fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dict[str, np.ndarray],
                        index: Any, featureless: np.ndarray) -> dict[str, Any]:
     """A landmark feature's null: references queried against the other works, as a scan would."""
-    table = LandmarkTable(rows, codes, extra["xy"], extra["size"])
+    none = np.zeros((0, 2), np.float32)
+    table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
     scores = landmark_null_scores(table, index, feature=name, skip=featureless)
     return pol.fit_inlier_null(scores, candidates=LANDMARK_TOP)
 
@@ -487,8 +488,9 @@ class Scanner:
     def _landmarks(self, feature: str) -> LandmarkTable:
         if feature not in self._tables:
             extra = self.index.landmarks(feature)
+            none = np.zeros((0, 2), np.float32)  # an index whose works gave no keypoints at all
             self._tables[feature] = LandmarkTable(np.asarray(self.index.rows(feature)), self.index.codes(feature),
-                                                  extra["xy"], extra["size"])
+                                                  extra.get("xy", none), extra.get("size", none))
         return self._tables[feature]
 
     def describe(self) -> dict[str, Any]:

@@ -38,10 +38,9 @@ N_FEATURES = 500
 REF_FEATURES = 1000
 #: Bytes per descriptor (ORB: 256 bits).
 DESC_BYTES = 32
-#: A picture with fewer keypoints than this carries no local evidence.
+#: A reference with fewer keypoints than this is indexed without any (too
+#: few to verify a match on).
 MIN_KEYPOINTS = 8
-#: Views of a query: as given, and mirrored left to right.
-VIEWS = ("as given", "mirrored")
 
 #: One keypoint as :meth:`LocalORB.prepare` returns it: its descriptor, its
 #: position normalised to the whole picture of its view, the view's size in
@@ -57,18 +56,24 @@ def _cv2() -> Any:
     return cv2
 
 
-def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES) -> tuple[np.ndarray, np.ndarray]:
-    """ORB keypoints of a grey picture.
+def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES,
+                  mirror: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """ORB keypoints of a grey picture (and of its mirror image).
 
     Parameters
     ----------
     grey : uint8 ``[shape=(h, w)]``
     n_features : int > 0, most keypoints kept
+    mirror : also describe the same spots in the picture mirrored left to right
+        (the keypoints reflected, their orientation turned back: the
+        descriptors are those a detection on the mirror image finds, without
+        detecting again)
 
     Returns
     -------
-    xy : float32 ``[shape=(n, 2)]`` keypoint centres in pixels of ``grey``, strongest
-        (Harris response) first
+    list of (xy, desc), one per view (as given, then mirrored):
+    xy : float32 ``[shape=(n, 2)]`` keypoint centres in pixels of ``grey`` (of
+        the mirrored picture for the mirrored view), strongest (Harris response) first
     desc : uint8 ``[shape=(n, 32)]`` packed 256-bit descriptors
     """
     cv2 = _cv2()
@@ -80,12 +85,22 @@ def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES) -> tuple[np
     orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8, edgeThreshold=19,
                          patchSize=19, fastThreshold=6)
     kps, desc = orb.detectAndCompute(grey, None)
-    if desc is None or not kps:
-        return np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8)
-    # strongest first (stable: ties keep OpenCV's order), so a prefix is the best subset
-    order = np.argsort([-kp.response for kp in kps], kind="stable")
-    xy = np.array([kps[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
-    return xy, np.ascontiguousarray(desc[order], dtype=np.uint8)
+    views = [(kps, desc)]
+    if mirror:
+        w = grey.shape[1]
+        flipped = [cv2.KeyPoint(w - 1 - k.pt[0], k.pt[1], k.size, (180.0 - k.angle) % 360.0, k.response,
+                                k.octave, k.class_id) for k in kps]
+        views.append(orb.compute(np.ascontiguousarray(grey[:, ::-1]), flipped) if flipped else ((), None))
+    out = []
+    for kps, desc in views:
+        if desc is None or not kps:
+            out.append((np.zeros((0, 2), np.float32), np.zeros((0, DESC_BYTES), np.uint8)))
+            continue
+        # strongest first (stable: ties keep OpenCV's order), so a prefix is the best subset
+        order = np.argsort([-kp.response for kp in kps], kind="stable")
+        xy = np.array([kps[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+        out.append((xy, np.ascontiguousarray(desc[order], dtype=np.uint8)))
+    return out
 
 
 def working_grey(image: Image.Image, box: tuple[int, int, int, int] | None = None,
@@ -129,9 +144,7 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     grey, scale = working_grey(image, content.box)
     size = np.array([image.width * scale, image.height * scale], np.float32)
     parts = []
-    for view in (0, 1) if mirror else (0,):
-        pic = grey[:, ::-1] if view else grey
-        xy, desc = orb_keypoints(pic, n_features=n_features)
+    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror)):
         if view:  # back to the content's pixels, then to the mirrored whole picture
             xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
         px = xy / scale + np.array([x0, y0], np.float32)
