@@ -380,6 +380,9 @@ class FaissSearcher(Searcher):
         self.dim = int(index.d)
         self.nbytes = self.ntotal * (self.dim // 8 if self.metric == "hamming" else 4 * self.dim)
         self.query_block = query_block
+        # rows one query really visits: an inverted file scans nprobe of its nlist lists
+        nlist = int(getattr(index, "nlist", 0) or 0)
+        self.visited = self.ntotal * min(1.0, int(getattr(index, "nprobe", 1)) / nlist) if nlist else self.ntotal
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not _configured:
@@ -387,7 +390,7 @@ class FaissSearcher(Searcher):
         import faiss
 
         n = len(queries)
-        faiss.omp_set_num_threads(1 if min(n, self.query_block) * self.ntotal < PARALLEL_WORK else _threads())
+        faiss.omp_set_num_threads(1 if min(n, self.query_block) * self.visited < PARALLEL_WORK else _threads())
         out_d, out_i = [], []
         for start in range(0, n, self.query_block):
             d, i = self.index.search(np.ascontiguousarray(queries[start:start + self.query_block]), k)
