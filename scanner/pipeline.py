@@ -509,7 +509,8 @@ class Scanner:
             pos, vecs = _embed(feat, batch)
             if not pos:
                 continue
-            D, I = search.knn(self.index.faiss_index(feat.name), vecs, K)
+            # --device: dense features go to torch on CUDA when asked (auto: when present)
+            D, I = search.knn(self.index.faiss_index(feat.name), vecs, K, device=self.options.device)
             I[~feat.informative(vecs)] = -1  # a flat code's neighbours are no evidence
             rows = self.index.rows(feat.name)
             per_query = best_per_work(D, I, rows, feature=feat.name, metric=feat.metric,
