@@ -295,10 +295,11 @@ def one_in(expected: float) -> str:
     if expected >= 0.5:
         return "likely by chance"
     n = 1.0 / max(expected, 1e-300)
+    if n >= 1e15:
+        return "less than 1 in 1,000 trillion by chance"
     for unit, size in (("trillion", 1e12), ("billion", 1e9), ("million", 1e6)):
         if n >= size:
-            return f"1 in {n / size:.3g} {unit} by chance" if n < size * 1000 or unit == "trillion" \
-                else "1 in more than a trillion by chance"
+            return f"1 in {n / size:.3g} {unit} by chance"
     return f"1 in {n:,.0f} by chance"
 
 

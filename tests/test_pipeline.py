@@ -130,3 +130,11 @@ def test_candidates_recorded_whatever_the_verdict(phash_index: Path, tmp_path: P
     assert len(line["candidates"]) == 3
     assert len({c["work_id"] for c in line["candidates"]}) == 3
     assert [c["expected"] for c in line["candidates"]] == sorted(c["expected"] for c in line["candidates"])
+
+
+def test_chance_in_plain_words() -> None:
+    from scanner.policy import one_in
+
+    assert one_in(0.7) == "likely by chance"
+    assert one_in(2e-7) == "1 in 5 million by chance"
+    assert one_in(1e-20) == "less than 1 in 1,000 trillion by chance"
