@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
@@ -198,31 +199,60 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
     global _FORKED_FEATURIZERS
     cpus = len(os.sched_getaffinity(0))
     fork = hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
-    pool: Any
     if fork:
         import multiprocessing
 
         _FORKED_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
-        pool = ProcessPoolExecutor(workers or cpus, mp_context=multiprocessing.get_context("fork"))
+        context = multiprocessing.get_context("fork")
         chunk, args = 16, (None, reference)
+
+        def new_pool() -> Any:
+            return ProcessPoolExecutor(workers or cpus, mp_context=context)
     else:
-        pool = ThreadPoolExecutor(workers or min(8, cpus + 1), thread_name_prefix="likeness-decode")
         chunk, args = 1, (featurizers, reference)
+
+        def new_pool() -> Any:
+            return ThreadPoolExecutor(workers or min(8, cpus + 1), thread_name_prefix="likeness-decode")
     ahead = (workers or cpus + 1) * 4
-    with pool:
-        pending: list[Any] = []
+    pool = new_pool()
+    pending: list[tuple[Any, list[media.Input]]] = []
+
+    def collect(fut: Any, batch: list[media.Input]) -> list[Prepared]:
+        nonlocal pool, pending
+        try:
+            return fut.result()
+        except BrokenProcessPool:
+            # a decoder killed its worker (a crash in a C library): the pool is
+            # gone with every pending chunk; find the culprit one file at a time
+            # and carry on with the rest in a fresh pool
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = new_pool()
+            out = []
+            for item in batch:
+                try:
+                    out.extend(pool.submit(_prepare_chunk, [item], *args).result())
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = new_pool()
+                    out.append(Prepared(item, error="the decoder crashed on this file"))
+            pending = [(pool.submit(_prepare_chunk, b, *args), b) for _, b in pending]
+            return out
+
+    try:
         batch: list[media.Input] = []
         for item in items:
             batch.append(item)
             if len(batch) == chunk:
-                pending.append(pool.submit(_prepare_chunk, batch, *args))
+                pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
                 batch = []
             if len(pending) >= ahead:
-                yield from pending.pop(0).result()
+                yield from collect(*pending.pop(0))
         if batch:
-            pending.append(pool.submit(_prepare_chunk, batch, *args))
-        for fut in pending:
-            yield from fut.result()
+            pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
+        while pending:
+            yield from collect(*pending.pop(0))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:

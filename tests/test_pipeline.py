@@ -138,3 +138,28 @@ def test_chance_in_plain_words() -> None:
     assert one_in(0.7) == "likely by chance"
     assert one_in(2e-7) == "1 in 5 million by chance"
     assert one_in(1e-20) == "less than 1 in 1,000 trillion by chance"
+
+
+def test_a_decoder_crash_costs_one_error_line_not_the_scan(phash_index: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from scanner import pipeline
+
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for s in range(20):
+        synthetic_picture(800 + s).save(outs / f"o{s:02d}.png")
+    real = pipeline._prepare_one
+
+    def crashing(item, featurizers, reference=False):  # as a segfaulting C decoder would
+        if item.path.name == "o07.png":
+            os._exit(139)
+        return real(item, featurizers, reference)
+
+    monkeypatch.setattr(pipeline, "_prepare_one", crashing)
+    summary = scan([outs], phash_index, out_dir=tmp_path / "res")
+    lines = {Path(r["path"]).name: r for r in read_results(tmp_path / "res" / "results.jsonl")}
+    assert len(lines) == 20
+    assert lines["o07.png"]["verdict"] == "error" and "crashed" in lines["o07.png"]["error"]
+    assert summary.counts["clear"] == 19 and summary.exit_code() == 3
