@@ -192,8 +192,8 @@ def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--js
     out.print(f"  works: {info['works']['count']} {info['works'].get('by_modality', {})}", highlight=False)
     for name, spec in info["features"].items():
         out.print(f"  {name}: {spec['count']} vectors, {spec['kind']} dim {spec['dim']}, "
-                  f"version {spec['version']}" + (f", model {spec['model']}" if spec.get("model") else ""),
-                  highlight=False)
+                  f"version {spec['version']}" + (f", model {spec['model']}" if spec.get("model") else "")
+                  + (f", search {spec['index']}" if spec.get("index") else ""), highlight=False)
     out.print(f"  thresholds (expected chance matches): {info['policy']}", highlight=False)
     out.print(f"  size: {info['size_bytes'] / 1e6:.1f} MB; updated {info['updated_at']}", highlight=False)
 

@@ -489,6 +489,9 @@ def test_index_with_clip_scans_and_refuses_another_model(tmp_path: Path) -> None
                           models_dir=str(tmp_path / "models"))
     summary = build_index([refs], tmp_path / "index", options=opts)
     assert summary.features == ["image-phash", "image-clip"] and summary.added == 12
+    from scanner.index.store import open_index
+
+    assert open_index(tmp_path / "index").features["image-clip"]["index"]["type"] == "flat"  # small: exact
     MILD_TRANSFORMS["resize-50"](synthetic_picture(4)).save(tmp_path / "copy.png")
     result, run = check(tmp_path / "copy.png", tmp_path / "index", options=opts)
     assert result.verdict == "flagged" and Path(result.matches[0]["ref_path"]).name == "r4.png"

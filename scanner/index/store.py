@@ -756,8 +756,11 @@ class IndexWriter:
             index = faiss.IndexBinaryFlat(spec["dim"])
             index.add(np.ascontiguousarray(vecs, dtype=np.uint8))
         else:
-            index = faiss.IndexFlatIP(spec["dim"])
-            index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+            from scanner.index.search import build_faiss_index
+
+            # exact flat search below a size threshold, an inverted file above it,
+            # with its parameters and measured recall kept for `index info`
+            index, spec["index"] = build_faiss_index(np.ascontiguousarray(vecs, dtype=np.float32), "ip")
         # write under new names; os.replace over a hard link leaves the published copy alone
         fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
         tmpf, tmpr = fpath.with_name(fpath.name + ".new"), rpath.with_name(rpath.name + ".new")
