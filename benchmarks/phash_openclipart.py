@@ -42,7 +42,6 @@ import platform
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 import warnings
@@ -51,13 +50,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from scanner import media
-from scanner.demo import MILD_TRANSFORMS, flatten
+from scanner.demo import MILD_TRANSFORMS
 from scanner.errors import DecodeError
 from scanner.features.content import analyse
 from scanner.pipeline import DECODE_SIDE  # decode like the scanner does
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for benchmarks.accuracy
+from benchmarks.accuracy.run import code_state, likeness_command, run_timed  # noqa: E402
+from benchmarks.accuracy.sets import flat  # noqa: E402
 
 CORPUS = Path("/usr/share/openclipart/png")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,7 +70,6 @@ TARGETS = {"recall": 0.95, "negatives_flagged": 0.01, "negatives_review": 0.05, 
 QUANTILES = (("min", 0.0), ("1%", 0.01), ("5%", 0.05), ("50%", 0.5), ("95%", 0.95), ("max", 1.0))
 #: Work sub-folders this script owns (and wipes at start).
 OWNED = ("refs", "queries", "negatives", "index", "out")
-DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 COPY_VERDICTS = ("flagged", "review")
 #: Hamming thresholds (of 256 bits) tabulated by --diagnose.
 SWEEP = (0, 8, 16, 24, 32, 40, 48, 56, 64)
@@ -148,29 +150,16 @@ def pick(pool: list[Path], n: int, rng: random.Random, ex: ProcessPoolExecutor) 
     return accepted, skipped
 
 
-def _flat(path: str, max_side: int) -> Image.Image:
-    """The picture as a person sees it: composited over white, at most ``max_side`` long."""
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        rgb = media.load_image(path) if im.mode in DEEP_MODES else flatten(im.convert("RGBA"))
-    if max(rgb.size) > max_side:
-        scale = max_side / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                         Image.Resampling.LANCZOS)
-    return rgb
-
-
 def _make_queries(job: tuple[str, dict[str, str], int]) -> None:
     src, outs, max_side = job
-    base = _flat(src, max_side)
+    base = flat(src, max_side)
     for tname, out in outs.items():
         MILD_TRANSFORMS[tname](base).convert("RGB").save(out, "PNG")
 
 
 def _make_negative(job: tuple[str, str, int]) -> None:
     src, out, max_side = job
-    _flat(src, max_side).save(out, "PNG")
+    flat(src, max_side).save(out, "PNG")
 
 
 def _safe(name: str) -> str:
@@ -230,40 +219,6 @@ def make_set(args: argparse.Namespace, ex: ProcessPoolExecutor) -> dict[str, Any
 
 
 # --- running the command line --------------------------------------------------------------
-
-
-def code_state() -> dict[str, Any]:
-    """The commit and the uncommitted files under scanner/ that this run measured."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*a: str) -> str:
-        try:
-            # strip only line ends: porcelain lines start with a status column that may be a space
-            return subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True).stdout.rstrip("\n")
-        except OSError:
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "uncommitted_scanner_files": [line[3:] for line in git("status", "--porcelain", "--", "scanner").splitlines()]}
-
-
-def likeness_command() -> list[str]:
-    exe = Path(sys.executable).parent / "likeness"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("likeness")
-    return [found] if found else [sys.executable, "-m", "scanner.cli"]
-
-
-def run_timed(cmd: list[str], ok_codes: tuple[int, ...]) -> tuple[float, int]:
-    """Run ``cmd``, returning (wall seconds, exit code); stop on an unexpected exit code."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if proc.returncode not in ok_codes:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
-    return seconds, proc.returncode
 
 
 # --- scoring ----------------------------------------------------------------------------------
