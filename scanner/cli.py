@@ -269,6 +269,58 @@ def check_cmd(file: Path = typer.Argument(..., help="One asset to check."), inde
     raise typer.Exit(summary.exit_code())
 
 
+@app.command("calibrate")
+@handled
+def calibrate_cmd(index: Path = IndexOpt,
+                  positives: List[Path] = typer.Option(..., "--positives", help="Outputs that copy works of "
+                                                       "the index (files or folders; repeat the option)."),
+                  negatives: List[Path] = typer.Option(..., "--negatives", help="Outputs that copy none "
+                                                       "(files or folders; repeat the option)."),
+                  target_precision: float = typer.Option(0.99, "--target-precision",
+                                                         help="Precision of flagging on the labelled set."),
+                  max_review_rate: float = typer.Option(0.05, "--max-review-rate",
+                                                        help="Share of negatives that may go to review."),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="Print the thresholds; keep the index's."),
+                  as_json: bool = typer.Option(False, "--json", help="Print the calibration report as JSON."),
+                  quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+                  clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+                  models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Set the index's verdict thresholds from labelled positives and negatives."""
+    from scanner.pipeline import calibrate
+
+    with progress_bar(not quiet and not as_json) as prog:
+        cal = calibrate(index, positives, negatives, target_precision=target_precision,
+                        max_review_rate=max_review_rate,
+                        options=_options(None, clip_model, clip_pretrained, models_dir),
+                        hmac_key=_key(hmac_key_file), write=not dry_run, progress=prog)
+    if as_json:
+        print(json.dumps({**cal.report, "policy": cal.policy.get_params(), "written": cal.written}))
+    else:
+        _print_calibration(cal)
+
+
+def _print_calibration(cal: Any) -> None:
+    from rich.table import Table
+
+    r = cal.report
+    for w in r["warnings"]:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    left = ", ".join(f"{n} {k}" for k, n in r["left_out"].items())
+    out.print(f"{r['positives']} positives and {r['negatives']} negatives checked"
+              + (f" ({left} left out)" if left else ""), highlight=False)
+    table = Table(title="thresholds (expected chance matches)")
+    for col in ("verdict", "before", "calibrated", "recall", "precision", "negatives called"):
+        table.add_column(col, justify="right")
+    for verdict, key in (("flagged", "flag"), ("review or flagged", "review")):
+        s = r[key]
+        table.add_row(verdict, f"{r['before'][key + '_at']:.3g}", f"{s['threshold']:.3g}", f"{s['recall']:.3f}",
+                      "—" if s["precision"] is None else f"{s['precision']:.3f}",
+                      f"{s['negatives_called']} of {r['negatives']}")
+    out.print(table)
+    out.print("stored in the index manifest: later scans use these thresholds" if cal.written
+              else "dry run: the index keeps its thresholds", highlight=False)
+
+
 # --- models ---------------------------------------------------------------------------------
 
 

@@ -146,6 +146,8 @@ class Prepared:
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
     featureless: str | None = None
     error: str | None = None
+    #: a reference's thumbnail (WebP bytes) for the index's ``thumbs/``
+    thumb: bytes | None = None
 
 
 def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
@@ -394,6 +396,8 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                     wid = writer.add_work(path=str(p.item.path), sha256=p.sha256 or "",
                                           modality=p.item.modality, featureless=p.featureless,
                                           **store.match_metadata(meta, p.item.path, root))
+                    if p.thumb is not None:
+                        writer.add_thumbnail(wid, p.thumb)
                     summary.added += 1
                 work_ids.append(wid)
             for feat in featurizers:
@@ -468,6 +472,11 @@ class Result:
     index_id: str | None = None
     matches: list[dict[str, Any]] = field(default_factory=list)
     candidates: list[dict[str, Any]] | None = None
+    #: why the input carries no identifiable expression (never flagged), if so
+    featureless: str | None = None
+    #: strongest evidence per feature, expected chance matches (not written to
+    #: results: calibration reads it in-process)
+    best_expected: dict[str, float] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         line = {"path": self.path, "sha256": self.sha256, "modality": self.modality,
@@ -604,7 +613,12 @@ class Scanner:
         # collisions on featureless content carry no strength worth showing
         best = 0.0 if p.featureless else max(
             (m["score"] for m in evidence if not m["featureless_ref"]), default=0.0)
-        result = Result(verdict=verdict, reason=reason, score=best, matches=shown, **base)
+        result = Result(verdict=verdict, reason=reason, score=best, matches=shown,
+                        featureless=p.featureless, **base)
+        for m in evidence:
+            if not m["featureless_ref"]:
+                f = m["feature"]
+                result.best_expected[f] = min(result.best_expected.get(f, np.inf), m["expected"])
         if self.candidates:
             nearest: dict[int, dict[str, Any]] = {}
             for m in sorted(evidence, key=lambda m: m["expected"]):
@@ -762,3 +776,69 @@ def check(path: str | Path, index_dir: str | Path, *, options: FeatureOptions | 
         return result, scanner.describe()
     finally:
         scanner.close()
+
+
+# --- calibration ---------------------------------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate` found: the policy, the labelled-set report, and whether it was stored."""
+
+    policy: pol.Policy
+    report: dict[str, Any]
+    written: bool = False
+
+
+def calibrate(index_dir: str | Path, positives: Sequence[str | Path], negatives: Sequence[str | Path], *,
+              target_precision: float = 0.99, max_review_rate: float = 0.05,
+              options: FeatureOptions | None = None, hmac_key: bytes | None = None, write: bool = True,
+              progress: Progress | None = None) -> Calibration:
+    """Set an index's verdict thresholds from labelled examples.
+
+    Scans ``positives`` (outputs that copy a work of the index) and
+    ``negatives`` (outputs that copy none), takes each one's strongest
+    evidence on the expected-chance-matches scale, and chooses thresholds
+    with :func:`scanner.policy.calibrate`. With ``write=True`` the thresholds
+    and the report go into the manifest (an atomic index write), so later
+    scans use them.
+
+    Inputs that could not be checked and featureless ones (never flagged
+    whatever their score) are left out and counted in the report.
+
+    Returns
+    -------
+    Calibration
+    """
+    best: dict[str, list[tuple[float, float]]] = {"positives": [], "negatives": []}
+    left_out: Counter = Counter()
+    index_policy = None
+    for label, inputs in (("positives", positives), ("negatives", negatives)):
+        if not inputs:
+            raise ParameterError(f"calibration needs {label}: none given")
+        results: list[Result] = []
+        summary = scan(inputs, index_dir, options=options, hmac_key=hmac_key, progress=progress,
+                       on_result=results.append)
+        index_policy = summary.run["policy"]
+        copy = set(index_policy.get("copy_features") or pol.COPY_EVIDENCE)
+        for r in results:
+            if r.verdict == "error" or r.featureless:
+                left_out[f"{label} {'unreadable' if r.verdict == 'error' else 'featureless'}"] += 1
+                continue
+            e = r.best_expected
+            best[label].append((min((v for f, v in e.items() if f in copy), default=np.inf),
+                                min(e.values(), default=np.inf)))
+    pos = np.array(best["positives"], dtype=np.float64).reshape(-1, 2)
+    neg = np.array(best["negatives"], dtype=np.float64).reshape(-1, 2)
+    policy, report = pol.calibrate(pos[:, 0], neg[:, 0], pos[:, 1], neg[:, 1],
+                                   target_precision=target_precision, max_review_rate=max_review_rate,
+                                   base=pol.Policy.from_params(index_policy))
+    report["left_out"] = dict(left_out)
+    report["calibrated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    out = Calibration(policy, report)
+    if write:
+        with store.IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+            writer.set("policy", policy.get_params())
+            writer.set("calibration", report)
+        out.written = True
+    return out

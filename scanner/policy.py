@@ -343,3 +343,148 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
     if verdict in ("flagged", "review") and best.get("licensed"):
         return "licensed", "matches a work the studio holds the rights to: " + reason
     return verdict, reason
+
+
+# --- calibration from labelled examples ----------------------------------------------------
+
+#: Fewer labelled negatives than this and a calibration says its precision is not shown.
+MIN_CALIBRATION_NEGATIVES = 100
+#: Bounds of calibrated thresholds: never looser than a one-in-ten chance match,
+#: never tighter than what the fitted tails can tell apart.
+CALIBRATION_BOUNDS = (1e-15, 0.1)
+#: How far below the first negative it must not call a review threshold sits.
+RATE_MARGIN = 3.0
+
+
+def threshold_for_precision(pos: np.ndarray, neg: np.ndarray, target: float) -> float | None:
+    """Loosest significance threshold whose precision on labelled examples meets a target.
+
+    Outputs with expected chance matches ``e <= t`` are called; precision is
+    the share of called outputs that are positives. The threshold returned
+    lies a factor :data:`RATE_MARGIN` below the first score that would break
+    the target (never below the last score admitted), so unseen outputs a
+    little weaker than the admitted positives are still called while the
+    nearest negative keeps a margin.
+
+    Parameters
+    ----------
+    pos, neg : ``[shape=(n,)]`` expected chance matches of the best evidence of
+        each labelled positive (a copy) and negative (unrelated); ``inf`` when
+        an output had no evidence at all
+    target : precision to reach, in (0, 1]
+
+    Returns
+    -------
+    float or None
+        The threshold, or ``None`` when not even the strongest score reaches
+        the target precision.
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    neg = np.asarray(neg, dtype=np.float64)
+    scores = np.concatenate([pos, neg])
+    is_pos = np.concatenate([np.ones(len(pos), bool), np.zeros(len(neg), bool)])
+    order = np.argsort(scores, kind="stable")
+    scores, is_pos = scores[order], is_pos[order]
+    # a threshold sits between distinct scores: judge it at the last of each run of ties
+    last = np.r_[scores[1:] != scores[:-1], True] & np.isfinite(scores)
+    tp = np.cumsum(is_pos)
+    precision = tp / np.arange(1, len(scores) + 1)
+    ok = np.flatnonzero(last & (precision >= target) & (tp > 0))
+    if not len(ok):
+        return None
+    i = int(ok[-1])
+    nxt = scores[i + 1] if i + 1 < len(scores) else np.inf
+    t = max(float(scores[i]), nxt / RATE_MARGIN) if np.isfinite(nxt) else float(scores[i]) * RATE_MARGIN
+    return float(np.clip(t, *CALIBRATION_BOUNDS))
+
+
+def threshold_for_rate(neg: np.ndarray, rate: float) -> float:
+    """Loosest significance threshold that calls at most a share ``rate`` of the negatives.
+
+    The threshold sits a factor :data:`RATE_MARGIN` below the first negative
+    it must not call, so the share holds with a margin on unseen negatives of
+    the same kind.
+
+    Parameters
+    ----------
+    neg : ``[shape=(n,)]`` best expected chance matches per labelled negative
+    rate : share of negatives allowed, in [0, 1]
+
+    Returns
+    -------
+    float, within :data:`CALIBRATION_BOUNDS`
+    """
+    neg = np.sort(np.asarray(neg, dtype=np.float64))  # inf (no evidence) sorts last
+    allowed = int(np.floor(rate * len(neg) + 1e-9))
+    if allowed >= len(neg) or not np.isfinite(neg[allowed]):
+        return CALIBRATION_BOUNDS[1]
+    return float(np.clip(neg[allowed] / RATE_MARGIN, *CALIBRATION_BOUNDS))
+
+
+def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, neg_any: np.ndarray, *,
+              target_precision: float = 0.99, max_review_rate: float = 0.05,
+              base: Policy | None = None) -> tuple[Policy, dict[str, Any]]:
+    """Verdict thresholds from labelled positives and negatives.
+
+    ``flag_at`` is the loosest threshold on copy evidence whose precision on
+    the labelled set meets ``target_precision``. ``review_at`` is the loosest
+    threshold on any evidence that sends at most ``max_review_rate`` of the
+    negatives to a person (precision is the wrong yardstick there: it moves
+    with the share of copies in the labelled set, while the workload of
+    reviewers is a rate on unrelated outputs); never tighter than ``flag_at``.
+    Where the precision target cannot be met, the base policy's ``flag_at`` is
+    kept and the report says so.
+
+    Parameters
+    ----------
+    pos_copy, neg_copy : ``[shape=(n,)]`` best copy-evidence expected chance
+        matches per labelled positive / negative (``inf``: none)
+    pos_any, neg_any : the same over every feature (semantic ones included)
+    target_precision : in (0, 1]
+    max_review_rate : share of negatives a calibrated policy may send to review, in [0, 1]
+    base : thresholds to start from (the index's current policy)
+
+    Returns
+    -------
+    (Policy, report)
+        The calibrated policy and a JSON-serialisable report: counts,
+        thresholds, precision and recall of flagging and of flag-or-review on
+        the labelled set, and warnings.
+    """
+    if not (0 < target_precision <= 1):
+        raise ParameterError(f"target precision must lie in (0, 1], given {target_precision}")
+    if not (0 <= max_review_rate <= 1):
+        raise ParameterError(f"review rate must lie in [0, 1], given {max_review_rate}")
+    base = base or Policy()
+    pos_copy, neg_copy, pos_any, neg_any = (np.asarray(a, dtype=np.float64)
+                                            for a in (pos_copy, neg_copy, pos_any, neg_any))
+    warnings = []
+    if len(pos_copy) == 0 or len(neg_copy) == 0:
+        raise ParameterError(f"calibration needs labelled positives and negatives that could be checked; "
+                             f"given {len(pos_copy)} positive(s) and {len(neg_copy)} negative(s)")
+    flag_at = threshold_for_precision(pos_copy, neg_copy, target_precision)
+    if flag_at is None:
+        warnings.append(f"no threshold reaches precision {target_precision} on copy evidence; "
+                        f"flag_at kept at {base.flag_at:g}")
+        flag_at = base.flag_at
+    review_at = threshold_for_rate(neg_any, max_review_rate)
+    if len(neg_copy) < MIN_CALIBRATION_NEGATIVES:
+        # zero false calls among n negatives bounds the false-call rate only by
+        # about 3/n: too few to loosen thresholds on, enough to tighten them
+        warnings.append(f"only {len(neg_copy)} negatives: thresholds may only tighten (give at least "
+                        f"{MIN_CALIBRATION_NEGATIVES} to loosen them)")
+        flag_at, review_at = min(flag_at, base.flag_at), min(review_at, base.review_at)
+    review_at = max(review_at, flag_at)
+    policy = Policy(flag_at=flag_at, review_at=review_at, semantic_cap=base.semantic_cap,
+                    copy_features=base.copy_features).validate()
+
+    def rates(pos: np.ndarray, neg: np.ndarray, t: float) -> dict[str, Any]:
+        tp, fp = int(np.sum(pos <= t)), int(np.sum(neg <= t))
+        return {"threshold": t, "recall": tp / len(pos), "precision": tp / (tp + fp) if tp + fp else None,
+                "positives_called": tp, "negatives_called": fp}
+
+    report = {"positives": int(len(pos_copy)), "negatives": int(len(neg_copy)),
+              "target_precision": target_precision, "max_review_rate": max_review_rate,
+              "flag": rates(pos_copy, neg_copy, flag_at), "review": rates(pos_any, neg_any, review_at),
+              "before": {"flag_at": base.flag_at, "review_at": base.review_at}, "warnings": warnings}
+    return policy, report
