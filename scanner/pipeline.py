@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from scanner import __version__
-from scanner import media, policy as pol
+from scanner import ledger, media, policy as pol, thumbs
 from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterError
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
@@ -163,6 +163,8 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
         image = media.load_image(item.path, max_side=DECODE_SIDE)
         content = analyse(image)
         out.featureless = content.featureless
+        if reference:  # from the decoded picture: reports show works without their files
+            out.thumb = thumbs.encode(image)
         for feat in featurizers:
             if feat.modality == "image":
                 prepare = feat.prepare_reference if reference else feat.prepare
@@ -477,6 +479,8 @@ class Result:
     #: strongest evidence per feature, expected chance matches (not written to
     #: results: calibration reads it in-process)
     best_expected: dict[str, float] = field(default_factory=dict, repr=False)
+    #: a person's decision from the ledger that settled this verdict (see :mod:`scanner.ledger`)
+    decision: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         line = {"path": self.path, "sha256": self.sha256, "modality": self.modality,
@@ -484,6 +488,10 @@ class Result:
                 "error": self.error, "index_id": self.index_id, "matches": self.matches}
         if self.candidates is not None:
             line["candidates"] = self.candidates
+        if self.featureless is not None:
+            line["featureless"] = self.featureless
+        if self.decision is not None:
+            line["decision"] = self.decision
         return line
 
 
@@ -511,6 +519,7 @@ class Scanner:
         self.featurizers = features_for_index(self.index, self.options)
         self.works = self.index.works()
         self.candidates = candidates
+        self.decisions = ledger.load(index_dir)  # people's decisions are honoured, not re-escalated
         self._ones: dict[str, np.ndarray] = {}
         self._tables: dict[str, LandmarkTable] = {}
         for feat in self.featurizers:  # load and verify everything before the first result
@@ -624,6 +633,7 @@ class Scanner:
             for m in sorted(evidence, key=lambda m: m["expected"]):
                 nearest.setdefault(m["work_id"], m)
             result.candidates = list(nearest.values())[: self.candidates]
+        ledger.honour(result, self.decisions, self.works)
         return result
 
     def check_paths(self, items: Iterable[media.Input]) -> Iterator[Result]:
@@ -725,7 +735,7 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
         for result in scanner.check_paths(items):
             summary.counts[result.verdict] += 1
             if sink is not None:
-                sink.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                sink.write(_json_line(result.to_dict()))
                 sink.flush()
             if on_result is not None:
                 on_result(result)
@@ -746,13 +756,45 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     return summary
 
 
-def _truncate_torn_tail(path: Path) -> None:
-    """Cut a partial last line left by a killed scan, so appends start on a new line."""
+def _json_line(record: dict[str, Any]) -> str:
+    """One ``results.jsonl`` line, newline included, that always encodes as UTF-8.
+
+    A file name that is not UTF-8 (bytes the OS allows) reaches Python as lone
+    surrogates; written as ``\\udcXX`` escapes the line stays valid JSON and
+    reads back to the same path string, so ``--resume`` recognises it.
+    """
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record)
+    return line + "\n"
+
+
+def _truncate_torn_tail(path: Path, *, block: int = 1 << 16) -> None:
+    """Cut a partial last line left by a killed scan, so appends start on a new line.
+
+    Reads backwards from the end, one block at a time, so a results file of
+    millions of lines is never held in memory.
+    """
     try:
         with open(path, "rb+") as fh:
-            data = fh.read()
-            if data and not data.endswith(b"\n"):
-                fh.truncate(data.rfind(b"\n") + 1)
+            end = fh.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            fh.seek(end - 1)
+            if fh.read(1) == b"\n":
+                return
+            pos = end
+            while pos > 0:
+                start = max(0, pos - block)
+                fh.seek(start)
+                newline = fh.read(pos - start).rfind(b"\n")
+                if newline >= 0:
+                    fh.truncate(start + newline + 1)
+                    return
+                pos = start
+            fh.truncate(0)
     except FileNotFoundError:
         pass
 

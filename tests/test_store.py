@@ -51,12 +51,12 @@ def test_add_and_remove_keep_ids_and_vectors_consistent(fresh_index: Path, tmp_p
 
 
 def test_failed_write_leaves_the_old_index_whole(fresh_index: Path) -> None:
-    snapshot = {p.name: p.read_bytes() for p in fresh_index.iterdir() if not p.name.startswith(".")}
+    snapshot = {p.name: p.read_bytes() for p in fresh_index.rglob("*") if p.is_file() and not p.name.startswith(".")}
     with pytest.raises(RuntimeError):
         with store.IndexWriter(fresh_index) as w:
             w.add_work(path="x.png", sha256="ab" * 32, modality="image")
             raise RuntimeError("killed")
-    assert {p.name: p.read_bytes() for p in fresh_index.iterdir() if not p.name.startswith(".")} == snapshot
+    assert {p.name: p.read_bytes() for p in fresh_index.rglob("*") if p.is_file() and not p.name.startswith(".")} == snapshot
     assert not list(fresh_index.parent.glob(".index.tmp-*"))
     store.verify_index(fresh_index)
 

@@ -48,6 +48,9 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 CATALOG = "catalog.sqlite"
 STAMP = ".verified.json"
+#: Reference thumbnails (one per work, for reports): display only, so they are
+#: not hashed into the manifest; they move with the index in every atomic swap.
+THUMBS = "thumbs"
 #: Landmark descriptors from this many rows on are searched through an inverted
 #: file (exact flat search below).
 IVF_FROM = 32768
@@ -296,6 +299,11 @@ class Index:
                 raise IndexError_(f"cannot read {path}: {exc}") from None
         return self._rows[feature]
 
+    @property
+    def thumbs_dir(self) -> Path:
+        """The ``thumbs/`` folder: one thumbnail per work, named by work id (see :mod:`scanner.thumbs`)."""
+        return self.path / THUMBS
+
     def catalog(self) -> sqlite3.Connection:
         if self._catalog is None:
             path = self._file(CATALOG)
@@ -443,7 +451,7 @@ def verify_index(path: str | Path, *, hmac_key: bytes | None = None) -> dict[str
     for name, expected in sorted(manifest["files"].items()):
         _verify_file(path, name, expected, use_stamp=False)
         total += expected["size"]
-    listed = set(manifest["files"]) | {MANIFEST, SIGNATURE, STAMP}
+    listed = set(manifest["files"]) | {MANIFEST, SIGNATURE, STAMP, THUMBS}
     extra = sorted(p.name for p in path.iterdir() if p.name not in listed and not p.name.startswith(".verified"))
     if extra:
         raise IndexError_(f"{path} holds files the manifest does not list: {', '.join(extra)}")
@@ -584,6 +592,7 @@ class IndexWriter:
                         os.link(src, dst)
                     except OSError:
                         shutil.copy2(src, dst)
+            _link_tree(self.path / THUMBS, self.staging / THUMBS)
         self._db = sqlite3.connect(self.staging / CATALOG)
         self._db.execute("PRAGMA journal_mode=DELETE")
         self._db.execute(
@@ -661,6 +670,13 @@ class IndexWriter:
         data.rows.append(np.stack([np.asarray(work_ids, np.int32), loc], axis=1))
         data.extra.append(extra)
 
+    def add_thumbnail(self, work_id: int, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        """Keep a work's thumbnail (WebP bytes, see :mod:`scanner.thumbs`) in the staged ``thumbs/``."""
+        from scanner import thumbs
+
+        assert self.staging is not None
+        thumbs.save(self.staging / THUMBS, int(work_id), data, meta)
+
     def remove_works(self, work_ids: Iterable[int]) -> list[int]:
         """Remove works (catalog rows and their vectors); returns the ids that existed."""
         assert self._db is not None
@@ -668,6 +684,9 @@ class IndexWriter:
         for wid in work_ids:
             if self._db.execute("DELETE FROM works WHERE id=?", (int(wid),)).rowcount:
                 found.append(int(wid))
+                if self.staging is not None:  # staged links: the published index keeps its copies
+                    for p in (self.staging / THUMBS).glob(f"{int(wid)}.*"):
+                        p.unlink()
         self._removed.update(found)
         self._final.clear()
         self._final_extra.clear()
@@ -811,6 +830,19 @@ class IndexWriter:
         shutil.rmtree(old, ignore_errors=True)
         self.staging = None
         self._committed = True
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) the files of a flat folder into a new one, when it exists."""
+    if not src.is_dir():
+        return
+    dst.mkdir()
+    for p in src.iterdir():
+        if p.is_file():
+            try:
+                os.link(p, dst / p.name)
+            except OSError:
+                shutil.copy2(p, dst / p.name)
 
 
 def read_metadata(path: str | Path) -> dict[str, dict[str, Any]]:
