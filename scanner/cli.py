@@ -39,6 +39,8 @@ ClipModelOpt = typer.Option(None, "--clip-model", help="open_clip model name or 
 ClipPretrainedOpt = typer.Option(None, "--clip-pretrained", help="Pretrained tag or checkpoint path "
                                  "(default laion2b_s34b_b79k, from models/).")
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Checkpoint folder (default models/ or LIKENESS_MODELS_DIR).")
+NoThumbsOpt = typer.Option(False, "--no-thumbnails", help="Keep and embed no picture of the outputs "
+                           "(for outputs that must not leave the scan).")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -223,6 +225,7 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
                                             "per input, whatever the verdict (for evaluation)."),
              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+             no_thumbnails: bool = NoThumbsOpt,
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Scan outputs against an index; one verdict per input."""
     from scanner.pipeline import scan
@@ -235,7 +238,8 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
     with progress_bar(not quiet) as prog:
         summary = scan(inputs, index, out_dir=out_dir, resume=resume,
                        options=_options(None, clip_model, clip_pretrained, models_dir, device),
-                       hmac_key=_key(hmac_key_file), progress=prog, candidates=candidates)
+                       hmac_key=_key(hmac_key_file), progress=prog, candidates=candidates,
+                       thumbnails=not no_thumbnails)
     out.print(summary_table(summary.counts, skipped=summary.skipped, resumed=summary.resumed))
     if out_dir is not None:
         out.print(f"results: {out_dir / 'results.jsonl'}, {out_dir / 'results.csv'}, "
@@ -249,8 +253,9 @@ def check_cmd(file: Path = typer.Argument(..., help="One asset to check."), inde
               html: Optional[Path] = typer.Option(None, "--html", help="Also write a one-asset HTML page."),
               as_json: bool = typer.Option(False, "--json", help="Print the result line as JSON."),
               clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
-              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
-    """Check one asset and explain the verdict in plain words."""
+              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+              no_thumbnails: bool = NoThumbsOpt) -> None:
+    """Check one asset and explain the verdict in plain words (and on a one-asset HTML page)."""
     from scanner.pipeline import ScanSummary, check
     from scanner.report import write_html
     from scanner.report.console import print_check
@@ -263,10 +268,53 @@ def check_cmd(file: Path = typer.Argument(..., help="One asset to check."), inde
     else:
         print_check(out, line, run)
     if html is not None:
-        write_html([line], run, html)
+        from scanner.thumbs import from_file
+
+        own = None if no_thumbnails else {f"o{line['sha256']}": from_file(file)}
+        write_html([line], run, html, index_dir=index, single=True, thumbnails=not no_thumbnails,
+                   own_thumbs={k: v for k, v in (own or {}).items() if v is not None})
+        err.print(f"one-asset page: {html}", highlight=False)
     summary = ScanSummary()
     summary.counts[result.verdict] += 1
     raise typer.Exit(summary.exit_code())
+
+
+@app.command("review")
+@handled
+def review_cmd(target: str = typer.Argument(..., help="The output file, or its sha256."), index: Path = IndexOpt,
+               decision: str = typer.Option(..., "--decision", help="approved, rejected or licensed."),
+               by: str = typer.Option(..., "--by", help="Who decides."),
+               why: str = typer.Option(..., "--why", help="Why (shown to whoever looks next)."),
+               work: Optional[List[int]] = typer.Option(None, "--work", help="A work id the decision concerns "
+                                                        "(repeatable). Default: the works the file matches "
+                                                        "now, or the output as a whole."),
+               clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+               models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Record a person's decision on an output in the index's decision ledger; later scans honour it."""
+    from scanner.ledger import ledger_path
+    from scanner.pipeline import review
+
+    d = review(target, index, decision=decision, by=by, why=why, work_ids=work,
+               options=_options(None, clip_model, clip_pretrained, models_dir), hmac_key=_key(hmac_key_file))
+    works = ", ".join(f"work {w['work_id']} ({w.get('title') or '?'})" for w in d.works) or "the output as a whole"
+    out.print(f"recorded: {d.decision} by {d.by} for {d.sha256[:16]}… concerning {works}; "
+              f"ledger {ledger_path(index)}", highlight=False)
+
+
+@app.command("report")
+@handled
+def report_cmd(results: Path = typer.Argument(..., help="A results.jsonl written by `likeness scan`."),
+               out_file: Path = typer.Option(..., "--out", "-o", help="The HTML page to write."),
+               index: Optional[Path] = typer.Option(None, "--index", "-i", help="The index the results came "
+                                                    "from (default: the one named in run.json)."),
+               no_thumbnails: bool = NoThumbsOpt) -> None:
+    """Rebuild the HTML report from results and the index alone (no rescan, no reference files)."""
+    from scanner.report.html import rebuild
+
+    n, notes = rebuild(results, out_file, index_dir=index, thumbnails=not no_thumbnails)
+    for note in notes:
+        err.print(f"[dim]note:[/] {note}", highlight=False)
+    out.print(f"report of {n} result(s): {out_file}", highlight=False)
 
 
 @app.command("calibrate")

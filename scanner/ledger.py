@@ -119,7 +119,7 @@ def append(index_dir: str | Path, decision: Decision) -> Decision:
     line = (json.dumps(decision.to_dict(), ensure_ascii=False) + "\n").encode("utf-8")
     path = ledger_path(index_dir)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
         raise ParameterError(f"cannot write the decision ledger {path}: {exc.strerror}") from None
     try:

@@ -686,7 +686,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | Path | None = None,
          resume: bool = False, options: FeatureOptions | None = None, policy: pol.Policy | None = None,
          hmac_key: bytes | None = None, progress: Progress | None = None, candidates: int = 0,
-         on_result: Callable[[Result], None] | None = None) -> ScanSummary:
+         on_result: Callable[[Result], None] | None = None, thumbnails: bool = True) -> ScanSummary:
     """Scan inputs against an index, streaming one result line per input.
 
     Parameters
@@ -698,6 +698,9 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     resume : skip inputs already in ``out_dir/results.jsonl``
     candidates : also record this many nearest works per input (see :class:`Scanner`)
     on_result : called with every new result as it is decided
+    thumbnails : keep small thumbnails of flagged, review and licensed outputs in
+        ``out_dir/thumbs/`` for the report (``False``: no picture of an output
+        is kept or embedded)
 
     Returns
     -------
@@ -752,7 +755,7 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
         }
         scanner.close()
         if out_dir is not None:
-            _write_outputs(Path(out_dir), summary.run)
+            _write_outputs(Path(out_dir), summary.run, thumbnails=thumbnails)
     return summary
 
 
@@ -799,13 +802,13 @@ def _truncate_torn_tail(path: Path, *, block: int = 1 << 16) -> None:
         pass
 
 
-def _write_outputs(out: Path, run: dict[str, Any]) -> None:
+def _write_outputs(out: Path, run: dict[str, Any], *, thumbnails: bool = True) -> None:
     from scanner.report import write_all
 
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(run, indent=2))
     os.replace(tmp, out / "run.json")
-    write_all(read_results(out / "results.jsonl"), run, out)
+    write_all(read_results(out / "results.jsonl"), run, out, thumbnails=thumbnails)
 
 
 def check(path: str | Path, index_dir: str | Path, *, options: FeatureOptions | None = None,
@@ -818,6 +821,57 @@ def check(path: str | Path, index_dir: str | Path, *, options: FeatureOptions | 
         return result, scanner.describe()
     finally:
         scanner.close()
+
+
+def review(target: str | Path, index_dir: str | Path, *, decision: str, by: str, why: str,
+           work_ids: Sequence[int] | None = None, options: FeatureOptions | None = None,
+           hmac_key: bytes | None = None) -> ledger.Decision:
+    """Record a person's decision on one output in the index's decision ledger.
+
+    Parameters
+    ----------
+    target : the output file, or its sha256 (64 hex digits)
+    index_dir : the index the decision is made against (the ledger lives beside it)
+    decision : ``approved``, ``rejected`` or ``licensed``
+    by, why : who decides and why
+    work_ids : the works it concerns; default: for a file, the works it matches
+        now (checked against the index), else the output as a whole
+
+    Returns
+    -------
+    ledger.Decision, as appended
+
+    Raises
+    ------
+    ParameterError
+        A target that is neither a file nor a sha256, an unknown work id, or a
+        bad decision.
+    """
+    path = Path(target)
+    if path.is_file():
+        sha256 = media.sha256_file(path)
+        shown_path: str | None = str(path)
+    elif ledger.is_sha256(str(target)):
+        sha256, shown_path = str(target).lower(), None
+    else:
+        raise ParameterError(f"{target} is neither an existing file nor a sha256 (64 hex digits)")
+    ledger.Decision(sha256, decision, by, why).validate()  # before a check that may take a while
+    with store.open_index(index_dir, hmac_key=hmac_key) as index:
+        index_id, works = index.index_id, index.works()
+    if work_ids:
+        unknown = sorted(set(work_ids) - set(works))
+        if unknown:
+            raise ParameterError(f"no work {', '.join(map(str, unknown))} in index {index_dir} "
+                                 "(see `likeness index info` or the report)")
+        ids = list(dict.fromkeys(work_ids))
+    elif shown_path is not None:
+        result, _ = check(path, index_dir, options=options, hmac_key=hmac_key)
+        ids = list(dict.fromkeys(m["work_id"] for m in result.matches if m["work_id"] in works))
+    else:
+        ids = []
+    concerned = [{"work_id": i, "sha256": works[i].sha256, "title": works[i].title} for i in ids]
+    return ledger.append(index_dir, ledger.Decision(sha256, decision, by, why, works=concerned,
+                                                    index_id=index_id, path=shown_path))
 
 
 # --- calibration ---------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
+from scanner.report.html import describe_match
+
 COLOURS = {"flagged": "bold red", "review": "bold yellow", "error": "bold magenta",
            "licensed": "bold blue", "clear": "bold green"}
 VERDICT_ORDER = ("flagged", "error", "review", "licensed", "clear")
@@ -25,12 +27,24 @@ def summary_table(counts: Mapping[str, int], *, skipped: int = 0, resumed: int =
     return table
 
 
+def _today() -> str:
+    import datetime as _dt
+
+    return _dt.date.today().isoformat()
+
+
 def plain_verdict(result: Mapping[str, Any], run: Mapping[str, Any]) -> str:
     """The verdict in plain words for a person (never "cleared")."""
     n, index = run.get("n_works", 0), run.get("index_path", "the index")
     v = result["verdict"]
+    d = result.get("decision")
+    if d:
+        return (f"Decided by a person: {d.get('decision')} by {d.get('by')} on {(d.get('time') or '')[:10]}: "
+                f"{d.get('why')}")
     if v == "clear":
-        return f"No near-copy found among the {n} works of index {index}. ({result['reason']})"
+        return (f"No near-copy found among the {n} works of index {index} ({run.get('index_id', '?')}) "
+                f"on {str(run.get('started_at') or _today())[:10]}: {result['reason']}. "
+                "This is not a legal clearance.")
     if v == "flagged":
         return "Too close to a protected work: do not use without clearing the rights."
     if v == "review":
@@ -41,17 +55,25 @@ def plain_verdict(result: Mapping[str, Any], run: Mapping[str, Any]) -> str:
 
 
 def print_check(console: Console, result: Mapping[str, Any], run: Mapping[str, Any]) -> None:
-    """Print one asset's verdict and evidence."""
+    """Print one asset's verdict in plain words and colour, then the evidence per matched work."""
+    from rich.markup import escape
+
     v = result["verdict"]
-    console.print(f"[{COLOURS[v]}]{v.upper()}[/]  {result['path']}", highlight=False)
-    console.print(plain_verdict(result, run), highlight=False)
-    if result.get("matches"):
-        table = Table(show_header=True, title="matched works")
-        for col in ("work", "rights holder", "feature", "strength", "significance", "file"):
-            table.add_column(col)
-        for m in result["matches"]:
-            table.add_row(str(m.get("title") or f"work {m['work_id']}"), str(m.get("rights_holder") or "—"),
-                          m["feature"], f"{m['score']:.2f}", m["chance"], str(m.get("ref_path")))
-        console.print(table)
-    console.print(f"[dim]index {run.get('index_id')} · {run.get('n_works')} works · "
+    console.print(f"[{COLOURS[v]}]{v.upper()}[/]  {escape(str(result['path']))}", highlight=False)
+    console.print(escape(plain_verdict(result, run)), highlight=False)
+    shown: set[Any] = set()
+    for m in result.get("matches") or []:
+        if m["work_id"] not in shown:
+            shown.add(m["work_id"])
+            licensed = " [bold blue](the studio holds the rights)[/]" if m.get("licensed") else ""
+            console.print(f"\n  [bold]{escape(str(m.get('title') or 'work ' + str(m['work_id'])))}[/]{licensed}"
+                          f" · rights holder {escape(str(m.get('rights_holder') or 'unknown'))}"
+                          f" · licence {escape(str(m.get('licence') or 'unknown'))}"
+                          f" [dim](work {m['work_id']}, {escape(str(m.get('ref_path')))})[/]", highlight=False)
+        ev = describe_match(m)
+        colour = "red" if ev["score"] >= 0.8 else "yellow" if ev["score"] >= 0.5 else "dim"
+        detail = "; ".join(x for x in (ev["words"], ev["where"]) if x)
+        console.print(f"    [{colour}]{m['feature']}[/] strength {ev['score']:.2f} · {ev['chance']}"
+                      + (f"\n      [dim]{escape(detail)}[/]" if detail else ""), highlight=False)
+    console.print(f"\n[dim]index {run.get('index_id')} · {run.get('n_works')} works · "
                   f"sha256 {result.get('sha256') or '—'}[/]", highlight=False)
