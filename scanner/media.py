@@ -9,11 +9,13 @@ Nothing here knows about features, indexes or reports.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import stat
 import struct
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,11 @@ _AUDIO_BRANDS = frozenset({b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "})
 
 # Bytes sniff() reads: enough for every signature below (BMP's DIB size sits at 14).
 _HEAD = 32
+
+# load_image's own header check (max_pixels) is the decompression-bomb guard.
+# Pillow's warning for 89-179 Mpx images would only print noise on stderr (from
+# every worker, even under -q); its hard limit still raises and is reported.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _ORIENTATION = 0x0112  # EXIF tag
 
 
@@ -254,7 +261,10 @@ def _walk(folder: Path) -> Iterator[Input | Skipped]:
                 yield Skipped(path, "not a regular file")
                 continue
         except OSError as exc:
-            yield Skipped(path, f"could not be read ({exc.strerror or exc})")
+            # a link loop or an unreadable entry named like media still gets a
+            # result line (decoding names the problem), as a broken link does
+            modality = _sniff_name(path)
+            yield Input(path, modality) if modality else Skipped(path, f"could not be read ({exc.strerror or exc})")
             continue
         modality = sniff(path)
         yield Input(path, modality) if modality else Skipped(path, _NOT_MEDIA)
@@ -338,7 +348,9 @@ def load_image(
     except MemoryError:
         reason = "not enough memory to decode the image"
     except OSError as exc:
-        if exc.errno is not None:  # the OS failed to read, not a bad stream
+        if exc.errno == errno.ELOOP:
+            reason = "symbolic link loop"
+        elif exc.errno is not None:  # the OS failed to read, not a bad stream
             reason = f"read error ({exc.strerror})"
         else:
             reason = f"truncated or corrupt image ({_detail(exc)})"
@@ -400,11 +412,18 @@ def _to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:
         or (im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA")
     )
     if not has_alpha:
+        # shrink before converting where the mode allows it: a full-size RGB copy
+        # of a 179 Mpx picture would cost 716 MB more (the result is the same)
+        if im.mode == "1":
+            im = im.convert("L")
+        if im.mode in ("L", "RGB"):
+            return _shrink(im, max_side).convert("RGB")
         return _shrink(im.convert("RGB"), max_side)
     # premultiplied alpha: the colour stored under alpha 0 becomes zero, so
     # resampling cannot bleed it into the picture, and flattening over white is
     # one addition (rgb * a + white * (1 - a)), done after shrinking
-    premultiplied = _shrink(im.convert("RGBA").convert("RGBa"), max_side)  # RGBA applies palette alpha, tRNS
+    rgba = im if im.mode == "RGBA" else im.convert("RGBA")  # RGBA applies palette alpha, tRNS
+    premultiplied = _shrink(rgba.convert("RGBa"), max_side)
     arr = np.asarray(premultiplied)
     return Image.fromarray(arr[..., :3] + (255 - arr[..., 3:]), mode="RGB")
 

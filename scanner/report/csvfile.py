@@ -14,7 +14,8 @@ COLUMNS = ("path", "verdict", "score", "reason", "sha256", "modality", "work_id"
 def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
     """Write results as CSV (atomically: tmp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # a file name that is not UTF-8 is written with \udcXX escapes, keeping the CSV valid UTF-8
+    with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.DictWriter(fh, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for r in results:
