@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test install dev clean
+.PHONY: demo test install dev clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ dev: $(STAMP_DEV)
 demo: $(STAMP_RUN)
 	$(BIN)/likeness demo --out demo-out
 
-test: $(STAMP_DEV)
-	$(BIN)/python -m pytest
+test: $(STAMP_DEV) chromium
+	$(BIN)/python -m pytest -rs
+
+# The report's real-browser tests (tests/test_browser.py) drive headless Chromium. Installed
+# here when absent and we can (root with apt); otherwise those tests skip, and we say so loudly.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then 	    echo "installing chromium (apt-get) for the report's browser tests"; 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || true; 	  fi; 	  command -v chromium >/dev/null 2>&1 || echo "*** WARNING: no chromium and it could not be installed: the real-browser tests of the HTML report (tests/test_browser.py) will be SKIPPED ***" >&2; }
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
