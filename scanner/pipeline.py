@@ -316,12 +316,15 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
         keep = ~np.isin(rows[:, 0], featureless)
         if name in WEIGHT_FREE:
             keep &= make(name).informative(vecs)
+        all_vecs, all_rows = vecs, rows
         vecs, rows = vecs[keep], rows[keep]
         a, b = pol.sample_pairs(rows[:, 0])
         if vecs.dtype == np.uint8:  # binary codes: Hamming distances standardised by code density
             ones = _ones(vecs)
             d = pol.standardize_hamming(pol.hamming_pairs(vecs, a, b), ones[a], ones[b], vecs.shape[1] * 8)
             nulls[name] = pol.fit_null(d, prior=pol.PRIOR_HAMMING_Z)
+            # stock shapes recur across works: a match on a crowded code is weaker evidence
+            writer.set_row_weights(name, pol.crowding(all_vecs, all_rows[:, 0], nulls[name], usable=keep))
         else:
             d = 1.0 - np.einsum("ij,ij->i", vecs[a], vecs[b])
             nulls[name] = pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
@@ -566,6 +569,7 @@ class Scanner:
             null = self.index.null[feat.name]
             # every (query row, index row) comparison is a chance to match by chance
             comparisons = len(rows) * feat.codes_per_item
+            crowd = self.index.row_weights(feat.name)
             for j, (i, evs) in enumerate(zip(pos, per_query)):
                 if not evs:
                     continue
@@ -575,6 +579,8 @@ class Scanner:
                     r_ones = self._ref_ones(feat.name)[[e.row for e in evs]]
                     dist = pol.standardize_hamming(dist, q_ones, r_ones, feat.dim)
                 expected = pol.expected_chance(dist, null, comparisons)
+                if crowd is not None:
+                    expected = expected * crowd[[e.row for e in evs]]
                 strength = pol.strength(expected, self.policy)
                 for e, x, s in zip(evs, expected, strength):
                     evidence[i].append(self._match(feat, e, float(x), float(s)))

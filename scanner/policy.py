@@ -51,6 +51,10 @@ TAIL_WIDENING = 1.5
 #: gives (4, 0.54, 1.9).
 MIN_INLIER_SAMPLES = 100
 PRIOR_INLIERS = {"threshold": 4.0, "p_threshold": 0.5, "scale": 2.5}
+#: The same for audio fingerprints' aligned-hash counts (per 10-second window),
+#: for indexes of too few audio works to fit: half the chance candidates reach
+#: 6 aligned hashes, then one in e fewer per 3 more.
+PRIOR_ALIGNED = {"threshold": 6.0, "p_threshold": 0.5, "scale": 3.0}
 #: Bounds of a fitted landmark null's scale (inliers per e-fold of the tail):
 #: counts come in whole keypoints, and a body that does not fall off at all
 #: (every candidate related) is capped rather than made infinite.
@@ -218,7 +222,95 @@ def expected_chance(distance: np.ndarray | float, null: dict[str, Any], comparis
     return pair_rate(distance, null) * max(int(comparisons), 1)
 
 
-def fit_inlier_null(inliers: np.ndarray, *, candidates: int) -> dict[str, Any]:
+#: Chance rate per pair at which a code's neighbourhood is counted for crowding:
+#: the nearest one in a thousand unrelated codes.
+CROWD_RATE = 1e-3
+#: Neighbours looked at per code when counting its crowd.
+CROWD_K = 64
+#: Codes compared against when counting crowds; a larger library is subsampled.
+CROWD_SAMPLE = 200_000
+#: Largest crowding factor (a code in a crowd this dense is stock material).
+MAX_CROWDING = 1e4
+
+
+def crowding(codes: np.ndarray, work_ids: np.ndarray, null: dict[str, Any], *,
+             usable: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """How much more crowded each code's neighbourhood is than the null predicts.
+
+    The null says what share of unrelated codes lies within a distance of any
+    code; a stock shape (a star, an arrow, a plain frame) recurs across many
+    works, so far more of the library's codes sit near it than the null
+    predicts, and an output near it is near it by chance far more often. This
+    is a library-wide inverse document frequency for hashes (as cross-domain
+    similarity local scaling penalises hubs in nearest-neighbour retrieval):
+    the chance rate of a match on code ``r`` is multiplied by
+
+        ``rho_r = max(1, (1 + n_r) / (1 + E_r))``
+
+    where ``n_r`` counts other works' codes within the null's
+    :data:`CROWD_RATE` quantile of ``r`` and ``E_r = CROWD_RATE * (codes of
+    other works)`` is what the null expects there. A distinctive code, simple
+    or not, keeps ``rho = 1``.
+
+    Parameters
+    ----------
+    codes : uint8 ``[shape=(n, nbytes)]`` packed binary codes
+    work_ids : int ``[shape=(n,)]`` the work of each code
+    null : the model of :func:`fit_null`, on standardised Hamming distances
+    usable : bool ``[shape=(n,)]``, codes that count (informative, not
+        featureless); others get ``rho = 1`` and are not counted
+    seed : sample of the library compared against, when it is larger than
+        :data:`CROWD_SAMPLE`
+
+    Returns
+    -------
+    float32 ``[shape=(n,)]`` crowding factors, >= 1
+    """
+    import faiss
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    work_ids = np.asarray(work_ids, np.int64)
+    n, dim = len(codes), codes.shape[1] * 8
+    out = np.ones(n, np.float32)
+    idx = np.flatnonzero(np.ones(n, bool) if usable is None else usable)
+    if len(idx) < 2:
+        return out
+    pool = idx
+    if len(pool) > CROWD_SAMPLE:
+        pool = np.sort(np.random.default_rng(seed).choice(pool, CROWD_SAMPLE, replace=False))
+    scale = len(idx) / len(pool)  # counts in the sample stand for the whole library
+    index = faiss.IndexBinaryFlat(dim)
+    index.add(codes[pool])
+    k = min(CROWD_K, len(pool))
+    D, I = index.search(codes[idx], k)
+    ones = np.bitwise_count(codes).sum(axis=1).astype(np.int64)
+    nb = pool[np.maximum(I, 0)]
+    z = standardize_hamming(D, ones[idx][:, None], ones[nb], dim)
+    # the distance at which a share CROWD_RATE of unrelated pairs lies, in the null's units
+    z0 = null["centre"] + null["spread"] * null.get("tail_widening", TAIL_WIDENING) * math.sqrt(2) * \
+        float(_erfinv(2 * CROWD_RATE - 1))
+    near = (I >= 0) & (work_ids[nb] != work_ids[idx][:, None]) & (z <= z0)
+    counted = near.sum(axis=1) * scale
+    own = np.bincount(work_ids[idx] - work_ids[idx].min())[work_ids[idx] - work_ids[idx].min()]
+    expected = CROWD_RATE * (len(idx) - own)
+    out[idx] = np.clip((1.0 + counted) / (1.0 + expected), 1.0, MAX_CROWDING)
+    return out
+
+
+def _erfinv(y: float) -> float:
+    """Inverse error function by bisection on :func:`math.erf` (a scalar, once per index)."""
+    lo, hi = -6.0, 6.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if math.erf(mid) < y:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def fit_inlier_null(inliers: np.ndarray, *, candidates: int,
+                    prior: dict[str, float] | None = None) -> dict[str, Any]:
     """Fit a null model of landmark inlier counts (larger = closer).
 
     ``inliers`` are the counts of chance candidates: references verified
@@ -240,6 +332,9 @@ def fit_inlier_null(inliers: np.ndarray, *, candidates: int) -> dict[str, Any]:
     ----------
     inliers : ``[shape=(m,)]`` inlier counts of chance candidates (0: not verified)
     candidates : candidates verified per query (every one is a chance to match)
+    prior : ``threshold``, ``p_threshold``, ``scale`` used when there are fewer
+        than :data:`MIN_INLIER_SAMPLES` counts (:data:`PRIOR_INLIERS` by default;
+        audio fingerprints pass :data:`PRIOR_ALIGNED`)
 
     Returns
     -------
@@ -252,7 +347,7 @@ def fit_inlier_null(inliers: np.ndarray, *, candidates: int) -> dict[str, Any]:
     model: dict[str, Any] = {"kind": "inliers", "candidates": int(candidates), "samples": int(len(x)),
                              "tail_widening": TAIL_WIDENING}
     if len(x) < MIN_INLIER_SAMPLES:
-        return {**model, **PRIOR_INLIERS, "prior": True}
+        return {**model, **(prior or PRIOR_INLIERS), "prior": True}
     u = int(np.quantile(x, 0.5))
     counts = np.bincount(x[x >= u] - u).astype(np.float64)
     body = np.flatnonzero(counts < counts[0] / 8)

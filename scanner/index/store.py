@@ -200,6 +200,7 @@ class Index:
         self._faiss: dict[str, Any] = {}
         self._rows: dict[str, np.ndarray] = {}
         self._landmarks: dict[str, dict[str, np.ndarray]] = {}
+        self._weights: dict[str, np.ndarray] = {}
         self._catalog: sqlite3.Connection | None = None
         self._works: dict[int, Work] | None = None
 
@@ -288,6 +289,23 @@ class Index:
             except (ValueError, OSError) as exc:
                 raise IndexError_(f"cannot read {path}: {exc}") from None
         return self._landmarks[feature]
+
+    def row_weights(self, feature: str) -> np.ndarray | None:
+        """Per-row crowding factors of ``feature`` (:func:`scanner.policy.crowding`),
+        float32 ``[shape=(n,)]``, or ``None`` when the index has none for it."""
+        name = f"{feature}.weights.npy"
+        if name not in self.manifest["files"]:
+            return None
+        if feature not in self._weights:
+            path = self._file(name)
+            try:
+                w = np.load(path, allow_pickle=False)
+            except ValueError as exc:
+                raise IndexError_(f"cannot read {path}: {exc}") from None
+            if w.shape != (len(self.rows(feature)),):
+                raise IndexError_(f"{path} has {w.shape} weights for {len(self.rows(feature))} rows")
+            self._weights[feature] = w
+        return self._weights[feature]
 
     def rows(self, feature: str) -> np.ndarray:
         """Row map of ``feature``: int32 ``[shape=(n, 2)]`` of (work_id, locator)."""
@@ -696,6 +714,19 @@ class IndexWriter:
     def set(self, key: str, value: Any) -> None:
         """Set a manifest section (``policy``, ``null``, ...)."""
         self.manifest[key] = value
+
+    def set_row_weights(self, name: str, weights: np.ndarray | None) -> None:
+        """Keep per-row weights of feature ``name`` (crowding factors), row-aligned with
+        :meth:`vectors` as committed; ``None`` drops them."""
+        assert self.staging is not None
+        path = self.staging / f"{name}.weights.npy"
+        if weights is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(path.name + ".new")  # a new file: the published copy may be a hard link
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(weights, np.float32), allow_pickle=False)
+        os.replace(tmp, path)
 
     # -- publish -------------------------------------------------------------------
     def vectors(self, name: str) -> tuple[np.ndarray, np.ndarray]:
