@@ -27,8 +27,9 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import (LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence,
-                           landmark_null_scores)
+from scanner.match import (CHAIN_TOLERANCE, LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence,
+                           landmark_null_scores, segment_chains)
+from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
 
 #: Longest side images are decoded to; every image featurizer works below it.
 DECODE_SIDE = 512
@@ -88,8 +89,15 @@ def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[
     """
     if options.names:
         return [make(n, **options.clip_options()) for n in options.names], []
-    feats: list[Featurizer] = [make(n) for n in WEIGHT_FREE]
+    feats: list[Featurizer] = []
     notes = []
+    for n in WEIGHT_FREE:
+        try:
+            feats.append(make(n))
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("scanner."):
+                raise
+            notes.append(f"{n} not used: this likeness has no {exc.name} module")
     try:
         from scanner.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
         from scanner.models import default_models_dir, resolve_checkpoint
@@ -157,9 +165,12 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
     except OSError:
         pass  # load_image names the problem below
     try:
-        if item.modality != "image":
+        if not any(f.modality == item.modality for f in featurizers):
             raise DecodeError(item.path, f"{item.modality} files are not supported by this index "
-                                         "(it holds no features for them)")
+                                         f"(it holds no {item.modality} features)")
+        if item.modality == "audio":
+            _prepare_audio(out, featurizers, reference)
+            return out
         image = media.load_image(item.path, max_side=DECODE_SIDE)
         content = analyse(image)
         out.featureless = content.featureless
@@ -176,6 +187,19 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
     except Exception as exc:  # a featurizer bug must not stop the scan or lose results
         out.error = f"could not be checked ({type(exc).__name__}: {exc})"
     return out
+
+
+def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: bool) -> None:
+    """Decode an audio input once, in bounded chunks, feeding every audio featurizer."""
+    audio = media.open_audio(out.item.path)
+    feats = [f for f in featurizers if f.modality == "audio"]
+    states = [f.start(sr=audio.sr, reference=reference) for f in feats]  # type: ignore[attr-defined]
+    for chunk in audio.chunks():
+        for feat, state in zip(feats, states):
+            feat.update(state, chunk)  # type: ignore[attr-defined]
+    out.featureless = audio.featureless()
+    for feat, state in zip(feats, states):
+        out.prepared[feat.name] = feat.finish(state)  # type: ignore[attr-defined]
 
 
 #: Featurizers seen by forked decode processes (set before the pool forks).
@@ -309,6 +333,15 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
     featureless = writer.featureless_work_ids()
     for name in writer.feature_names():
         vecs, rows = writer.vectors(name)
+        if writer.feature_kind(name) == "postings":
+            table = PostingsTable.from_arrays(vecs, rows[:, 0], writer.extras(name))
+            scores = postings_null_scores(table, feature=name, skip=featureless)
+            # candidates that aligned at all: the empty slots of a small library
+            # would pile up at 0 and make the tail look steeper than it is
+            scores = scores[scores > 0]
+            nulls[name] = _bounded_tail({**pol.fit_inlier_null(scores, candidates=AUDIO_TOP, prior=pol.PRIOR_ALIGNED),
+                                         "window": WINDOW}, scores)
+            continue
         if writer.feature_kind(name) == "landmark":
             nulls[name] = _fit_landmark_null(name, vecs, rows, writer.extras(name), writer.landmark_index(name),
                                              featureless)
@@ -329,6 +362,27 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
             d = 1.0 - np.einsum("ij,ij->i", vecs[a], vecs[b])
             nulls[name] = pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
     return nulls
+
+
+def _bounded_tail(null: dict[str, Any], scores: np.ndarray) -> dict[str, Any]:
+    """Keep a fitted exponential tail no heavier than twice what its own sample allows.
+
+    A body that does not fall off before the sample ends (a small library:
+    chance counts bunched at a few values) gives no slope, and the fitted
+    scale runs to its cap, far heavier than the sample: ``n`` chance scores
+    whose largest is ``m`` say ``P(X > m)`` is about ``1 / n``, i.e. a scale
+    near ``(m + 1 - u) / ln(p_u n)``. Twice that is kept as the bound (the
+    tail beyond the sample is unknown), before the usual widening.
+    """
+    if null.get("prior") or not len(scores):
+        return null
+    u, p_u, n = null["threshold"], null["p_threshold"], len(scores)
+    if p_u * n <= np.e:
+        return null
+    bound = 2.0 * (float(scores.max()) + 1.0 - u) / np.log(p_u * n)
+    if bound < null["scale"]:
+        null = {**null, "scale_fitted": null["scale"], "scale": max(bound, pol.MIN_INLIER_SCALE)}
+    return null
 
 
 def _fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dict[str, np.ndarray],
@@ -378,6 +432,10 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                                                     options), []
         summary = BuildSummary(writer.manifest["index_id"], notes=notes,
                                features=[f.name for f in featurizers])
+        for feat in featurizers:
+            if feat.kind == "postings":  # present even when no work has audio: audio scans check against none
+                codes, extra = feat.index_rows(np.zeros(0, feat.hash_dtype))  # type: ignore[attr-defined]
+                writer.add_vectors(feat.identity(), codes, np.zeros(0, np.int32), extra=extra)
         roots = [Path(r) for r in refs]
         items = []
         for found in media.discover(roots):
@@ -406,7 +464,8 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                     summary.added += 1
                 work_ids.append(wid)
             for feat in featurizers:
-                if feat.kind == "landmark":
+                # rows of their own per item: keypoints, hashes, or dense windows of any number (audio-melody)
+                if feat.kind in ("landmark", "postings") or not feat.codes_per_item:
                     _add_landmarks(writer, feat, batch, work_ids)
                     continue
                 pos, vecs = _embed(feat, batch)
@@ -525,7 +584,13 @@ class Scanner:
         self.decisions = ledger.load(index_dir)  # people's decisions are honoured, not re-escalated
         self._ones: dict[str, np.ndarray] = {}
         self._tables: dict[str, LandmarkTable] = {}
+        self._postings: dict[str, PostingsTable] = {}
         for feat in self.featurizers:  # load and verify everything before the first result
+            if feat.kind == "postings":
+                extra = self.index.landmarks(feat.name)
+                self._postings[feat.name] = PostingsTable.from_arrays(
+                    extra["key"], np.asarray(self.index.rows(feat.name))[:, 0], extra)
+                continue
             self.index.faiss_index(feat.name)
             self.index.rows(feat.name)
             if feat.kind == "landmark":
@@ -556,6 +621,12 @@ class Scanner:
         for feat in self.featurizers:
             if feat.kind == "landmark":
                 self._judge_landmarks(feat, batch, evidence)
+                continue
+            if feat.kind == "postings":
+                self._judge_postings(feat, batch, evidence)
+                continue
+            if not feat.codes_per_item:
+                self._judge_segments(feat, batch, evidence)
                 continue
             pos, vecs = _embed(feat, batch)
             if not pos:
@@ -600,10 +671,68 @@ class Scanner:
                 evidence[i].extend(self._match(feat, e, float(x), float(s))
                                    for e, x, s in zip(evs, expected, strength))
 
+    def _judge_segments(self, feat: Featurizer, batch: Sequence[Prepared],
+                        evidence: list[list[dict[str, Any]]]) -> None:
+        """Dense windows, any number per item (audio-melody): chains aligned in time per work.
+
+        Every window is searched like any dense row; a work's evidence is its
+        best chain of windows agreeing on one shift and offset
+        (:func:`scanner.match.segment_chains`), whose chance is the product of
+        the windows' chance rates under the feature's dense null, times the
+        comparisons of one window (index rows x query rows).
+        """
+        pos = [i for i, p in enumerate(batch)
+               if p.error is None and feat.name in p.prepared and len(p.prepared[feat.name])]
+        if not pos:
+            return
+        items = [batch[i].prepared[feat.name] for i in pos]
+        vecs = feat.embed(items)
+        D, I = search.knn(self.index.faiss_index(feat.name), vecs, K, device=self.options.device)
+        I[~feat.informative(vecs)] = -1  # silent windows are no evidence
+        rows = np.asarray(self.index.rows(feat.name))
+        log_rate = np.log(pol.pair_rate(1.0 - D, self.index.null[feat.name]))
+        window, ref_hop, query_hop = feat.window, feat.ref_hop, feat.query_hop  # type: ignore[attr-defined]
+        # a further window of a chain could have picked any reference window within
+        # the offset tolerance, and any query window within one window's length
+        log_choices = float(np.log((2 * CHAIN_TOLERANCE / ref_hop + 1) * (window / query_hop)))
+        end = np.cumsum([len(p) for p in items])
+        for i, item, hi in zip(pos, items, end):
+            lo = hi - len(item)
+            found = segment_chains(D[lo:hi], I[lo:hi], log_rate[lo:hi], rows, item["start"], item["shift"],
+                                   feature=feat.name, ref_hop=ref_hop, window=window, log_choices=log_choices)
+            if not found:
+                continue
+            log_comparisons = np.log(max(len(rows) * len(item), 1))
+            expected = np.exp(np.maximum([t + log_comparisons for _, t in found], np.log(pol.MIN_RATE)))
+            strength = pol.strength(expected, self.policy)
+            evidence[i].extend(self._match(feat, e, float(x), float(s))
+                               for (e, _), x, s in zip(found, expected, strength))
+
+    def _judge_postings(self, feat: Featurizer, batch: Sequence[Prepared],
+                        evidence: list[list[dict[str, Any]]]) -> None:
+        """Postings features (audio fingerprints): hashes looked up, aligned per work in time."""
+        null = self.index.null[feat.name]
+        table = self._postings[feat.name]
+        for i, p in enumerate(batch):
+            if p.error is not None or feat.name not in p.prepared:
+                continue
+            hashes = p.prepared[feat.name]
+            evs = align(hashes, table, feature=feat.name)
+            if not evs:
+                continue
+            # the count is over the best window of the null's length; a longer
+            # query has that many more windows to find a chance alignment in
+            length = float(hashes["t"].max() - hashes["t"].min()) if len(hashes) else 0.0
+            windows = max(1.0, length / null.get("window", WINDOW))
+            expected = pol.expected_inliers(np.array([e.raw for e in evs]), null) * windows
+            strength = pol.strength(expected, self.policy)
+            evidence[i].extend(self._match(feat, e, float(x), float(s)) for e, x, s in zip(evs, expected, strength))
+
     def _match(self, feat: Featurizer, e: Any, expected: float, strength: float) -> dict[str, Any]:
         work = self.works.get(e.work_id)
         raw = int(e.raw) if feat.metric == "hamming" else round(e.raw, 4)
-        raw_kind = {"landmark": "inliers", "binary": "hamming_bits"}.get(feat.kind, "cosine")
+        raw_kind = {"landmark": "inliers", "binary": "hamming_bits",
+                    "postings": "aligned_hashes"}.get(feat.kind, "cosine")
         return {
             "work_id": e.work_id, "ref_path": work.path if work else None,
             "title": work.title if work else None, "rights_holder": work.rights_holder if work else None,

@@ -12,9 +12,9 @@ from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
 
 #: Every featurizer name likeness knows, in the order reports list them.
-NAMES = ("image-phash", "image-local", "image-clip")
+NAMES = ("image-phash", "image-local", "image-clip", "audio-fingerprint", "audio-melody")
 #: Those that need no downloaded weights.
-WEIGHT_FREE = ("image-phash", "image-local")
+WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody")
 
 
 def make(name: str, **options: Any) -> Featurizer:
@@ -46,4 +46,12 @@ def make(name: str, **options: Any) -> Featurizer:
         from scanner.features.clip import Clip
 
         return Clip(**{k: v for k, v in options.items() if v is not None})
+    if name == "audio-fingerprint":
+        from scanner.features.fingerprint import Fingerprint
+
+        return Fingerprint()
+    if name == "audio-melody":
+        from scanner.features.melody import Melody
+
+        return Melody()
     raise ParameterError(f"unknown feature {name!r}; known: {', '.join(NAMES)}")

@@ -7,21 +7,35 @@ A featurizer turns decoded media into fixed-size vectors in two steps:
 * :meth:`Featurizer.embed` works on a batch of prepared items and returns one
   row per item.
 
-Landmark featurizers (kind ``"landmark"``: keypoints, audio peaks) yield a
-variable number of rows per item, each with a position; :meth:`Featurizer.index_rows`
-says what the index keeps of a reference, and :mod:`scanner.match` verifies
-their geometry.
+Landmark featurizers (kind ``"landmark"``: keypoints) yield a variable number
+of rows per item, each with a position; :meth:`Featurizer.index_rows` says what
+the index keeps of a reference, and :mod:`scanner.match` verifies their geometry.
+
+Postings featurizers (kind ``"postings"``: audio fingerprint hashes) yield a
+variable number of integer keys per item, each with a time; the index keeps
+them as sorted plain arrays (``<feature>.npz``, no faiss) that are looked up
+with :func:`numpy.searchsorted`, and :mod:`scanner.match_audio` aligns them.
+
+Audio featurizers (:class:`AudioFeaturizer`, ``modality = "audio"``) do not
+take a whole decoded file: the pipeline decodes each audio file once, in
+bounded chunks (:meth:`scanner.media.Audio.chunks`), and feeds every chunk to
+every audio featurizer through :meth:`AudioFeaturizer.start`,
+:meth:`~AudioFeaturizer.update` and :meth:`~AudioFeaturizer.finish`, so memory
+stays bounded for a 3-hour file and the file is read once for all of them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 from PIL import Image
 
 from scanner.features.content import Content
+
+if TYPE_CHECKING:
+    from scanner.media import Audio, AudioChunk
 
 
 class Featurizer(ABC):
@@ -32,11 +46,13 @@ class Featurizer(ABC):
     name : str
         Feature name used on the command line and in the index (``image-phash``).
     modality : {"image", "audio"}
-    kind : {"dense", "binary", "landmark"}
+    kind : {"dense", "binary", "landmark", "postings"}
         ``dense`` rows are float32 and L2-normalised (inner product = cosine);
         ``binary`` rows are packed bits, uint8 ``[shape=(n, dim // 8)]``;
         ``landmark`` rows are packed bits too, any number per item, each with
-        a position kept beside the index (``<feature>.npz``).
+        a position kept beside the index (``<feature>.npz``);
+        ``postings`` rows are uint32 hash keys, any number per item, each with
+        a time; the index keeps them sorted by key in ``<feature>.npz``.
     metric : {"ip", "hamming"}
     codes_per_item : int
         Rows each item yields (views of one picture: whole, content inside
@@ -46,7 +62,7 @@ class Featurizer(ABC):
 
     name: str
     modality: Literal["image", "audio"] = "image"
-    kind: Literal["dense", "binary", "landmark"]
+    kind: Literal["dense", "binary", "landmark", "postings"]
     metric: Literal["ip", "hamming"]
     codes_per_item: int = 1
 
@@ -105,14 +121,14 @@ class Featurizer(ABC):
         return self.prepare(image, content)
 
     def index_rows(self, prepared: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Landmark features: what the index keeps of one prepared reference.
+        """Landmark and postings features: what the index keeps of one prepared reference.
 
         Returns
         -------
-        codes : uint8 ``[shape=(n, dim // 8)]``
-        extra : per-row arrays (positions), each ``[shape=(n, ...)]``
+        codes : uint8 ``[shape=(n, dim // 8)]`` (landmark), or uint32 ``[shape=(n,)]`` keys (postings)
+        extra : per-row arrays (positions, times), each ``[shape=(n, ...)]``
         """
-        raise NotImplementedError(f"{self.name} is not a landmark feature")
+        raise NotImplementedError(f"{self.name} is not a landmark or postings feature")
 
     @abstractmethod
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
@@ -138,3 +154,57 @@ class Featurizer(ABC):
         if self.metric == "hamming":
             return 1.0 - np.asarray(raw, dtype=np.float64) / self.dim
         return np.clip(np.asarray(raw, dtype=np.float64), 0.0, 1.0)
+
+
+class AudioFeaturizer(Featurizer):
+    """Base class of audio featurizers: fed decoded chunks, decoded once per file.
+
+    The pipeline opens each audio file once (:func:`scanner.media.open_audio`)
+    and runs, for every audio featurizer of the index::
+
+        state = feat.start(sr=audio.sr, reference=reference)
+        for chunk in audio.chunks():          # contiguous, mono float32, bounded
+            feat.update(state, chunk)
+        prepared = feat.finish(state)          # what embed() / index_rows() take
+
+    ``state`` is the featurizer's own object (a dict, a small class): whatever
+    it must carry between chunks (the samples of an unfinished frame, features
+    so far). Keep it bounded by what the result needs, never by the whole
+    signal. Chunks are contiguous and do not overlap (:class:`scanner.media.AudioChunk`);
+    times in results are seconds from the file's start (``chunk.start / sr``).
+    :meth:`prepare` runs the same loop on an :class:`~scanner.media.Audio` for
+    callers outside the pipeline (tests, benchmarks).
+
+    Decoding has already mixed to mono at :data:`scanner.media.ANALYSIS_SR`,
+    replaced NaN/inf by 0, and the pipeline judges silence and too-short files
+    featureless (never flagged) from the same pass; a featurizer returns an
+    empty result for them rather than raising.
+    """
+
+    modality = "audio"
+
+    @abstractmethod
+    def start(self, *, sr: int, reference: bool = False) -> Any:
+        """A fresh state for one file at ``sr`` Hz (``reference``: the file is being indexed)."""
+
+    @abstractmethod
+    def update(self, state: Any, chunk: AudioChunk) -> None:
+        """Take the next chunk of the file into ``state``."""
+
+    @abstractmethod
+    def finish(self, state: Any) -> np.ndarray:
+        """The prepared item for the whole file (what :meth:`embed` takes)."""
+
+    def prepare(self, audio: Audio, content: Content | None = None) -> np.ndarray:  # type: ignore[override]
+        """Decode ``audio`` and run :meth:`start`/:meth:`update`/:meth:`finish` on it."""
+        return self._run(audio, reference=False)
+
+    def prepare_reference(self, audio: Audio, content: Content | None = None) -> np.ndarray:  # type: ignore[override]
+        """:meth:`prepare` for a reference being indexed."""
+        return self._run(audio, reference=True)
+
+    def _run(self, audio: Audio, *, reference: bool) -> np.ndarray:
+        state = self.start(sr=audio.sr, reference=reference)
+        for chunk in audio.chunks():
+            self.update(state, chunk)
+        return self.finish(state)

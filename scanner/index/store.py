@@ -7,7 +7,10 @@ Layout (see DESIGN.md)::
     <index>/<feature>.faiss       faiss index (binary or dense) of every vector of that feature
     <index>/<feature>.rows.npy    int32 [shape=(n, 2)]: row -> (work_id, locator)
     <index>/<feature>.npz         landmark features only: per-row arrays (keypoint positions),
-                                  row-aligned with the faiss index; plain arrays, no pickle
+                                  row-aligned with the faiss index; plain arrays, no pickle.
+                                  Postings features (audio fingerprint hashes) have no .faiss
+                                  file: their .npz holds ``key`` (uint32, sorted) and per-row
+                                  arrays (times), row-aligned with .rows.npy
 
 Every write happens in a staging copy beside the index and is swapped in by
 rename, so a killed writer leaves the previous index whole. One writer at a
@@ -28,6 +31,7 @@ import hmac
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import time
 import uuid
@@ -150,7 +154,55 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _siblings(path: Path, kind: str) -> list[Path]:
-    return sorted(path.parent.glob(f".{path.name}.{kind}-*"), key=lambda p: p.stat().st_mtime)
+    found = []
+    for p in path.parent.glob(f".{path.name}.{kind}-*"):
+        with contextlib.suppress(FileNotFoundError):  # a writer may remove it meanwhile
+            found.append((p.stat().st_mtime, p))
+    return [p for _, p in sorted(found)]
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write a small file and fsync it (the manifest must be on disk before the swap)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _crash_point(step: str) -> None:
+    """Test hook: die here by SIGKILL when ``LIKENESS_CRASH_AT`` names ``step``.
+
+    ``LIKENESS_CRASH_AT=<step>:stop`` stops the process (SIGSTOP) instead, so a
+    test can look at the index while a writer is paused mid-commit and then let
+    it go on (SIGCONT). Steps, in commit order: ``staged`` (data files written),
+    ``manifest`` (manifest written and synced), ``first-rename`` (old index moved
+    aside; only where paths cannot be exchanged atomically), ``swapped`` (new
+    index in place, old one not yet removed). Does nothing when unset.
+    """
+    want = os.environ.get("LIKENESS_CRASH_AT")
+    if want and want.partition(":")[0] == step:
+        os.kill(os.getpid(), signal.SIGSTOP if want.endswith(":stop") else signal.SIGKILL)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the system or file system cannot, so the caller falls
+    back to two renames (and :func:`_recover` after a kill between them).
+    """
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _lock_path(path: Path) -> Path:
@@ -479,11 +531,14 @@ def verify_index(path: str | Path, *, hmac_key: bytes | None = None) -> dict[str
             raise IndexError_(f"{path}: catalog holds {n_works} works, manifest says {index.n_works}")
         for feature, spec in manifest["features"].items():
             rows = index.rows(feature)
-            ntotal = index.faiss_index(feature).ntotal
+            if spec["kind"] == "postings":
+                ntotal = len(index.landmarks(feature).get("key", ()))
+            else:
+                ntotal = index.faiss_index(feature).ntotal
             if not (len(rows) == ntotal == spec["count"]):
                 raise IndexError_(f"{path}: {feature} has {ntotal} vectors, {len(rows)} row entries, "
                                   f"manifest says {spec['count']}")
-            if spec["kind"] == "landmark":
+            if spec["kind"] in ("landmark", "postings"):
                 for key, arr in index.landmarks(feature).items():
                     if len(arr) != ntotal:
                         raise IndexError_(f"{path}: {feature} has {ntotal} vectors but {len(arr)} "
@@ -675,7 +730,7 @@ class IndexWriter:
             raise ParameterError(f"{n} vectors but {len(work_ids)} work ids")
         loc = np.zeros(n, np.int32) if locators is None else np.asarray(locators, np.int32)
         extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
-        if (identity["kind"] == "landmark") != bool(extra):
+        if (identity["kind"] in ("landmark", "postings")) != bool(extra):
             raise ParameterError(f"{name}: per-row arrays (keypoint positions) are given for landmark "
                                  f"features, and only for them (kind {identity['kind']!r})")
         if any(len(v) != n for v in extra.values()):
@@ -749,7 +804,14 @@ class IndexWriter:
         parts_v: list[np.ndarray] = []
         parts_r: list[np.ndarray] = []
         parts_e: list[dict[str, np.ndarray]] = []
-        if fpath.exists():
+        if spec["kind"] == "postings":
+            if epath.exists():  # keys and their per-row arrays, no faiss file
+                with np.load(epath, allow_pickle=False) as data:
+                    old_e = {k: data[k] for k in data.files}
+                parts_v.append(old_e.pop("key"))
+                parts_r.append(np.load(rpath, allow_pickle=False))
+                parts_e.append(old_e)
+        elif fpath.exists():
             old = faiss.read_index_binary(str(fpath)) if binary else faiss.read_index(str(fpath))
             if old.ntotal:
                 parts_v.append(binary_codes(old) if binary else old.reconstruct_n(0, old.ntotal))
@@ -764,7 +826,10 @@ class IndexWriter:
             parts_e += new.extra
         width = spec["dim"] // 8 if binary else spec["dim"]
         dtype = np.uint8 if binary else np.float32
-        vecs = np.concatenate(parts_v).astype(dtype) if parts_v else np.zeros((0, width), dtype)
+        if spec["kind"] == "postings":
+            vecs = np.concatenate(parts_v).astype(np.uint32) if parts_v else np.zeros(0, np.uint32)
+        else:
+            vecs = np.concatenate(parts_v).astype(dtype) if parts_v else np.zeros((0, width), dtype)
         rows = np.concatenate(parts_r).astype(np.int32) if parts_r else np.zeros((0, 2), np.int32)
         extra = {k: np.concatenate([e[k] for e in parts_e]) for k in (parts_e[0] if parts_e else {})}
         if self._removed and len(rows):
@@ -787,7 +852,7 @@ class IndexWriter:
         return self._final_extra[name]
 
     def feature_kind(self, name: str) -> str:
-        """``dense``, ``binary`` or ``landmark``."""
+        """``dense``, ``binary``, ``landmark`` or ``postings``."""
         return (self.manifest["features"].get(name) or self._features[name].identity)["kind"]
 
     def feature_names(self) -> list[str]:
@@ -800,6 +865,9 @@ class IndexWriter:
         assert self.staging is not None
         spec = dict(self.manifest["features"].get(name) or self._features[name].identity)
         vecs, rows = self.vectors(name)
+        if spec["kind"] == "postings":
+            self._write_postings(name, spec, vecs, rows)
+            return
         if spec["kind"] == "landmark":
             index = self.landmark_index(name)
         elif spec["kind"] == "binary":
@@ -828,6 +896,23 @@ class IndexWriter:
         spec["count"] = int(index.ntotal)
         self.manifest["features"][name] = spec
 
+    def _write_postings(self, name: str, spec: dict[str, Any], keys: np.ndarray, rows: np.ndarray) -> None:
+        """Postings as plain arrays sorted by key (a lookup is a binary search): rows and npz."""
+        assert self.staging is not None
+        order = np.argsort(keys, kind="stable")
+        rpath, epath = self.staging / f"{name}.rows.npy", self.staging / f"{name}.npz"
+        tmpr, tmpe = rpath.with_name(rpath.name + ".new"), epath.with_name(epath.name + ".new")
+        with open(tmpr, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(rows[order], np.int32), allow_pickle=False)
+        arrays = {k: np.ascontiguousarray(v[order]) for k, v in self.extras(name).items()}
+        with open(tmpe, "wb") as fh:  # a file object: np.savez would append .npz to a name
+            np.savez(fh, key=np.ascontiguousarray(keys[order], np.uint32), **arrays)
+        os.replace(tmpe, epath)
+        os.replace(tmpr, rpath)
+        (self.staging / f"{name}.faiss").unlink(missing_ok=True)
+        spec["count"] = int(len(keys))
+        self.manifest["features"][name] = spec
+
     def commit(self) -> None:
         """Write data files and the manifest into the staging copy, then swap it in."""
         assert self.staging is not None and self._db is not None
@@ -849,15 +934,24 @@ class IndexWriter:
                 files[p.name] = file_hashes(p)
         self.manifest["files"] = files
         raw = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
-        (self.staging / MANIFEST).write_bytes(raw)
+        _crash_point("staged")
+        _write_synced(self.staging / MANIFEST, raw)
         if self.hmac_key is not None:
-            (self.staging / SIGNATURE).write_text(hmac.new(self.hmac_key, raw, hashlib.sha256).hexdigest())
+            _write_synced(self.staging / SIGNATURE, hmac.new(self.hmac_key, raw, hashlib.sha256).hexdigest().encode())
         _fsync_dir(self.staging)
-        old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
-        if self.path.exists():
-            os.rename(self.path, old)
-        os.rename(self.staging, self.path)
+        _crash_point("manifest")
+        # one atomic exchange where the system allows it: readers never find the
+        # index missing; the old version is left under the staging name
+        if self.path.exists() and _exchange(self.staging, self.path):
+            old = self.staging
+        else:
+            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:12]}"
+            if self.path.exists():
+                os.rename(self.path, old)
+                _crash_point("first-rename")
+            os.rename(self.staging, self.path)
         _fsync_dir(self.path.parent)
+        _crash_point("swapped")
         shutil.rmtree(old, ignore_errors=True)
         self.staging = None
         self._committed = True

@@ -1,0 +1,347 @@
+"""Align audio fingerprint hashes with the index's postings: per-work evidence with time spans.
+
+Pure functions, no IO. A query's hashes (:data:`scanner.features.fingerprint.HASH_DTYPE`)
+are looked up in the index's postings, kept sorted by key, with
+:func:`numpy.searchsorted` (:func:`lookup`). Every hit pairs a query hash with a
+reference hash; a copy shows as many pairs that agree on one alignment
+
+    ``ref_time = offset + rate * query_time``
+
+with one pitch shift. :func:`align` finds it per candidate work by a 2-D vote
+over (rate, offset): the rate runs over a fine grid (so a query sped up by 2%,
+or slowed in tempo by 4%, still lines up over its whole length), each pair
+votes for the offset its times give at that rate, and the fullest cell wins.
+The score is the number of distinct query anchor peaks whose hashes agree
+(the aligned-hash count), within a window of :data:`WINDOW` seconds, so that its chance
+distribution, fitted at build time on excerpts of that length
+(:func:`postings_null_scores`), does not depend on the query's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from scanner.match import Evidence
+
+#: Largest time-scale change looked for (ref seconds per query second, either way).
+MAX_RATE = 1.12
+#: Rate grid step (relative): over a 10-second query, 0.4% moves the end by 40 ms.
+RATE_STEP = 0.004
+#: A pair's own rate (ratio of the two triplets' spans) must lie this close to the grid rate it votes at.
+PAIR_RATE_TOLERANCE = 0.08
+#: Largest pitch shift looked for (semitones, either way).
+MAX_SHIFT = 1.5
+#: Pairs of one alignment agree on the pitch shift within this many semitones.
+SHIFT_TOLERANCE = 0.4
+#: Offset vote bin (seconds), and how far an aligned pair may sit from the alignment.
+OFFSET_BIN = 0.1
+OFFSET_TOLERANCE = 0.06
+#: Works aligned per query (the most hit ones).
+AUDIO_TOP = 8
+#: Keys with more postings than this are too common to be evidence (stop words).
+MAX_POSTINGS_PER_KEY = 4096
+#: Seconds of query the aligned-hash count is taken over (and the null fitted on).
+WINDOW = 10.0
+#: Reference excerpts sampled to fit the null.
+NULL_QUERIES = 300
+#: Fewest aligned hashes reported as evidence at all.
+MIN_ALIGNED = 4
+
+
+@dataclass(frozen=True)
+class PostingsTable:
+    """An index's fingerprint postings, sorted by key.
+
+    Attributes
+    ----------
+    key : uint32 ``[shape=(n,)]``, sorted
+    work : int32 ``[shape=(n,)]``
+    t, span, pitch : float32 ``[shape=(n,)]`` anchor time (s), triplet span (s), anchor pitch (semitones)
+    near : uint16 ``[shape=(n,)]`` near-edge bits of the hash fields
+    """
+
+    key: np.ndarray
+    work: np.ndarray
+    t: np.ndarray
+    span: np.ndarray
+    pitch: np.ndarray
+    near: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, keys: np.ndarray, work_ids: np.ndarray, extra: dict[str, np.ndarray]) -> "PostingsTable":
+        """A table from postings in any order (sorted here unless they are already)."""
+        keys = np.asarray(keys, np.uint32).ravel()
+        cols = {k: np.asarray(extra[k]) if k in extra else np.zeros(len(keys), np.float32)
+                for k in ("t", "span", "pitch")}
+        near = np.asarray(extra.get("near", np.zeros(len(keys), np.uint16)), np.uint16)
+        work = np.asarray(work_ids, np.int32)
+        if len(keys) > 1 and np.any(keys[1:] < keys[:-1]):
+            order = np.argsort(keys, kind="stable")
+            keys, work, near = keys[order], work[order], near[order]
+            cols = {k: v[order] for k, v in cols.items()}
+        return cls(keys, work, cols["t"], cols["span"], cols["pitch"], near)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def hashes(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of the table as query hashes (:data:`~scanner.features.fingerprint.HASH_DTYPE`)."""
+        from scanner.features.fingerprint import HASH_DTYPE
+
+        out = np.zeros(len(rows), HASH_DTYPE)
+        out["key"], out["t"], out["span"] = self.key[rows], self.t[rows], self.span[rows]
+        out["pitch"], out["near"] = self.pitch[rows], self.near[rows]
+        return out
+
+
+def expand_probes(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys to look up for query hashes: each key, and its neighbours for fields near a bin edge.
+
+    A field whose value lies close to an edge of its bin (its ``near`` bit,
+    set by :func:`scanner.features.fingerprint.triplet_hashes`) may fall in
+    the neighbouring bin in a transformed copy; every combination of such
+    fields is looked up.
+
+    Parameters
+    ----------
+    hashes : ``[shape=(n,)]`` of :data:`~scanner.features.fingerprint.HASH_DTYPE`
+
+    Returns
+    -------
+    keys : uint32 ``[shape=(m,)]``, m >= n
+    source : int64 ``[shape=(m,)]`` the hash each key probes for
+    """
+    from scanner.features.fingerprint import SIZES, STRIDES
+
+    nf = len(SIZES)
+    near = hashes["near"].astype(np.int64)
+    key = hashes["key"].astype(np.int64)
+    step = np.zeros((len(hashes), nf), np.int64)
+    for i in range(nf):
+        up = (near >> (i + nf)) & 1
+        step[:, i] = np.where(up == 1, STRIDES[i], -STRIDES[i])
+    keys, source = [key], [np.arange(len(hashes))]
+    for subset in range(1, 1 << nf):
+        fields = [i for i in range(nf) if subset >> i & 1]
+        want = np.bitwise_or.reduce([1 << i for i in fields])
+        rows = np.flatnonzero((near & want) == want)
+        if len(rows):
+            keys.append(key[rows] + step[rows][:, fields].sum(axis=1))
+            source.append(rows)
+    return np.concatenate(keys).astype(np.uint32), np.concatenate(source)
+
+
+def lookup(hashes: np.ndarray, table: PostingsTable, *,
+           max_postings: int = MAX_POSTINGS_PER_KEY) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query hash, posting) pair with equal keys, probes included; vectorised.
+
+    Returns
+    -------
+    q, r : int64 ``[shape=(p,)]`` query hash numbers and table rows
+    """
+    keys, source = expand_probes(hashes)
+    lo = np.searchsorted(table.key, keys, side="left")
+    hi = np.searchsorted(table.key, keys, side="right")
+    n = hi - lo
+    n[n > max_postings] = 0  # a key this common says nothing about any one work
+    total = int(n.sum())
+    if not total:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    q = np.repeat(source, n)
+    starts = np.repeat(lo - np.cumsum(n) + n, n)  # each run's start, shifted by the run's position
+    r = starts + np.arange(total)
+    return q, r
+
+
+def _rate_grid() -> np.ndarray:
+    steps = int(np.ceil(np.log(MAX_RATE) / np.log1p(RATE_STEP)))
+    return np.exp(np.arange(-steps, steps + 1) * np.log1p(RATE_STEP))
+
+
+_RATES = _rate_grid()
+
+
+def _windowed_count(times: np.ndarray, window: float) -> tuple[int, float]:
+    """Most of ``times`` (sorted) inside any ``window`` seconds, and where that window starts."""
+    if not len(times):
+        return 0, 0.0
+    ends = np.searchsorted(times, times + window, side="left")
+    i = int(np.argmax(ends - np.arange(len(times))))
+    return int(ends[i] - i), float(times[i])
+
+
+def align_work(qt: np.ndarray, qspan: np.ndarray, qpitch: np.ndarray, qid: np.ndarray, rt: np.ndarray,
+               rspan: np.ndarray, rpitch: np.ndarray, *, window: float = WINDOW) -> dict[str, Any] | None:
+    """The best alignment of one work's hits: a 2-D vote over (rate, offset).
+
+    Parameters
+    ----------
+    qt, qspan, qpitch : float ``[shape=(p,)]`` query anchor time (s), span (s), pitch (semitones) of each pair
+    qid : int ``[shape=(p,)]`` the query hash of each pair (a hash counts once)
+    rt, rspan, rpitch : the same for the reference side
+    window : seconds of query the count is taken over
+
+    Returns
+    -------
+    dict or None
+        ``aligned`` (distinct query hashes in the best window), ``total``
+        (over the whole query), ``rate`` (reference seconds per query
+        second), ``offset`` (reference time at query time 0, s),
+        ``shift`` (pitch shift of the query, semitones), ``query_start``,
+        ``ref_start``, ``duration`` (s); ``None`` with fewer than
+        :data:`MIN_ALIGNED` pairs.
+    """
+    if len(qt) < MIN_ALIGNED:
+        return None
+    pair_rate = rspan / np.maximum(qspan, 1e-6)
+    g = np.log(pair_rate)[:, None] - np.log(_RATES)[None, :]
+    near = np.abs(g) <= np.log1p(PAIR_RATE_TOLERANCE)
+    p_idx, g_idx = np.nonzero(near)
+    if not len(p_idx):
+        return None
+    offset = rt[p_idx] - _RATES[g_idx] * qt[p_idx]
+    obin = np.floor(offset / OFFSET_BIN).astype(np.int64)
+    obin -= obin.min()
+    width = int(obin.max()) + 2
+    cell = g_idx.astype(np.int64) * width + obin
+    # a query hash votes once per cell
+    cells, counts = np.unique(np.unique(cell * len(qt) + p_idx) // len(qt), return_counts=True)
+    # neighbouring offset bins together: an alignment near a bin edge is not split
+    nxt = np.searchsorted(cells, cells + 1)
+    nxt_count = np.where((nxt < len(cells)) & (cells[np.minimum(nxt, len(cells) - 1)] == cells + 1),
+                         counts[np.minimum(nxt, len(cells) - 1)], 0)
+    best = int(np.argmax(counts + nxt_count))
+    rate = float(_RATES[cells[best] // width])
+    chosen = (cell == cells[best]) | (cell == cells[best] + 1)
+    a0 = float(np.median(offset[chosen]))
+    # refine: pairs at this rate within the tolerance of the offset, agreeing on the pitch shift
+    off = rt - rate * qt
+    ok = (np.abs(off - a0) <= OFFSET_TOLERANCE + OFFSET_BIN / 2) & \
+         (np.abs(np.log(pair_rate / rate)) <= np.log1p(PAIR_RATE_TOLERANCE))
+    if ok.sum() < MIN_ALIGNED:
+        return None
+    # the grid's rate and offset trade off along a ridge: fit both to the pairs (least squares)
+    if np.ptp(qt[ok]) > 1.0:
+        rate, a0 = (float(v) for v in np.polyfit(qt[ok], rt[ok], 1))
+        rate = float(np.clip(rate, 1 / MAX_RATE, MAX_RATE))
+        off = rt - rate * qt
+    a0 = float(np.median(off[ok]))
+    ok &= np.abs(off - a0) <= OFFSET_TOLERANCE
+    shift_all = qpitch - rpitch
+    shift = float(np.median(shift_all[ok])) if ok.any() else 0.0
+    ok &= np.abs(shift_all - shift) <= SHIFT_TOLERANCE
+    # one vote per peak: the triplets of one anchor peak (and the probes of one
+    # hash) are one coincidence, not many
+    times, first = np.unique(qt[ok], return_index=True)
+    n_ref = len(np.unique(rt[ok]))
+    if min(len(times), n_ref) < MIN_ALIGNED:
+        return None
+    aligned, _ = _windowed_count(times, window)
+    aligned = min(aligned, n_ref)
+    q0, q1 = float(times[0]), float(times[-1])
+    return {"aligned": aligned, "total": int(min(len(times), n_ref)), "rate": rate, "offset": a0, "shift": shift,
+            "query_start": q0, "ref_start": a0 + rate * q0, "duration": q1 - q0}
+
+
+def align(hashes: np.ndarray, table: PostingsTable, *, feature: str, top: int = AUDIO_TOP,
+          exclude: int | None = None, window: float = WINDOW) -> list[Evidence]:
+    """Per-work fingerprint evidence for one query: look up, pick candidate works, align each.
+
+    Parameters
+    ----------
+    hashes : ``[shape=(n,)]`` of :data:`~scanner.features.fingerprint.HASH_DTYPE`
+    table : the index's postings
+    feature : feature name, copied into the evidence
+    top : candidate works aligned (the ones with most distinct hashes hit)
+    exclude : a work passed over (a reference queried against its own index, for the null)
+    window : seconds the aligned count is taken over
+
+    Returns
+    -------
+    list of Evidence, most aligned first; ``raw`` is the aligned-hash count and
+    ``detail`` the locator: ``query_start``, ``ref_start``, ``duration`` (s),
+    ``rate``, ``pitch_shift`` (semitones), ``aligned``
+    """
+    if not len(hashes) or not len(table):
+        return []
+    q, r = lookup(hashes, table)
+    if exclude is not None and len(r):
+        keep = table.work[r] != exclude
+        q, r = q[keep], r[keep]
+    if not len(q):
+        return []
+    # loose filters first: a pair of a copy agrees on rate and pitch within the ranges looked for
+    rate = table.span[r] / np.maximum(hashes["span"][q], 1e-6)
+    shift = hashes["pitch"][q] - table.pitch[r]
+    keep = (rate <= MAX_RATE * (1 + PAIR_RATE_TOLERANCE)) & (rate >= 1 / (MAX_RATE * (1 + PAIR_RATE_TOLERANCE))) \
+        & (np.abs(shift) <= MAX_SHIFT + SHIFT_TOLERANCE)
+    q, r = q[keep], r[keep]
+    if not len(q):
+        return []
+    work = table.work[r].astype(np.int64)
+    # candidate works: the most distinct query hashes hit
+    pairs = np.unique(work * len(hashes) + q)
+    works, hits = np.unique(pairs // len(hashes), return_counts=True)
+    order = np.argsort(-hits, kind="stable")[:top]
+    out = []
+    by_work = np.argsort(work, kind="stable")
+    sorted_work = work[by_work]
+    for w in works[order]:
+        if hits[np.searchsorted(works, w)] < MIN_ALIGNED:
+            continue
+        sel = by_work[np.searchsorted(sorted_work, w, "left"):np.searchsorted(sorted_work, w, "right")]
+        qi, ri = q[sel], r[sel]
+        found = align_work(hashes["t"][qi].astype(np.float64), hashes["span"][qi].astype(np.float64),
+                           hashes["pitch"][qi].astype(np.float64), qi, table.t[ri].astype(np.float64),
+                           table.span[ri].astype(np.float64), table.pitch[ri].astype(np.float64), window=window)
+        if found is None:
+            continue
+        detail = {"query_start": round(found["query_start"], 3), "ref_start": round(found["ref_start"], 3),
+                  "duration": round(found["duration"], 3), "rate": round(found["rate"], 4),
+                  "pitch_shift": round(found["shift"], 2), "aligned": found["aligned"],
+                  "aligned_total": found["total"]}
+        out.append(Evidence(int(w), feature, float(found["aligned"]), -float(found["aligned"]), 0, 0, -1, detail))
+    out.sort(key=lambda e: -e.raw)
+    return out
+
+
+def postings_null_scores(table: PostingsTable, *, feature: str, skip: Sequence[int] = (),
+                         n_queries: int = NULL_QUERIES, seconds: float = WINDOW, top: int = AUDIO_TOP,
+                         seed: int = 0) -> np.ndarray:
+    """Aligned-hash counts of chance candidates: reference excerpts aligned against the other works.
+
+    Each sampled work gives an excerpt of ``seconds`` at a random offset (its
+    hashes there, times from the excerpt's start), aligned like a scan
+    (:func:`align`) against the index less itself. Each of the ``top``
+    candidates gives a score (0 when fewer were found).
+
+    Parameters
+    ----------
+    table : the index's postings
+    skip : works left out of the sample (featureless ones)
+    n_queries : excerpts sampled (works are reused when fewer)
+
+    Returns
+    -------
+    float64 ``[shape=(n_queries * top,)]`` aligned counts (empty with fewer than 2 works)
+    """
+    rng = np.random.default_rng(seed)
+    works = np.setdiff1d(np.unique(table.work), np.asarray(skip, np.int64))
+    if len(works) < 2:
+        return np.zeros(0)
+    order = np.argsort(table.work, kind="stable")
+    sorted_work = table.work[order]
+    scores = np.zeros((n_queries, top))
+    for j, w in enumerate(rng.choice(works, n_queries, replace=len(works) < n_queries)):
+        rows = order[np.searchsorted(sorted_work, w, "left"):np.searchsorted(sorted_work, w, "right")]
+        t = table.t[rows]
+        t0 = rng.uniform(float(t.min()), max(float(t.min()), float(t.max()) - seconds))
+        rows = rows[(t >= t0) & (t < t0 + seconds)]
+        q = table.hashes(rows)
+        q["t"] -= t0
+        raw = [e.raw for e in align(q, table, feature=feature, top=top, exclude=int(w))][:top]
+        scores[j, :len(raw)] = raw
+    return scores.ravel()
