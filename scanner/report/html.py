@@ -125,22 +125,25 @@ def _works(matches: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _Thumbs:
-    """Thumbnails embedded once each, by key (``o<sha256>`` outputs, ``w<id>`` works)."""
+    """Thumbnails embedded once each, by key (``o<sha256>`` outputs, ``w<id>`` works; ``o<n>``, ``w<n>`` in the page)."""
 
     def __init__(self, out_dir: Path | None, ref_dir: Path | None, enabled: bool,
                  own: Mapping[str, bytes] | None = None):
         self.out_dir, self.ref_dir, self.enabled = out_dir, ref_dir, enabled
         self.own = dict(own or {})
+        self.short: dict[str, str] = {}
         self.uris: dict[str, str] = {}
         self.meta: dict[str, dict[str, Any]] = {}
 
     def _get(self, key: str, folder: Path | None, name: Any) -> str | None:
-        if key not in self.uris:
+        if key not in self.short:
             found = (self.own[key], {}) if key in self.own else thumbs.load(folder, name)
             if found is None:
                 return None
-            self.uris[key], self.meta[key] = thumbs.data_uri(found[0]), found[1]
-        return key
+            # short keys in the page: a 64-digit sha256 per line adds up over 10k lines
+            short = self.short[key] = f"{key[0]}{len(self.short)}"
+            self.uris[short], self.meta[short] = thumbs.data_uri(found[0]), found[1]
+        return self.short[key]
 
     def output(self, sha256: Any) -> str | None:
         return self._get(f"o{sha256}", self.out_dir, sha256) if self.enabled and sha256 else None
@@ -228,7 +231,8 @@ def render_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], *,
     from scanner.report.console import plain_verdict
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("scanner.report", "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
     ref_dir, note = _index_thumbs(run, results, index_dir)
     th = _Thumbs(Path(out_thumbs) if out_thumbs else None, ref_dir, thumbnails, own_thumbs)
     counts = Counter(r.get("verdict") for r in results)
