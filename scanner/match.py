@@ -419,3 +419,93 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
         raw = [e.raw for e in evs][:LANDMARK_TOP]
         scores[j, :len(raw)] = raw
     return scores.ravel()
+
+
+# --- dense windows of audio: chains aligned in time ------------------------------------
+
+#: A chain's windows agree on the time offset (ref start - query start) within
+#: this many seconds plus :data:`CHAIN_DRIFT` of their distance in the query
+#: (a re-performance a few percent faster or slower drifts).
+CHAIN_TOLERANCE = 2.0
+CHAIN_DRIFT = 0.08
+#: Anchors (strongest windows of one work and shift) a chain is grown from.
+CHAIN_ANCHORS = 4
+
+
+def segment_chains(D: np.ndarray, I: np.ndarray, log_rate: np.ndarray, rows: np.ndarray,
+                   query_start: np.ndarray, query_shift: np.ndarray, *, feature: str, ref_hop: float,
+                   window: float, log_choices: float) -> list[tuple[Evidence, float]]:
+    """Per work, the best chain of query windows that agree on one shift and one time offset.
+
+    One window of chroma rarely says much (unrelated music shares keys and
+    chord progressions); a melody shows as several non-overlapping windows of
+    the query matching one work at one transposition and one offset. Their
+    chance rates multiply: a chain's log chance is the sum of its windows'
+    ``log_rate`` plus ``log_choices`` for every window after the first (the
+    offsets and query windows it could have picked). Windows join a chain,
+    strongest first, only while they make it less likely by chance.
+
+    Parameters
+    ----------
+    D, I : ``[shape=(n, k)]`` one query's search results (cosines, index rows; -1 = none)
+    log_rate : ``[shape=(n, k)]`` natural log of each neighbour's chance rate under the null
+    rows : int32 ``[shape=(n_rows, 2)]`` row -> (work_id, window number)
+    query_start : ``[shape=(n,)]`` seconds; query_shift : ``[shape=(n,)]`` pitch-class shift of each row
+    feature : feature name, copied into the evidence
+    ref_hop : seconds between a reference's windows (its window ``j`` starts at ``j * ref_hop``)
+    window : seconds per window
+    log_choices : log of the alignments a further window could take by chance
+
+    Returns
+    -------
+    list of (Evidence, log_chance)
+        One per work, most significant first. ``log_chance`` is the chain's
+        summed log rate (add the log of the comparisons for the expected
+        count). ``detail`` holds ``query_start``, ``ref_start``, ``duration``
+        (query seconds), ``segments``, ``segment_score`` (mean cosine),
+        ``transpose`` (semitones, query relative to the work) and ``rate``
+        (reference seconds per query second, when two windows or more).
+    """
+    q, j = np.nonzero(I >= 0)
+    if not len(q):
+        return []
+    r = I[q, j]
+    work, loc = rows[r, 0], rows[r, 1]
+    shift = np.asarray(query_shift)[q]
+    qt = np.asarray(query_start, np.float64)[q]
+    rt = loc * float(ref_hop)
+    lr, sim = log_rate[q, j], D[q, j]
+    out = []
+    for w in np.unique(work):
+        best: tuple[float, list[int], int] | None = None
+        for s in np.unique(shift[work == w]):
+            hits = np.flatnonzero((work == w) & (shift == s))
+            hits = hits[np.argsort(lr[hits], kind="stable")]
+            for a in hits[:CHAIN_ANCHORS]:
+                dq = np.abs(qt[hits] - qt[a])
+                near = np.abs((rt[hits] - qt[hits]) - (rt[a] - qt[a])) <= CHAIN_TOLERANCE + CHAIN_DRIFT * dq
+                chain, total = [a], float(lr[a])
+                for h in hits[near]:
+                    if h == a or lr[h] + log_choices >= 0:
+                        continue
+                    if all(abs(qt[h] - qt[c]) >= window for c in chain):
+                        chain.append(h)
+                        total += float(lr[h]) + log_choices
+                if best is None or total < best[0]:
+                    best = (total, chain, int(s))
+        assert best is not None
+        total, chain, s = best
+        chain.sort(key=lambda h: qt[h])
+        first, last = chain[0], chain[-1]
+        transpose = (-s) % 12
+        detail = {"query_start": round(float(qt[first]), 2), "ref_start": round(float(rt[first]), 2),
+                  "duration": round(float(qt[last] - qt[first] + window), 2), "segments": len(chain),
+                  "segment_score": round(float(np.mean(sim[chain])), 4),
+                  "transpose": int(transpose - 12 if transpose > 6 else transpose)}
+        if len(chain) > 1 and qt[last] > qt[first]:
+            detail["rate"] = round(float((rt[last] - rt[first]) / (qt[last] - qt[first])), 3)
+        top = chain[int(np.argmin(lr[chain]))]
+        out.append((Evidence(int(w), feature, float(np.mean(sim[chain])), 1.0 - float(np.mean(sim[chain])),
+                             int(loc[top]), int(q[top]), int(r[top]), detail), total))
+    out.sort(key=lambda t: t[1])
+    return out
