@@ -154,8 +154,10 @@ class Prepared:
     prepared: dict[str, np.ndarray] = field(default_factory=dict)
     featureless: str | None = None
     error: str | None = None
-    #: a reference's thumbnail (WebP bytes) for the index's ``thumbs/``
+    #: a reference's thumbnail (WebP bytes) for the index's ``thumbs/``, and its
+    #: sidecar (an audio strip's ``{"duration": seconds}``)
     thumb: bytes | None = None
+    thumb_meta: dict[str, Any] | None = None
 
 
 def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
@@ -194,9 +196,14 @@ def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: 
     audio = media.open_audio(out.item.path)
     feats = [f for f in featurizers if f.modality == "audio"]
     states = [f.start(sr=audio.sr, reference=reference) for f in feats]  # type: ignore[attr-defined]
+    strip = thumbs.StripBuilder(audio.sr) if reference else None  # reports show works without their files
     for chunk in audio.chunks():
         for feat, state in zip(feats, states):
             feat.update(state, chunk)  # type: ignore[attr-defined]
+        if strip is not None:
+            strip.update(chunk.y)
+    if strip is not None:
+        out.thumb, out.thumb_meta = strip.finish(), {"duration": round(strip.duration, 3)}
     out.featureless = audio.featureless()
     for feat, state in zip(feats, states):
         out.prepared[feat.name] = feat.finish(state)  # type: ignore[attr-defined]
@@ -330,6 +337,7 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
     construction, and are never evidence at scan time either.
     """
     nulls = {}
+    chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     featureless = writer.featureless_work_ids()
     for name in writer.feature_names():
         vecs, rows = writer.vectors(name)
@@ -344,7 +352,7 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
             continue
         if writer.feature_kind(name) == "landmark":
             nulls[name] = _fit_landmark_null(name, vecs, rows, writer.extras(name), writer.landmark_index(name),
-                                             featureless)
+                                             featureless, chance_pairs)
             continue
         keep = ~np.isin(rows[:, 0], featureless)
         if name in WEIGHT_FREE:
@@ -361,7 +369,54 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
         else:
             d = 1.0 - np.einsum("ij,ij->i", vecs[a], vecs[b])
             nulls[name] = pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
+    writer.set("fusion", _fit_fusion(writer, nulls, chance_pairs))
     return nulls
+
+
+def _fit_fusion(writer: store.IndexWriter, nulls: dict[str, Any],
+                chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    """How correlated the copy features' evidence is between unrelated works.
+
+    For each landmark feature and each binary hash feature of the same
+    modality, the (reference, chance candidate) pairs the landmark null was
+    fitted on are scored by the hash feature too, and the rank correlation
+    of the two is kept: :func:`scanner.policy.fused_rate` discounts fused
+    evidence by it.
+
+    Returns
+    -------
+    list of ``{"features": [a, b], "correlation": rho, "pairs": m}``
+    """
+    out = []
+    for landmark, (scores, q, c) in chance_pairs.items():
+        for name in writer.feature_names():
+            if writer.feature_kind(name) != "binary" or name not in nulls:
+                continue
+            ok = c >= 0
+            vecs, rows = writer.vectors(name)
+            rho = pol.PRIOR_FUSION_CORRELATION
+            if ok.sum() >= pol.MIN_NULL_PAIRS:
+                z = _best_work_z(vecs, rows[:, 0], q[ok], c[ok])
+                rho = pol.score_correlation(scores[ok], -z)
+            out.append({"features": sorted([landmark, name]), "correlation": round(float(rho), 4),
+                        "pairs": int(ok.sum())})
+    return out
+
+
+def _best_work_z(codes: np.ndarray, work_ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smallest standardised Hamming distance between any code of work ``a[i]`` and any of ``b[i]``."""
+    order = np.argsort(work_ids, kind="stable")
+    sorted_ids = work_ids[order]
+    ones = _ones(codes)
+    dim = codes.shape[1] * 8
+    out = np.full(len(a), np.inf)
+    for i, (wa, wb) in enumerate(zip(a, b)):  # a few hundred pairs of a few codes each, once per build
+        ra = order[np.searchsorted(sorted_ids, wa):np.searchsorted(sorted_ids, wa, "right")]
+        rb = order[np.searchsorted(sorted_ids, wb):np.searchsorted(sorted_ids, wb, "right")]
+        if len(ra) and len(rb):
+            x, y = np.repeat(ra, len(rb)), np.tile(rb, len(ra))
+            out[i] = pol.standardize_hamming(pol.hamming_pairs(codes, x, y), ones[x], ones[y], dim).min()
+    return np.where(np.isfinite(out), out, 0.0)
 
 
 def _bounded_tail(null: dict[str, Any], scores: np.ndarray) -> dict[str, Any]:
@@ -386,11 +441,17 @@ def _bounded_tail(null: dict[str, Any], scores: np.ndarray) -> dict[str, Any]:
 
 
 def _fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dict[str, np.ndarray],
-                       index: Any, featureless: np.ndarray) -> dict[str, Any]:
-    """A landmark feature's null: references queried against the other works, as a scan would."""
+                       index: Any, featureless: np.ndarray,
+                       chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """A landmark feature's null: references queried against the other works, as a scan would.
+
+    The (score, reference, candidate work) triples go to ``chance_pairs[name]``
+    for :func:`_fit_fusion`.
+    """
     none = np.zeros((0, 2), np.float32)
     table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
-    scores = landmark_null_scores(table, index, feature=name, skip=featureless)
+    scores, q, c = landmark_null_scores(table, index, feature=name, skip=featureless, with_works=True)
+    chance_pairs[name] = (scores, q, c)
     return pol.fit_inlier_null(scores, candidates=LANDMARK_TOP)
 
 
@@ -460,7 +521,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                                           modality=p.item.modality, featureless=p.featureless,
                                           **store.match_metadata(meta, p.item.path, root))
                     if p.thumb is not None:
-                        writer.add_thumbnail(wid, p.thumb)
+                        writer.add_thumbnail(wid, p.thumb, p.thumb_meta)
                     summary.added += 1
                 work_ids.append(wid)
             for feat in featurizers:
@@ -744,11 +805,46 @@ class Scanner:
             "locator": e.detail if e.detail is not None else feat.locator(e.query_locator, e.locator),
         }
 
+    def _fused(self, evidence: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Evidence of two copy features for one work, fused (:func:`scanner.policy.fused_rate`).
+
+        Two moderate matches on one work, a hash and a geometry, are stronger
+        together than either alone, by as much as their correlation between
+        unrelated works allows (measured at build, ``manifest["fusion"]``).
+        A fused match is added only where it is stronger than its parts; it
+        keeps the stronger part's locator and lists its parts.
+        """
+        fusions = self.index.manifest.get("fusion") or []
+        n = max(self.index.n_works, 1)
+        out = []
+        for spec in fusions:
+            a, b = spec["features"]
+            best: dict[int, dict[str, dict[str, Any]]] = {}
+            for m in evidence:
+                if m["feature"] in (a, b) and not m["featureless_ref"]:
+                    cur = best.setdefault(m["work_id"], {}).get(m["feature"])
+                    if cur is None or m["expected"] < cur["expected"]:
+                        best[m["work_id"]][m["feature"]] = m
+            both = [(w, ms) for w, ms in best.items() if len(ms) == 2]
+            if not both:
+                continue
+            rates = np.array([[min(ms[f]["expected"] / n, 1.0) for f in (a, b)] for _, ms in both])
+            fused = pol.fused_rate(rates, spec["correlation"]) * n
+            for (w, ms), e in zip(both, fused):
+                parts = sorted(ms.values(), key=lambda m: m["expected"])
+                if e >= parts[0]["expected"]:
+                    continue
+                out.append({**parts[0], "feature": f"{a}+{b}", "expected": float(e), "chance": pol.one_in(e),
+                            "score": round(float(pol.strength(e, self.policy)), 4), "raw": None,
+                            "raw_kind": "fused", "fused_from": {m["feature"]: m["expected"] for m in parts}})
+        return out
+
     def _result(self, p: Prepared, evidence: list[dict[str, Any]]) -> Result:
         base = dict(path=str(p.item.path), sha256=p.sha256, modality=p.item.modality,
                     index_id=self.index.index_id)
         if p.error is not None:
             return Result(verdict="error", reason=p.error, error=p.error, **base)
+        evidence = evidence + self._fused(evidence)
         verdict, reason = pol.decide(evidence, self.policy, featureless=p.featureless)
         shown = sorted((m for m in evidence if m["expected"] <= self.policy.review_at),
                        key=lambda m: m["expected"])[:MAX_MATCHES]

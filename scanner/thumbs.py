@@ -68,44 +68,111 @@ def from_file(path: str | Path, *, side: int = SIDE) -> bytes | None:
         return None
 
 
+class StripBuilder:
+    """A spectrogram strip built from a signal fed in chunks (bounded memory).
+
+    Frames of ``n_fft`` samples are taken :data:`FRAMES_PER_SECOND` times a
+    second wherever they fall, across chunk boundaries; only their pooled
+    log magnitudes are kept (a few hundred bytes a second), and the strip is
+    drawn from them at :meth:`finish`.
+
+    Parameters
+    ----------
+    sr : number > 0 [scalar], sampling rate of the chunks in Hz
+    """
+
+    n_fft = 1024
+    FRAMES_PER_SECOND = 8
+
+    def __init__(self, sr: float):
+        self.sr = float(sr)
+        self.hop = max(1, int(self.sr / self.FRAMES_PER_SECOND))
+        self.window = np.hanning(self.n_fft).astype(np.float32)
+        n_bins = self.n_fft // 2 + 1
+        # rows spaced geometrically in frequency, so low notes get room
+        self.bins = np.unique(np.geomspace(1, n_bins - 1, 2 * STRIP_HEIGHT).astype(int))
+        self.frames: list[np.ndarray] = []
+        self.buf = np.zeros(0, np.float32)
+        self.buf_start = 0  # sample index of buf[0]
+        self.next = 0  # sample index of the next frame's start
+        self.samples = 0
+
+    def update(self, y: np.ndarray) -> None:
+        """Feed the next contiguous samples (mono, float)."""
+        y = np.asarray(y, dtype=np.float32).reshape(-1)
+        self.buf = np.concatenate([self.buf, y])
+        self.samples += len(y)
+        end = self.buf_start + len(self.buf)
+        starts = np.arange(self.next, end - self.n_fft + 1, self.hop)
+        if len(starts):
+            idx = (starts - self.buf_start)[:, None] + np.arange(self.n_fft)[None, :]
+            mag = np.abs(np.fft.rfft(self.buf[idx] * self.window, axis=1))[:, self.bins]
+            self.frames.append((20 * np.log10(mag + 1e-6)).astype(np.float32))
+            self.next = int(starts[-1]) + self.hop
+        keep = max(0, self.next - self.buf_start)
+        self.buf, self.buf_start = self.buf[keep:], self.buf_start + keep
+
+    @property
+    def duration(self) -> float:
+        """Seconds fed so far."""
+        return self.samples / self.sr
+
+    def finish(self, *, height: int = STRIP_HEIGHT, max_width: int = STRIP_MAX_WIDTH) -> bytes:
+        """The strip as WebP bytes: time left to right over the whole signal, frequency upwards."""
+        if not self.frames:  # shorter than one frame
+            self.update(np.zeros(self.n_fft, np.float32))
+            self.samples -= self.n_fft
+        db = np.concatenate(self.frames)  # [frames, bins]
+        db = np.clip((db - (db.max() - 80)) / 80, 0, 1)
+        width = int(np.clip(self.duration * 20, 16, max_width))
+        pixels = (255 * db.T[::-1]).astype(np.uint8)
+        im = Image.fromarray(pixels, "L").resize((width, height), Image.Resampling.BILINEAR)
+        # a warm palette reads as "energy" at a glance
+        ramp = np.arange(256)
+        lut = np.stack([np.clip(ramp * 1.6, 0, 255), np.clip((ramp - 70) * 1.3, 0, 255),
+                        np.clip((ramp - 170) * 2.8, 0, 255)], axis=1).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(lut[np.asarray(im)], "RGB").save(buf, "WEBP", quality=QUALITY)
+        return buf.getvalue()
+
+
 def spectrogram_strip(y: np.ndarray, sr: float, *, height: int = STRIP_HEIGHT,
                       max_width: int = STRIP_MAX_WIDTH) -> bytes:
-    """A log-magnitude spectrogram of a mono signal as a small WebP strip.
-
-    Time runs left to right over the whole signal (the strip's width stands
-    for its full duration), frequency bottom to top on a log-like scale.
+    """A log-magnitude spectrogram of a whole mono signal as a small WebP strip.
 
     Parameters
     ----------
     y : np.ndarray [shape=(n,)], float, mono samples
     sr : number > 0 [scalar], sampling rate in Hz
     height : int > 0, pixels
-    max_width : int > 0, pixels (one column per 1/20 s up to this width)
+    max_width : int > 0, pixels (20 columns a second up to this width)
 
     Returns
     -------
     data : bytes (WebP)
+
+    See Also
+    --------
+    StripBuilder : the same from chunks
     """
-    y = np.asarray(y, dtype=np.float32).reshape(-1)
-    n_fft = 1024
-    width = int(np.clip(len(y) / sr * 20, 16, max_width))
-    if len(y) < n_fft:
-        y = np.pad(y, (0, n_fft - len(y)))
-    starts = np.linspace(0, len(y) - n_fft, width).astype(np.int64)
-    frames = y[starts[:, None] + np.arange(n_fft)[None, :]] * np.hanning(n_fft).astype(np.float32)
-    mag = np.abs(np.fft.rfft(frames, axis=1))  # [width, n_fft // 2 + 1]
-    # rows spaced geometrically in frequency, so low notes get room
-    bins = np.unique(np.geomspace(1, mag.shape[1] - 1, height * 2).astype(int))
-    db = 20 * np.log10(mag[:, bins] + 1e-6)
-    db = np.clip((db - (db.max() - 80)) / 80, 0, 1)
-    pixels = (255 * db.T[::-1]).astype(np.uint8)
-    im = Image.fromarray(pixels, "L").resize((width, height), Image.Resampling.BILINEAR)
-    # a warm palette reads as "energy" at a glance
-    lut = np.stack([np.clip(np.arange(256) * 1.6, 0, 255), np.clip((np.arange(256) - 70) * 1.3, 0, 255),
-                    np.clip((np.arange(256) - 170) * 2.8, 0, 255)], axis=1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(lut[np.asarray(im)], "RGB").save(buf, "WEBP", quality=QUALITY)
-    return buf.getvalue()
+    builder = StripBuilder(sr)
+    builder.update(y)
+    return builder.finish(height=height, max_width=max_width)
+
+
+def audio_strip(path: str | Path) -> tuple[bytes, dict[str, Any]] | None:
+    """A spectrogram strip of an audio file and ``{"duration": seconds}``, or ``None`` if it does not decode."""
+    from scanner.errors import LikenessError
+    from scanner.media import open_audio
+
+    try:
+        audio = open_audio(path)
+        builder = StripBuilder(audio.sr)
+        for chunk in audio.chunks():
+            builder.update(chunk.y)
+    except LikenessError:
+        return None
+    return builder.finish(), {"duration": round(builder.duration, 3)}
 
 
 def save(folder: str | Path, key: str | int, data: bytes, meta: dict[str, Any] | None = None) -> Path:

@@ -283,3 +283,56 @@ def test_review_cli_errors_are_one_line(fresh_index: Path) -> None:
             cmd += ["--decision", "approved"]
         r = runner.invoke(app, cmd)
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+
+
+def _tune(seed: int, seconds: float, sr: int = 22050):
+    """A made-up melody: plucked notes of random pitch and length."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, t = np.zeros(int(seconds * sr), np.float32), 0
+    while t < len(y):
+        d, f = int(rng.uniform(0.12, 0.4) * sr), 220 * 2 ** (rng.integers(0, 24) / 12)
+        tt = np.arange(min(d, len(y) - t)) / sr
+        y[t:t + len(tt)] += 0.5 * np.sin(2 * np.pi * f * tt) * np.exp(-3 * tt) \
+            + 0.2 * np.sin(4 * np.pi * f * tt) * np.exp(-5 * tt)
+        t += d
+    return y
+
+
+def _wav(path: Path, y, sr: int = 22050) -> None:
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((np.clip(y, -1, 1) * 32000).astype("<i2").tobytes())
+
+
+def test_audio_works_get_strips_at_build_and_the_report_marks_the_span(tmp_path: Path) -> None:
+    refs, outs = tmp_path / "refs", tmp_path / "outs"
+    refs.mkdir()
+    outs.mkdir()
+    for s in (1, 2):
+        _wav(refs / f"song{s}.wav", _tune(s, 20.0))
+    _wav(outs / "excerpt.wav", _tune(2, 20.0)[5 * 22050:13 * 22050])
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["audio-fingerprint"]))
+    meta = json.loads((index / "thumbs" / "1.json").read_text())
+    assert abs(meta["duration"] - 20.0) < 0.05
+    res = tmp_path / "res"
+    scan([outs], index, out_dir=res)
+    (r,) = read_results(res / "results.jsonl")
+    assert r["verdict"] == "flagged", r
+    loc = r["matches"][0]["locator"]
+    assert abs(loc["ref_start"] - 5.0) < 0.3
+    html = (res / "report.html").read_text()
+    assert len(_thumb_keys(html)) == 2 and html.count('class="strip"') == 2
+    spans = re.findall(r'class="span" style="left:([\d.]+)%;width:([\d.]+)%"', html)
+    assert len(spans) == 2
+    ref_left = float(spans[1][0])  # the work's strip stands for 20 s: the copy starts a quarter in
+    assert abs(ref_left - 25.0) < 2.0
+    assert "matches work 0:05–0:1" in html and "0:20" in html

@@ -277,7 +277,7 @@ def write_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], path: 
 
 
 def output_thumbnails(results: Iterable[Mapping[str, Any]], folder: str | Path) -> int:
-    """Keep thumbnails of the outputs a person must look at, by sha256, in ``folder``.
+    """Keep thumbnails (audio: spectrogram strips) of the outputs a person must look at, by sha256.
 
     Only outputs whose verdict is flagged, review or licensed (or that carry a
     decision) get one; clear outputs leave no trace. Files already there are
@@ -290,13 +290,17 @@ def output_thumbnails(results: Iterable[Mapping[str, Any]], folder: str | Path) 
     n = 0
     for r in results:
         sha = r.get("sha256")
-        if not sha or not (r.get("verdict") in SHOWN or r.get("decision")) or r.get("modality") != "image":
+        if not sha or not (r.get("verdict") in SHOWN or r.get("decision")):
             continue
         if thumbs.load(folder, sha) is not None:
             continue
-        data = thumbs.from_file(r.get("path") or "")
-        if data is not None:
-            thumbs.save(folder, sha, data)
+        if r.get("modality") == "audio":
+            found = thumbs.audio_strip(r.get("path") or "")
+        else:
+            data = thumbs.from_file(r.get("path") or "")
+            found = (data, {}) if data is not None else None
+        if found is not None:
+            thumbs.save(folder, sha, *found)
             n += 1
     return n
 
