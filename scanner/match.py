@@ -105,6 +105,10 @@ LANDMARK_K = 8
 LANDMARK_VOTERS = 150
 #: Best-voted (work, view) pairs verified geometrically per query.
 LANDMARK_TOP = 6
+#: Views a query may have (as given, mirrored, tiles): keys of (work, view) votes.
+MAX_VIEWS = 16
+#: The view of a query that is its mirror image (boxes are turned back).
+MIRRORED_VIEW = 1
 #: Lowe's ratio: a query keypoint pairs with a work keypoint only if the
 #: work's second-nearest keypoint is clearly farther.
 LANDMARK_RATIO = 0.8
@@ -156,7 +160,7 @@ def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.nda
     ----------
     D, I : ``[shape=(n, k)]`` Hamming distances and index rows of each keypoint's neighbours
     rows : int32 ``[shape=(n_rows, 2)]`` row -> (work_id, keypoint number)
-    views : uint8 ``[shape=(n,)]`` each keypoint's view (0 as given, 1 mirrored); all 0 if omitted
+    views : uint8 ``[shape=(n,)]`` each keypoint's view (0 as given, 1 mirrored, 2+ tiles); all 0 if omitted
     exclude : a work whose rows are passed over (a reference queried against its own index)
 
     Returns
@@ -175,11 +179,11 @@ def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.nda
     first[:, 1:] &= w[:, 1:] != w[:, :-1]
     weight = 1.0 / np.maximum(first.sum(axis=1), 1)  # an inverse document frequency
     v = np.zeros(len(w), np.int64) if views is None else np.asarray(views, np.int64)
-    keys = (w * 2 + v[:, None])[first]
+    keys = (w * MAX_VIEWS + v[:, None])[first]
     pairs, inv = np.unique(keys, return_inverse=True)
     votes = np.bincount(inv, weights=np.broadcast_to(weight[:, None], w.shape)[first], minlength=len(pairs))
     order = np.argsort(-votes, kind="stable")
-    return pairs[order] // 2, pairs[order] % 2, votes[order]
+    return pairs[order] // MAX_VIEWS, pairs[order] % MAX_VIEWS, votes[order]
 
 
 def _box(points: np.ndarray) -> np.ndarray:
@@ -262,7 +266,7 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
     Per candidate (work, view of the query), query keypoints are paired with
     the work's by Lowe's ratio test, and the pairs one similarity transform
     explains (:func:`scanner.features.local.ransac_similarity`) are counted;
-    a work verified in both views keeps the better.
+    a work verified in several views keeps the best.
 
     Parameters
     ----------
@@ -297,7 +301,7 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
         if m is None or n_in < 3 or n_in <= found.get(w, (0,))[0]:
             continue
         detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
-                                mirrored=bool(view))
+                                mirrored=view == MIRRORED_VIEW)
         detail["inliers"] = n_in
         found[w] = (n_in, detail)
     out = [Evidence(w, feature, float(n), -float(n), 0, int(d["mirrored"]), -1, d) for w, (n, d) in found.items()]
@@ -373,7 +377,7 @@ def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
     int64 ``[shape=(m,)]`` row numbers, in order
     """
     out = []
-    for view in (0, 1):
+    for view in np.unique(views):
         rows = np.flatnonzero(views == view)
         if len(rows):
             out.append(rows[::max(1, -(-len(rows) // per_view))])
@@ -381,7 +385,8 @@ def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
 
 
 def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip: Sequence[int] = (),
-                         n_queries: int = LANDMARK_NULL_QUERIES, seed: int = 0) -> np.ndarray:
+                         n_queries: int = LANDMARK_NULL_QUERIES, seed: int = 0,
+                         with_works: bool = False) -> Any:
     """Inliers of chance candidates: a sample of references verified against the other works.
 
     Each sampled work is a query (its keypoints thinned to a query's count,
@@ -395,16 +400,21 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
     skip : works left out of the sample (featureless ones)
     n_queries : works sampled
 
+    with_works : also return, per score, the sampled work and the candidate work
+
     Returns
     -------
-    float64 ``[shape=(n_sampled * LANDMARK_TOP,)]`` inlier counts
+    float64 ``[shape=(n_sampled * LANDMARK_TOP,)]`` inlier counts; with
+    ``with_works``, a tuple ``(scores, query_works, candidate_works)``, the
+    last -1 where a slot had no candidate
     """
     from scanner.features.local import KEYPOINT_DTYPE, N_FEATURES
 
     rng = np.random.default_rng(seed)
     works = np.setdiff1d(np.unique(table.rows[:, 0]), np.asarray(skip, np.int64))
     if len(works) < 2:
-        return np.zeros(0)
+        empty = np.zeros(0)
+        return (empty, empty.astype(np.int64), empty.astype(np.int64)) if with_works else empty
     sample = np.sort(rng.choice(works, min(len(works), n_queries), replace=False))
     queries = []
     for w in sample:
@@ -415,9 +425,13 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
         queries.append(q)
     found = landmark_evidence(queries, index, table, feature=feature, exclude=[int(w) for w in sample])
     scores = np.zeros((len(found), LANDMARK_TOP))
+    cands = np.full((len(found), LANDMARK_TOP), -1, np.int64)
     for j, evs in enumerate(found):
-        raw = [e.raw for e in evs][:LANDMARK_TOP]
-        scores[j, :len(raw)] = raw
+        evs = evs[:LANDMARK_TOP]
+        scores[j, :len(evs)] = [e.raw for e in evs]
+        cands[j, :len(evs)] = [e.work_id for e in evs]
+    if with_works:
+        return scores.ravel(), np.repeat(sample.astype(np.int64), LANDMARK_TOP), cands.ravel()
     return scores.ravel()
 
 

@@ -408,7 +408,8 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
     Parameters
     ----------
     matches : per-work evidence dicts with ``feature``, ``expected`` (chance
-        matches), ``licensed`` (bool) and ``featureless_ref`` (reason or None)
+        matches), ``licensed`` (bool) and ``featureless_ref`` (reason or None);
+        fused evidence lists its parts in ``fused_from`` (feature -> expected)
     policy : thresholds
     featureless : why the output itself carries no identifiable expression
 
@@ -426,7 +427,8 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
         if featureless or m.get("featureless_ref"):
             return "clear", (f"{featureless or m['featureless_ref']}: a collision on featureless "
                              "content is not evidence of copying")
-        copy = m["feature"] in policy.copy_features
+        # fused evidence is copy evidence when every part of it is
+        copy = all(f in policy.copy_features for f in (m.get("fused_from") or [m["feature"]]))
         if m["expected"] > policy.flag_at:
             return "review", f"doubtful {m['feature']} match: a person decides"
         if copy:
@@ -583,3 +585,71 @@ def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, n
               "flag": rates(pos_copy, neg_copy, flag_at), "review": rates(pos_any, neg_any, review_at),
               "before": {"flag_at": base.flag_at, "review_at": base.review_at}, "warnings": warnings}
     return policy, report
+
+
+# --- fusing features ---------------------------------------------------------------------
+
+#: Correlation between two features' evidence under the null when the index
+#: could not measure it (few works): on the safe side, strongly correlated.
+PRIOR_FUSION_CORRELATION = 0.6
+
+
+def fused_rate(rates: np.ndarray, correlation: float) -> np.ndarray:
+    """Chance that an unrelated work shows every feature's evidence at least this strong.
+
+    Fisher's combination ``X = -2 sum(ln p_i)`` with Brown's correction for
+    correlated tests: ``X / c`` follows a chi-squared law with ``f`` degrees
+    of freedom, matched to the mean and variance of ``X`` when each pair of
+    features' ``-2 ln p`` has the covariance Kost and McDermott give for a
+    correlation ``rho`` of the underlying scores (``3.263 rho + 0.710 rho^2 +
+    0.027 rho^3``). Independent features (``rho = 0``) give Fisher's method;
+    ``rho = 1`` gives back about the single strongest rate.
+
+    Parameters
+    ----------
+    rates : float64 ``[shape=(m, k)]`` per-work chance rates of ``k`` features
+        (1 where a feature has no evidence for that work)
+    correlation : correlation of the features' scores between unrelated works, in [0, 1]
+
+    Returns
+    -------
+    float64 ``[shape=(m,)]`` fused chance rates in ``[MIN_RATE, 1]``
+    """
+    from scipy.special import chdtrc
+
+    p = np.clip(np.asarray(rates, dtype=np.float64), MIN_RATE, 1.0)
+    k = p.shape[1]
+    rho = float(np.clip(correlation, 0.0, 1.0))
+    cov = 3.263 * rho + 0.710 * rho ** 2 + 0.027 * rho ** 3
+    mean, var = 2.0 * k, 4.0 * k + k * (k - 1) * cov
+    f, c = 2.0 * mean ** 2 / var, var / (2.0 * mean)
+    x = -2.0 * np.log(p).sum(axis=1)
+    return np.clip(chdtrc(f, x / c), MIN_RATE, 1.0)
+
+
+def score_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation of two features' evidence over the same unrelated pairs, clipped to [0, 1].
+
+    Parameters
+    ----------
+    a, b : ``[shape=(m,)]`` each feature's ``-log`` chance rate for the same
+        (reference, other work) pairs
+
+    Returns
+    -------
+    float: Spearman's rho (ties averaged), or :data:`PRIOR_FUSION_CORRELATION`
+    when there are fewer than :data:`MIN_NULL_PAIRS` pairs or a feature is constant
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < MIN_NULL_PAIRS or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return PRIOR_FUSION_CORRELATION
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+        sums = np.bincount(inv, weights=r)
+        return (sums / counts)[inv]  # average rank of ties
+
+    return float(np.clip(np.corrcoef(ranks(a), ranks(b))[0, 1], 0.0, 1.0))

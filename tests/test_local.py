@@ -40,8 +40,11 @@ def test_keypoints_of_both_views_are_deterministic() -> None:
     feat = make("image-local")
     a, b = feat.prepare(pic), feat.prepare(pic.copy())
     assert a.dtype == KEYPOINT_DTYPE and np.array_equal(a, b)
-    assert set(np.unique(a["view"])) == {0, 1}
+    # as given, mirrored, and the four tiles of a picture at least TILE_MIN_SIDE wide
+    assert set(np.unique(a["view"])) == {0, 1, 2, 3, 4, 5}
     assert 100 < (a["view"] == 0).sum() <= feat.n_features
+    small = feat.prepare(pic.resize((160, 120)))
+    assert set(np.unique(small["view"])) == {0, 1}  # too small to hold detail in a tile
     assert ((a["xy"] >= 0) & (a["xy"] <= 1)).all()
     ref = feat.prepare_reference(pic)
     assert (ref["view"] == 0).all() and len(ref) > (a["view"] == 0).sum()
@@ -92,6 +95,28 @@ def test_work_pasted_into_another_picture_is_flagged_with_the_pasted_area(local_
     pasted = [300 / 640, 150 / 480, (300 + small.width) / 640, (150 + small.height) / 480]
     assert np.allclose(m["locator"]["query_box"], pasted, atol=0.03), m["locator"]
     assert m["locator"]["ref_share"] > 0.9
+
+
+def test_small_work_in_a_busy_picture_is_found_through_the_tiles(local_index: Path, refs_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """A work at a third of the width of a detailed picture: few of the whole view's
+    keypoints fall on it, and it sits at a scale the pyramid barely reaches."""
+    from scanner.features import local
+
+    ref = _ref(refs_dir, 2)
+    ground = synthetic_picture(901, (1000, 1000))
+    small = ref.resize((330, round(330 * ref.height / ref.width)))
+    ground.paste(small, (620, 610))
+    ground.save(tmp_path / "busy.png")
+    result, _ = check(tmp_path / "busy.png", local_index)
+    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref2.png"]
+    assert found and result.verdict == "flagged", result.reason
+    x0, y0 = found[0]["locator"]["query_box"][:2]
+    assert x0 > 0.5 and y0 > 0.5  # the box is where the work was pasted
+    # without the tiles the whole view alone does not make the case
+    feat = make("image-local")
+    whole = local.extract(flatten(Image.open(tmp_path / "busy.png")), mirror=True, n_features=feat.n_features)
+    assert set(np.unique(whole["view"])) == {0, 1}
 
 
 def test_mirrored_copy_is_found(local_index: Path, refs_dir: Path, tmp_path: Path) -> None:

@@ -12,6 +12,10 @@ matched keypoints that one similarity transform explains is the score.
 
 ORB descriptors are not mirror-invariant, so a query also yields the
 descriptors of its mirror image (view 1); references are indexed as they are.
+A work pasted small into a larger picture (a collage) gets few of the
+query's keypoints and sits at a scale the pyramid barely reaches, so a large
+query also yields four overlapping tiles (views 2 to 5), each described at
+the working size on its own: a zoom into each part of the picture.
 
 Positions are stored normalised to the whole picture (``x / width``,
 ``y / height``), with the picture's size at the working scale so geometry
@@ -41,6 +45,13 @@ DESC_BYTES = 32
 #: A reference with fewer keypoints than this is indexed without any (too
 #: few to verify a match on).
 MIN_KEYPOINTS = 8
+#: Tiles of a query: share of the content box each covers, and their offsets
+#: (2 x 2, overlapping), as views 2 to 5.
+TILE_SHARE = 0.65
+TILE_OFFSETS = (0.0, 1.0 - TILE_SHARE)
+#: Queries whose content is smaller than this (longer side, decoded pixels)
+#: get no tiles: a tile of it holds less detail than the working size shows.
+TILE_MIN_SIDE = 320
 
 #: One keypoint as :meth:`LocalORB.prepare` returns it: its descriptor, its
 #: position normalised to the whole picture of its view, the view's size in
@@ -122,9 +133,43 @@ def working_grey(image: Image.Image, box: tuple[int, int, int, int] | None = Non
     return cv2.resize(grey, size, interpolation=interp), scale
 
 
+def tile_boxes(box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+    """The 2 x 2 overlapping tiles of a content box, each :data:`TILE_SHARE` of its sides.
+
+    Returns
+    -------
+    list of four (left, top, right, bottom) boxes in pixels, row by row
+    """
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    return [(round(x0 + fx * w), round(y0 + fy * h), round(x0 + (fx + TILE_SHARE) * w),
+             round(y0 + (fy + TILE_SHARE) * h)) for fy in TILE_OFFSETS for fx in TILE_OFFSETS]
+
+
+def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features: int, mirror: bool,
+              first_view: int) -> list[np.ndarray]:
+    """Keypoints of ``image`` inside ``box`` (and of its mirror image), positions
+    normalised to the whole picture of their view."""
+    x0, y0 = box[0], box[1]
+    grey, scale = working_grey(image, box)
+    size = np.array([image.width * scale, image.height * scale], np.float32)
+    parts = []
+    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror)):
+        if view:  # back to the box's pixels, then to the mirrored whole picture
+            xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
+        px = xy / scale + np.array([x0, y0], np.float32)
+        norm = px / np.array([image.width, image.height], np.float32)
+        if view:
+            norm[:, 0] = 1.0 - norm[:, 0]
+        out = np.zeros(len(xy), KEYPOINT_DTYPE)
+        out["desc"], out["xy"], out["size"], out["view"] = desc, norm, size, first_view + view
+        parts.append(out)
+    return parts
+
+
 def extract(image: Image.Image, content: Content | None = None, *, mirror: bool = True,
-            n_features: int = N_FEATURES) -> np.ndarray:
-    """Keypoints of a picture's content (and of its mirror image).
+            n_features: int = N_FEATURES, tiles: bool = False) -> np.ndarray:
+    """Keypoints of a picture's content (and of its mirror image, and of its tiles).
 
     Parameters
     ----------
@@ -132,6 +177,9 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     content : :func:`scanner.features.content.analyse` of ``image`` (computed if missing)
     mirror : also extract from the picture mirrored left to right (view 1)
     n_features : keypoints kept per view
+    tiles : also extract from each of the content's :func:`tile_boxes` on its
+        own (views 2 to 5), when the content is at least :data:`TILE_MIN_SIDE`
+        pixels on its longer side
 
     Returns
     -------
@@ -140,20 +188,11 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     content = content or analyse(image)
     if content.box is None or content.featureless:
         return np.zeros(0, KEYPOINT_DTYPE)
+    parts = _describe(image, content.box, n_features=n_features, mirror=mirror, first_view=0)
     x0, y0, x1, y1 = content.box
-    grey, scale = working_grey(image, content.box)
-    size = np.array([image.width * scale, image.height * scale], np.float32)
-    parts = []
-    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror)):
-        if view:  # back to the content's pixels, then to the mirrored whole picture
-            xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
-        px = xy / scale + np.array([x0, y0], np.float32)
-        norm = px / np.array([image.width, image.height], np.float32)
-        if view:
-            norm[:, 0] = 1.0 - norm[:, 0]
-        out = np.zeros(len(xy), KEYPOINT_DTYPE)
-        out["desc"], out["xy"], out["size"], out["view"] = desc, norm, size, view
-        parts.append(out)
+    if tiles and max(x1 - x0, y1 - y0) >= TILE_MIN_SIDE:
+        for i, box in enumerate(tile_boxes(content.box)):
+            parts += _describe(image, box, n_features=n_features, mirror=False, first_view=2 + i)
     return np.concatenate(parts)
 
 
@@ -247,8 +286,9 @@ class LocalORB(Featurizer):
         return DESC_BYTES * 8
 
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
-        """A query's keypoints in both views: ``[shape=(n,)]`` of :data:`KEYPOINT_DTYPE`."""
-        return extract(image, content, mirror=True, n_features=self.n_features)
+        """A query's keypoints in every view (as given, mirrored, tiles): ``[shape=(n,)]``
+        of :data:`KEYPOINT_DTYPE`."""
+        return extract(image, content, mirror=True, n_features=self.n_features, tiles=True)
 
     def prepare_reference(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """A reference's keypoints, as given only: ``[shape=(n,)]`` of :data:`KEYPOINT_DTYPE`."""
