@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from scanner import policy as pol
@@ -91,3 +92,34 @@ def test_index_keeps_crowding_and_scans_weigh_matches_by_it(tmp_path: Path) -> N
     # the distinctive picture's match keeps its weight; the star's carries the crowd of stars
     assert weighed["pic.png"] == plain["pic.png"]
     assert weighed["star.png"] > 3 * plain["star.png"]
+
+
+def test_fused_rate_follows_the_correlation() -> None:
+    both = np.array([[1e-3, 1e-3]])
+    independent = pol.fused_rate(both, 0.0)[0]
+    correlated = pol.fused_rate(both, 0.6)[0]
+    same = pol.fused_rate(both, 1.0)[0]
+    # two moderate pieces of evidence are stronger together, less so the more they move together
+    assert independent < correlated < same
+    assert same == pytest.approx(1e-3, rel=0.05)
+    assert independent < 1e-4
+    # a feature without evidence (rate 1) only dilutes
+    assert pol.fused_rate(np.array([[1e-6, 1.0]]), 0.0)[0] > 1e-6
+
+
+def test_score_correlation_is_a_clipped_rank_correlation() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=500)
+    assert pol.score_correlation(x, x ** 3) == pytest.approx(1.0)
+    assert pol.score_correlation(x, -x) == 0.0
+    assert abs(pol.score_correlation(x, rng.normal(size=500))) < 0.15
+    assert pol.score_correlation(x[:10], x[:10]) == pol.PRIOR_FUSION_CORRELATION
+
+
+def test_decide_treats_fused_copy_evidence_as_copy_evidence() -> None:
+    policy = pol.Policy()
+    fused = {"feature": "image-local+image-phash", "expected": 1e-5, "licensed": False, "featureless_ref": None,
+             "fused_from": {"image-local": 5e-3, "image-phash": 8e-3}}
+    assert pol.decide([fused], policy)[0] == "flagged"
+    semantic = {**fused, "feature": "image-clip+image-phash", "fused_from": {"image-clip": 1e-3, "image-phash": 8e-3}}
+    assert pol.decide([semantic], policy)[0] == "review"

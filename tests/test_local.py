@@ -210,3 +210,11 @@ def test_votes_weigh_stock_descriptors_little() -> None:
     works, _, votes = landmark_votes(D, I, rows, exclude=1)
     assert dict(zip(works.tolist(), votes.tolist())) == {2: 1.25, 3: 0.25, 4: 0.25, 5: 0.25}
 
+
+
+def test_build_measures_how_hash_and_geometry_evidence_correlate(local_index: Path) -> None:
+    from scanner.index.store import open_index
+
+    fusion = open_index(local_index).manifest["fusion"]
+    assert [f["features"] for f in fusion] == [["image-local", "image-phash"]]
+    assert 0.0 <= fusion[0]["correlation"] <= 1.0 and fusion[0]["pairs"] >= 0
