@@ -213,6 +213,24 @@ def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: 
 _FORKED_FEATURIZERS: Sequence[Featurizer] = ()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Decode worker start-up: go when the scan process goes, even by ``kill -9``.
+
+    Otherwise a killed scan leaves its workers behind, holding memory and the
+    terminal's pipes, waiting forever for work. Linux sends the worker SIGKILL
+    when its parent dies (``PR_SET_PDEATHSIG``); elsewhere nothing is set up.
+    """
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _prepare_chunk(items: Sequence[media.Input], featurizers: Sequence[Featurizer] | None = None,
                    reference: bool = False) -> list[Prepared]:
     return [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers, reference)
@@ -242,7 +260,8 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
         chunk, args = 16, (None, reference)
 
         def new_pool() -> Any:
-            return ProcessPoolExecutor(workers or cpus, mp_context=context)
+            return ProcessPoolExecutor(workers or cpus, mp_context=context, initializer=_die_with_parent,
+                                       initargs=(os.getpid(),))
     else:
         chunk, args = 1, (featurizers, reference)
 

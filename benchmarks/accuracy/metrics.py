@@ -247,3 +247,54 @@ def negative_counts(results: Sequence[dict[str, Any]], negatives: Iterable[str]
     c["share_flagged"] = c["flagged"] / n
     c["share_review"] = c["review"] / n
     return c, hits
+
+
+def best_expected(results: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Each input's strongest evidence, expected chance matches (inf: none), by real path.
+
+    Read from the candidates (every feature counted: the harness indexes copy
+    features only), as :func:`scanner.pipeline.calibrate` reads a scan.
+    """
+    out = {}
+    for r in results:
+        if r["verdict"] == "error" or r.get("featureless"):
+            continue
+        cands = r.get("candidates") or []
+        out[_real(r["path"])] = min((float(c["expected"]) for c in cands), default=float("inf"))
+    return out
+
+
+def at_policy(results: Iterable[dict[str, Any]], truth: dict[str, str | None], flag_at: float,
+              review_at: float) -> dict[str, Any]:
+    """Verdict-level figures under other thresholds, re-decided from the candidates.
+
+    A copy counts as flagged (review) when its own work's evidence is at most
+    ``flag_at`` (``review_at``) and no other work's is stronger; a negative
+    when its strongest evidence is. Featureless inputs are never flagged.
+
+    Returns
+    -------
+    dict with ``copies``, ``flagged``, ``review`` (recall of the right work),
+    ``negatives``, ``negatives_flagged``, ``negatives_review`` (shares)
+    """
+    c = {"copies": 0, "flagged": 0, "review": 0, "negatives": 0, "negatives_flagged": 0, "negatives_review": 0}
+    for r in results:
+        p = _real(r["path"])
+        if p not in truth:
+            continue
+        cands = [] if r.get("featureless") else (r.get("candidates") or [])
+        best = min(cands, key=lambda x: x["expected"], default=None)
+        e = float(best["expected"]) if best else float("inf")
+        verdict = "flagged" if e <= flag_at else "review" if e <= review_at else "clear"
+        if truth[p] is None:
+            c["negatives"] += 1
+            if verdict != "clear":
+                c[f"negatives_{verdict}"] += 1
+        else:
+            c["copies"] += 1
+            if verdict != "clear" and _real(best.get("ref_path")) == truth[p]:
+                c[verdict] += 1
+    for k in ("flagged", "review"):
+        c[k] = c[k] / max(c["copies"], 1)
+        c[f"negatives_{k}"] = c[f"negatives_{k}"] / max(c["negatives"], 1)
+    return c

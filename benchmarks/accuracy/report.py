@@ -69,6 +69,18 @@ def markdown(rep: dict[str, Any]) -> str:
     if alt:
         lines.append(f"| all, score = the 0–1 `score` field instead | {alt['muAP']:.3f} "
                      f"| {_f(alt['recall_at_p90'])} | | |")
+    cal = rep.get("calibration")
+    if cal:
+        lines += ["", f"Calibrated on this half's labels (`likeness calibrate`'s function, precision 0.99, at most "
+                      f"5% of negatives to review): flag at expected <= {cal['flag_at']:.2g} (recall "
+                      f"{_f(cal['flag']['recall'])}, {cal['flag']['negatives_called']} of {cal['negatives']} "
+                      f"negatives), review at <= {cal['review_at']:.2g}."]
+    ac = rep.get("at_tune_calibration")
+    if ac:
+        lines += ["", f"Under the thresholds calibrated on TUNE (flag <= {ac['flag_at']:.2g}, review <= "
+                      f"{ac['review_at']:.2g}), this half's copies are flagged with the right work "
+                      f"{_f(ac['flagged'])} and sent to review {_f(ac['review'])}; negatives flagged "
+                      f"{ac['negatives_flagged']:.1%}, sent to review {ac['negatives_review']:.1%}."]
     tt = rep.get("at_tune_threshold")
     if tt:
         lines += ["", f"At the score threshold that gives precision 0.9 on TUNE (expected <= "

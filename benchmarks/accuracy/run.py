@@ -207,7 +207,7 @@ def evaluate(the_set: dict[str, Any], results: dict[str, list[dict[str, Any]]], 
             alt = metrics.descriptor_metrics(corr2, sc2, npos)
     return {"per_transform": per, "negatives": neg, "descriptor": descriptor,
             "descriptor_with_strength_score": alt, "misses": misses, "negative_hits": neg_hits,
-            "_pooled": pooled}
+            "_pooled": pooled, "_results": results, "_truth": truth}
 
 
 def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, args: argparse.Namespace,
@@ -263,7 +263,33 @@ def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, arg
     rep["misses"] = {t: m[:15] for t, m in rep["misses"].items()}
     rep["negative_hits"] = rep["negative_hits"][:30]
     rep["_pooled"] = ev["_pooled"]
+    rep["_results"], rep["_truth"] = ev["_results"], ev["_truth"]
+    if half == "tune":  # thresholds from TUNE's labels, as `likeness calibrate` sets them
+        rep["calibration"] = calibrate_on(rep)
     return rep
+
+
+def calibrate_on(rep: dict[str, Any]) -> dict[str, Any]:
+    """Thresholds for precision 0.99 and at most 5% of negatives to review, from one half's results.
+
+    The same function as ``likeness calibrate`` (:func:`scanner.policy.calibrate`),
+    fed the scans already made instead of scanning again.
+    """
+    from scanner import policy as pol
+
+    best = metrics.best_expected(r for lines in rep["_results"].values() for r in lines)
+    truth = rep["_truth"]
+    pos = np.array([e for p, e in best.items() if truth.get(p) is not None])
+    neg = np.array([e for p, e in best.items() if p in truth and truth[p] is None])
+    policy, cal = pol.calibrate(pos, neg, pos, neg, target_precision=0.99, max_review_rate=0.05)
+    return {**cal, "flag_at": policy.flag_at, "review_at": policy.review_at}
+
+
+def at_calibration(rep: dict[str, Any], cal: dict[str, Any]) -> dict[str, Any]:
+    """This half's verdict-level figures under thresholds calibrated on the other half."""
+    lines = [r for rs in rep["_results"].values() for r in rs]
+    return {"flag_at": cal["flag_at"], "review_at": cal["review_at"],
+            **metrics.at_policy(lines, rep["_truth"], cal["flag_at"], cal["review_at"])}
 
 
 def write(rep: dict[str, Any], results_dir: Path) -> str:
@@ -279,20 +305,23 @@ def write(rep: dict[str, Any], results_dir: Path) -> str:
     return text
 
 
+def saved_tune(results_dir: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """TUNE's saved report of the same configuration, or ``{}``."""
+    try:
+        saved = json.loads((results_dir / f"accuracy-{name}-tune.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    cfg = saved.get("config", {})
+    if any(cfg.get(k) != getattr(args, k) for k in ("features", "seed", "refs", "negatives", "max_side")):
+        return {}
+    return saved
+
+
 def tune_threshold(tune: dict[str, Any] | None, results_dir: Path, name: str, args: argparse.Namespace
                    ) -> float | None:
     """The score threshold at precision 0.9 on TUNE: from this run, else from TUNE's saved JSON (same config)."""
-    if tune is None:
-        path = results_dir / f"accuracy-{name}-tune.json"
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        cfg = saved.get("config", {})
-        if any(cfg.get(k) != getattr(args, k) for k in ("features", "seed", "refs", "negatives", "max_side")):
-            return None
-        tune = saved
-    return tune["descriptor"]["all copies"].get("threshold_at_p90")
+    tune = tune if tune is not None else saved_tune(results_dir, name, args)
+    return (tune.get("descriptor") or {}).get("all copies", {}).get("threshold_at_p90")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -340,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                 if half == "tune":
                     tune = rep
                 else:
+                    cal = tune["calibration"] if tune is not None else saved_tune(args.results, rep["set_name"],
+                                                                                   args).get("calibration")
+                    if cal:
+                        rep["at_tune_calibration"] = at_calibration(rep, cal)
                     thr = tune_threshold(tune, args.results, rep["set_name"], args)
                     if thr is not None:
                         p = rep["_pooled"]

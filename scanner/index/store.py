@@ -458,6 +458,12 @@ def open_index(path: str | Path, *, verify: bool = True, hmac_key: bytes | None 
         Missing, unreadable, tampered or incompatible index, with the reason.
     """
     path = Path(path)
+    _settle(path)
+    return Index(path, _read_manifest(path, hmac_key=hmac_key), verify=verify)
+
+
+def _settle(path: Path) -> None:
+    """Before reading: put back an index whose writer was killed between its two renames."""
     if not path.exists():
         # a writer may be between its two renames; give it a moment, then recover
         for _ in range(20):
@@ -467,7 +473,6 @@ def open_index(path: str | Path, *, verify: bool = True, hmac_key: bytes | None 
         if not path.exists() and _siblings(path, "old"):
             with _locked(path):
                 _recover(path)
-    return Index(path, _read_manifest(path, hmac_key=hmac_key), verify=verify)
 
 
 def _verify_file(root: Path, name: str, expected: dict[str, Any] | None, *, use_stamp: bool) -> None:
@@ -516,6 +521,7 @@ def verify_index(path: str | Path, *, hmac_key: bytes | None = None) -> dict[str
         At the first file that does not match.
     """
     path = Path(path)
+    _settle(path)
     manifest = _read_manifest(path, hmac_key=hmac_key)
     total = 0
     for name, expected in sorted(manifest["files"].items()):
