@@ -486,7 +486,9 @@ def _verify_file(root: Path, name: str, expected: dict[str, Any] | None, *, use_
     if st.st_size != expected["size"]:
         raise IndexError_(f"{path} has {st.st_size} bytes, the manifest says {expected['size']}: "
                           "the file was modified or truncated")
-    key = [st.st_ino, st.st_size, st.st_mtime_ns, expected["sha256"][:1]]
+    # the change time too: an in-place edit that puts size and mtime back still
+    # moves ctime, which no user can set
+    key = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, expected["sha256"][:1]]
     stamp_path = root / STAMP
     stamps: dict[str, Any] = {}
     if use_stamp:
