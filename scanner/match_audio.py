@@ -7,11 +7,13 @@ reference hash; a copy shows as many pairs that agree on one alignment
 
     ``ref_time = offset + rate * query_time``
 
-with one pitch shift. :func:`align` finds it per candidate work by a 2-D vote
-over (rate, offset): the rate runs over a fine grid (so a query sped up by 2%,
-or slowed in tempo by 4%, still lines up over its whole length), each pair
-votes for the offset its times give at that rate, and the fullest cell wins.
-The score is the number of distinct query anchor peaks whose hashes agree
+with one pitch shift. :func:`align` finds it by a 2-D vote over (rate,
+offset), all works at once: each pair votes with its own rate (the ratio of
+the two triplets' spans, which a speed or tempo change scales alike) for the
+reference time it puts at the query's middle; the fullest cells give the
+candidate works, and :func:`align_work` fits the line to each one's pairs
+(so a query sped up by 2%, or slowed in tempo by 4%, lines up over its whole
+length). The score is the number of distinct query anchor peaks whose hashes agree
 (the aligned-hash count), within a window of :data:`WINDOW` seconds, so that its chance
 distribution, fitted at build time on excerpts of that length
 (:func:`postings_null_scores`), does not depend on the query's length.
@@ -28,17 +30,19 @@ from scanner.match import Evidence
 
 #: Largest time-scale change looked for (ref seconds per query second, either way).
 MAX_RATE = 1.12
-#: Rate grid step (relative): over a 10-second query, 0.4% moves the end by 40 ms.
-RATE_STEP = 0.004
-#: A pair's own rate (ratio of the two triplets' spans) must lie this close to the grid rate it votes at.
+#: A pair's own rate (ratio of the two triplets' spans) must lie this close to the alignment's.
 PAIR_RATE_TOLERANCE = 0.08
 #: Largest pitch shift looked for (semitones, either way).
 MAX_SHIFT = 1.5
 #: Pairs of one alignment agree on the pitch shift within this many semitones.
 SHIFT_TOLERANCE = 0.4
-#: Offset vote bin (seconds), and how far an aligned pair may sit from the alignment.
+#: Tolerances (seconds) of the refinement's second and last rounds: how far an
+#: aligned pair may sit from the fitted line.
 OFFSET_BIN = 0.1
 OFFSET_TOLERANCE = 0.06
+#: Coarse vote cells: relative rate step, and seconds of reference time at the query's middle.
+COARSE_RATE = 0.03
+COARSE_OFFSET = 0.5
 #: Works aligned per query (the most hit ones).
 AUDIO_TOP = 8
 #: Keys with more postings than this are too common to be evidence (stop words).
@@ -156,14 +160,6 @@ def lookup(hashes: np.ndarray, table: PostingsTable, *,
     return q, r
 
 
-def _rate_grid() -> np.ndarray:
-    steps = int(np.ceil(np.log(MAX_RATE) / np.log1p(RATE_STEP)))
-    return np.exp(np.arange(-steps, steps + 1) * np.log1p(RATE_STEP))
-
-
-_RATES = _rate_grid()
-
-
 def _windowed_count(times: np.ndarray, window: float) -> tuple[int, float]:
     """Most of ``times`` (sorted) inside any ``window`` seconds, and where that window starts."""
     if not len(times):
@@ -173,23 +169,28 @@ def _windowed_count(times: np.ndarray, window: float) -> tuple[int, float]:
     return int(ends[i] - i), float(times[i])
 
 
-def align_work(qt: np.ndarray, qspan: np.ndarray, qpitch: np.ndarray, qid: np.ndarray, rt: np.ndarray,
+def align_work(qt: np.ndarray, qspan: np.ndarray, qpitch: np.ndarray, rt: np.ndarray,
                rspan: np.ndarray, rpitch: np.ndarray, *, window: float = WINDOW) -> dict[str, Any] | None:
-    """The best alignment of one work's hits: a 2-D vote over (rate, offset).
+    """The alignment of one work's hits from its best coarse cell, refined.
+
+    The pairs of the cell (:func:`align`) start from their median rate and
+    offset; the line ``ref_time = offset + rate * query_time`` is then fitted
+    by least squares to the pairs near it, twice, tightening the tolerance
+    from :data:`OFFSET_BIN` to :data:`OFFSET_TOLERANCE`; pairs must also agree
+    on the pitch shift and, within :data:`PAIR_RATE_TOLERANCE`, on the rate.
 
     Parameters
     ----------
     qt, qspan, qpitch : float ``[shape=(p,)]`` query anchor time (s), span (s), pitch (semitones) of each pair
-    qid : int ``[shape=(p,)]`` the query hash of each pair (a hash counts once)
     rt, rspan, rpitch : the same for the reference side
     window : seconds of query the count is taken over
 
     Returns
     -------
     dict or None
-        ``aligned`` (distinct query hashes in the best window), ``total``
-        (over the whole query), ``rate`` (reference seconds per query
-        second), ``offset`` (reference time at query time 0, s),
+        ``aligned`` (distinct query anchor peaks in the best ``window``),
+        ``total`` (over the whole query), ``rate`` (reference seconds per
+        query second), ``offset`` (reference time at query time 0, s),
         ``shift`` (pitch shift of the query, semitones), ``query_start``,
         ``ref_start``, ``duration`` (s); ``None`` with fewer than
         :data:`MIN_ALIGNED` pairs.
@@ -197,53 +198,36 @@ def align_work(qt: np.ndarray, qspan: np.ndarray, qpitch: np.ndarray, qid: np.nd
     if len(qt) < MIN_ALIGNED:
         return None
     pair_rate = rspan / np.maximum(qspan, 1e-6)
-    g = np.log(pair_rate)[:, None] - np.log(_RATES)[None, :]
-    near = np.abs(g) <= np.log1p(PAIR_RATE_TOLERANCE)
-    p_idx, g_idx = np.nonzero(near)
-    if not len(p_idx):
-        return None
-    offset = rt[p_idx] - _RATES[g_idx] * qt[p_idx]
-    obin = np.floor(offset / OFFSET_BIN).astype(np.int64)
-    obin -= obin.min()
-    width = int(obin.max()) + 2
-    cell = g_idx.astype(np.int64) * width + obin
-    # a query hash votes once per cell
-    cells, counts = np.unique(np.unique(cell * len(qt) + p_idx) // len(qt), return_counts=True)
-    # neighbouring offset bins together: an alignment near a bin edge is not split
-    nxt = np.searchsorted(cells, cells + 1)
-    nxt_count = np.where((nxt < len(cells)) & (cells[np.minimum(nxt, len(cells) - 1)] == cells + 1),
-                         counts[np.minimum(nxt, len(cells) - 1)], 0)
-    best = int(np.argmax(counts + nxt_count))
-    rate = float(_RATES[cells[best] // width])
-    chosen = (cell == cells[best]) | (cell == cells[best] + 1)
-    a0 = float(np.median(offset[chosen]))
-    # refine: pairs at this rate within the tolerance of the offset, agreeing on the pitch shift
-    off = rt - rate * qt
-    ok = (np.abs(off - a0) <= OFFSET_TOLERANCE + OFFSET_BIN / 2) & \
-         (np.abs(np.log(pair_rate / rate)) <= np.log1p(PAIR_RATE_TOLERANCE))
-    if ok.sum() < MIN_ALIGNED:
-        return None
-    # the grid's rate and offset trade off along a ridge: fit both to the pairs (least squares)
-    if np.ptp(qt[ok]) > 1.0:
-        rate, a0 = (float(v) for v in np.polyfit(qt[ok], rt[ok], 1))
-        rate = float(np.clip(rate, 1 / MAX_RATE, MAX_RATE))
-        off = rt - rate * qt
-    a0 = float(np.median(off[ok]))
-    ok &= np.abs(off - a0) <= OFFSET_TOLERANCE
     shift_all = qpitch - rpitch
-    shift = float(np.median(shift_all[ok])) if ok.any() else 0.0
-    ok &= np.abs(shift_all - shift) <= SHIFT_TOLERANCE
+    rate = float(np.median(pair_rate))
+    off = rt - rate * qt
+    a0 = float(np.median(off))
+    ok = np.ones(len(qt), bool)
+    for tol in (4 * OFFSET_BIN, OFFSET_BIN, OFFSET_TOLERANCE):
+        ok = (np.abs(off - a0) <= tol) & (np.abs(np.log(pair_rate / rate)) <= np.log1p(PAIR_RATE_TOLERANCE))
+        if ok.sum() < MIN_ALIGNED:
+            return None
+        shift = float(np.median(shift_all[ok]))
+        ok &= np.abs(shift_all - shift) <= SHIFT_TOLERANCE
+        if ok.sum() < MIN_ALIGNED:
+            return None
+        if np.ptp(qt[ok]) > 1.0:  # the rate is measured over the query's length, not by one triplet
+            rate, a0 = (float(v) for v in np.polyfit(qt[ok], rt[ok], 1))
+            rate = float(np.clip(rate, 1 / MAX_RATE, MAX_RATE))
+        off = rt - rate * qt
+        a0 = float(np.median(off[ok]))
+    ok &= np.abs(off - a0) <= OFFSET_TOLERANCE
     # one vote per peak: the triplets of one anchor peak (and the probes of one
     # hash) are one coincidence, not many
-    times, first = np.unique(qt[ok], return_index=True)
+    times = np.unique(qt[ok])
     n_ref = len(np.unique(rt[ok]))
     if min(len(times), n_ref) < MIN_ALIGNED:
         return None
     aligned, _ = _windowed_count(times, window)
     aligned = min(aligned, n_ref)
     q0, q1 = float(times[0]), float(times[-1])
-    return {"aligned": aligned, "total": int(min(len(times), n_ref)), "rate": rate, "offset": a0, "shift": shift,
-            "query_start": q0, "ref_start": a0 + rate * q0, "duration": q1 - q0}
+    return {"aligned": aligned, "total": int(min(len(times), n_ref)), "rate": rate, "offset": a0,
+            "shift": shift, "query_start": q0, "ref_start": a0 + rate * q0, "duration": q1 - q0}
 
 
 def align(hashes: np.ndarray, table: PostingsTable, *, feature: str, top: int = AUDIO_TOP,
@@ -281,21 +265,52 @@ def align(hashes: np.ndarray, table: PostingsTable, *, feature: str, top: int = 
     q, r = q[keep], r[keep]
     if not len(q):
         return []
+    rate = rate[keep]
     work = table.work[r].astype(np.int64)
-    # candidate works: the most distinct query hashes hit
-    pairs = np.unique(work * len(hashes) + q)
-    works, hits = np.unique(pairs // len(hashes), return_counts=True)
-    order = np.argsort(-hits, kind="stable")[:top]
+    # coarse vote, all works at once: each pair votes for its own rate (ratio of
+    # spans) and the reference time it puts at the query's middle (where an error
+    # in that rate moves it least); cells are COARSE_RATE by COARSE_OFFSET
+    qt, rt = hashes["t"][q].astype(np.float64), table.t[r].astype(np.float64)
+    mid = 0.5 * float(hashes["t"].min() + hashes["t"].max())
+    rb = np.floor(np.log(rate) / np.log1p(COARSE_RATE)).astype(np.int64)
+    mb = np.floor((rt + rate * (mid - qt)) / COARSE_OFFSET).astype(np.int64)
+    rb -= rb.min()
+    mb -= mb.min()
+    n_rb, n_mb = int(rb.max()) + 2, int(mb.max()) + 2
+    works, wd = np.unique(work, return_inverse=True)
+    cell = (wd * n_rb + rb) * n_mb + mb
+    cells, counts = np.unique(cell, return_counts=True)
+
+    def count_at(c: np.ndarray) -> np.ndarray:
+        i = np.minimum(np.searchsorted(cells, c), len(cells) - 1)
+        return np.where(cells[i] == c, counts[i], 0)
+
+    # 2 x 2 windows of cells: an alignment near a cell's edge is not split
+    score = counts + count_at(cells + 1) + count_at(cells + n_mb) + count_at(cells + n_mb + 1)
+    cw = cells // (n_rb * n_mb)
+    best = np.full(len(works), -1, np.int64)
+    order = np.lexsort((-score, cw))  # per work, best window first
+    first = np.r_[0, np.flatnonzero(np.diff(cw[order])) + 1]
+    best[cw[order[first]]] = cells[order[first]]
+    best_score = np.zeros(len(works), np.int64)
+    best_score[cw[order[first]]] = score[order[first]]
+    chosen = np.argsort(-best_score, kind="stable")[:top]
+    chosen = chosen[best_score[chosen] >= MIN_ALIGNED]
+    # each chosen work's pairs in its best window, with a cell of margin around it
+    is_chosen = np.zeros(len(works), bool)
+    is_chosen[chosen] = True
+    r0, m0 = (best[wd] // n_mb) % n_rb, best[wd] % n_mb
+    near = is_chosen[wd] & (rb >= r0 - 1) & (rb <= r0 + 2) & (mb >= m0 - 1) & (mb <= m0 + 2)
+    sel_all = np.flatnonzero(near)
+    sel_all = sel_all[np.argsort(wd[sel_all], kind="stable")]
+    bounds = np.searchsorted(wd[sel_all], np.arange(len(works) + 1))
     out = []
-    by_work = np.argsort(work, kind="stable")
-    sorted_work = work[by_work]
-    for w in works[order]:
-        if hits[np.searchsorted(works, w)] < MIN_ALIGNED:
-            continue
-        sel = by_work[np.searchsorted(sorted_work, w, "left"):np.searchsorted(sorted_work, w, "right")]
+    for w in chosen:
+        sel = sel_all[bounds[w]:bounds[w + 1]]
         qi, ri = q[sel], r[sel]
+        w = works[w]
         found = align_work(hashes["t"][qi].astype(np.float64), hashes["span"][qi].astype(np.float64),
-                           hashes["pitch"][qi].astype(np.float64), qi, table.t[ri].astype(np.float64),
+                           hashes["pitch"][qi].astype(np.float64), table.t[ri].astype(np.float64),
                            table.span[ri].astype(np.float64), table.pitch[ri].astype(np.float64), window=window)
         if found is None:
             continue
