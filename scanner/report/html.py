@@ -76,6 +76,11 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
     words = {"inliers": f"{raw} keypoints agree on one transform",
              "hamming_bits": f"{raw} of 256 hash bits differ",
              "cosine": f"cosine {raw}"}.get(kind or "", "")
+    if kind == "fused" and isinstance(m.get("fused_from"), Mapping):
+        from scanner.policy import one_in
+
+        words = "stronger together: " + "; ".join(f"{f} alone {one_in(float(e))}"
+                                                  for f, e in m["fused_from"].items())
     where = []
     if isinstance(loc, dict):
         if loc.get("query_view"):
