@@ -6,11 +6,18 @@ Every figure is measured in the same process as the limit it is compared with:
   the GFLOP/s of one fixed large square GEMM in the compute precision (4096³ on
   the CPU, 8192³ on CUDA), which is not the benchmark's own block shape;
 - binary (``kind="binary"``): GB/s of codes scanned, ``N·Q·bytes / t``, against the
-  memory read bandwidth of a large in-process reduction (a Hamming scan cannot go
-  faster than reading the codes once per query block).
+  memory read bandwidth of a large in-process reduction. One query must read
+  every code once, so for ``Q = 1`` this is the bound; a batch reuses codes from
+  cache and is then limited by popcount throughput (ratios above 1 are possible);
+- postings (``kind="postings"``): fingerprint lookups through
+  :func:`scanner.match_audio.lookup`, the scan's own code path, over a sorted
+  table of ``N`` uint32 keys. GB/s of the bytes every lookup must move, probe
+  keys in (4 B each) and ``(query, row)`` int64 pairs out (16 B each), against
+  the same bandwidth.
 
-For ``kind="binary"`` the ``gflops`` and ``peak_gflops`` keys carry those GB/s
-figures, so every result has the same keys.
+For ``binary`` and ``postings`` the ``gflops`` and ``peak_gflops`` keys carry those
+GB/s figures (``unit`` says which), so every result has the same keys; ``load1``
+is the 1-minute load average when the run ended (the machine may be shared).
 
 Recall@k is measured against exact fp32 search (faiss flat on the CPU, plain
 fp32 torch on CUDA) on the first ``recall_queries`` queries.
@@ -19,6 +26,7 @@ fp32 torch on CUDA) on the first ``recall_queries`` queries.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 from typing import Any, Callable
@@ -32,8 +40,8 @@ LOG = logging.getLogger(__name__)
 
 #: The JSON keys of every result, in order.
 KEYS = ("qps", "gflops", "peak_gflops", "ratio", "recall", "rss_mb", "backend", "precision",
-        "n_refs", "dim", "n_queries", "k")
-KINDS = ("dense", "binary")
+        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1")
+KINDS = ("dense", "binary", "postings")
 
 
 # --------------------------------------------------------------------------- data
@@ -88,26 +96,87 @@ class GaussianMixture:
         return out
 
 
-def synthetic_codes(n: int, nbits: int, *, seed: int = 0, source_dim: int = 32) -> np.ndarray:
+def synthetic_codes(n: int, nbits: int, *, seed: int = 0, source_dim: int = 32, pool: int = 1 << 18) -> np.ndarray:
     """Packed binary codes with neighbour structure: SimHash of mixture vectors.
 
     Each code is the sign pattern of a ``source_dim``-dimensional mixture vector
     against ``nbits`` random hyperplanes, so nearby vectors share most bits (as
-    perceptual hashes of near-copies do) and Hamming top-k is meaningful.
+    perceptual hashes of near-copies do) and Hamming top-k is meaningful. Past
+    ``pool`` codes, the rest are pool codes with ``nbits / 16`` random bits
+    flipped (near-copies of near-copies), which keeps 10M codes to seconds.
 
     Returns
     -------
     codes : uint8 ``[shape=(n, nbits // 8)]``
     """
-    if nbits % 8:
-        raise ParameterError(f"nbits must be a multiple of 8, given nbits={nbits}")
+    if nbits % 8 or nbits < 8:
+        raise ParameterError(f"nbits must be a positive multiple of 8, given nbits={nbits}")
     mix = GaussianMixture(source_dim, n_clusters=1024, seed=seed)
     planes = np.random.default_rng(seed + 7).standard_normal((source_dim, nbits)).astype(np.float32)
     out = np.empty((n, nbits // 8), np.uint8)
     block = 1 << 18
-    for i, s in enumerate(range(0, n, block)):
-        x = mix.sample(min(block, n - s), seed=seed * 1000 + i + 1)
+    head = min(n, pool)
+    for i, s in enumerate(range(0, head, block)):
+        x = mix.sample(min(block, head - s), seed=seed * 1000 + i + 1)
         out[s:s + len(x)] = np.packbits(x @ planes > 0, axis=1)
+    rng = np.random.default_rng(seed + 11)
+    for s in range(head, n, block):
+        m = min(block, n - s)
+        rows = out[s:s + m]
+        rows[:] = out[rng.integers(0, head, m)]
+        for _ in range(max(1, nbits // 16)):
+            bit = rng.integers(0, nbits, m)
+            rows[np.arange(m), bit >> 3] ^= (128 >> (bit & 7)).astype(np.uint8)
+    return out
+
+
+def synthetic_postings(n: int, *, seed: int = 0, sigma: float = 1.5) -> Any:
+    """A fingerprint postings table of ``n`` rows over the real key space.
+
+    Keys are drawn from the :mod:`scanner.features.fingerprint` key space with
+    log-normal popularity (``sigma``), so a few keys are common (some past
+    :data:`scanner.match_audio.MAX_POSTINGS_PER_KEY`, stop words) and most are rare,
+    as in real indexes; times, spans and pitches are zeros (lookups never read them).
+
+    Returns
+    -------
+    table : :class:`scanner.match_audio.PostingsTable`, sorted by key
+    weights : float64 ``[shape=(n_keys,)]``, each key's probability (for drawing queries)
+    """
+    from scanner.features.fingerprint import SIZES
+    from scanner.match_audio import PostingsTable
+
+    rng = np.random.default_rng(seed)
+    weights = rng.lognormal(0.0, sigma, int(np.prod(SIZES)))
+    weights /= weights.sum()
+    # inverse-CDF draws in blocks: rng.choice(p=...) would hold n float64 uniforms at once
+    cdf = np.cumsum(weights)
+    keys = np.empty(n, np.uint32)
+    for s in range(0, n, 1 << 20):
+        m = min(1 << 20, n - s)
+        keys[s:s + m] = np.minimum(np.searchsorted(cdf, rng.random(m)), len(cdf) - 1)
+    keys.sort()
+    zeros = np.zeros(n, np.float32)
+    return PostingsTable(keys, np.zeros(n, np.int32), zeros, zeros, zeros, np.zeros(n, np.uint16)), weights
+
+
+def synthetic_hashes(n: int, weights: np.ndarray, *, seed: int = 1, near: float = 0.2) -> np.ndarray:
+    """Query hashes with keys drawn like the table's, each field near a bin edge with probability ``near``.
+
+    Returns
+    -------
+    hashes : ``[shape=(n,)]`` of :data:`scanner.features.fingerprint.HASH_DTYPE`
+    """
+    from scanner.features.fingerprint import HASH_DTYPE, SIZES
+
+    rng = np.random.default_rng(seed)
+    nf = len(SIZES)
+    out = np.zeros(n, HASH_DTYPE)
+    out["key"] = np.minimum(np.searchsorted(np.cumsum(weights), rng.random(n)), len(weights) - 1)
+    close = rng.random((n, nf)) < near
+    up = rng.random((n, nf)) < 0.5
+    bits = 1 << np.arange(2 * nf)
+    out["near"] = (np.concatenate([close, close & up], axis=1) * bits).sum(1)
     return out
 
 
@@ -181,6 +250,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def load1() -> float:
+    """The 1-minute load average: how busy the (possibly shared) machine was."""
+    return round(os.getloadavg()[0], 2)
+
+
 # --------------------------------------------------------------------------- search
 
 
@@ -190,12 +264,16 @@ def exact_knn(refs: np.ndarray, queries: np.ndarray, k: int, *, metric: str = "i
     device = search.resolve_device(device)
     if device.startswith("cuda") and metric == "ip":
         return plain_torch_knn(refs, queries, k, device=device)[1]
+    return search.make_searcher(refs, metric=metric, backend=_exact_backend()).search(queries, k)[1]
+
+
+def _exact_backend() -> str:
+    """faiss flat when installed (exact and fast), else numpy."""
     try:
         import faiss  # noqa: F401
-        backend = "faiss"
+        return "faiss"
     except ImportError:
-        backend = "numpy"
-    return search.make_searcher(refs, metric=metric, backend=backend).search(queries, k)[1]
+        return "numpy"
 
 
 def plain_torch_knn(refs: np.ndarray, queries: np.ndarray, k: int, *, device: str = "cuda",
@@ -224,7 +302,7 @@ def plain_torch_knn(refs: np.ndarray, queries: np.ndarray, k: int, *, device: st
     return np.concatenate(out_d), np.concatenate(out_i)
 
 
-def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int = 10, backend: str = "faiss",
+def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int = 10, backend: str = "auto",
                  precision: str = "fp32", device: str = "cpu", kind: str = "dense", recall_queries: int = 1000,
                  repeat: int = 1, seed: int = 0, measure_peak: bool = True,
                  options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -233,12 +311,15 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     Parameters
     ----------
     n_refs, dim, n_queries, k : int > 0; for ``kind="binary"`` ``dim`` is bits
-        (a multiple of 8, e.g. 64 or 256)
-    backend : {"faiss", "torch", "numpy", "torch-plain"}; ``torch-plain`` is the
-        naive fp32 ``matmul`` + ``topk`` baseline (:func:`plain_torch_knn`)
+        (a multiple of 8, e.g. 64 or 256); for ``kind="postings"`` ``n_refs`` is
+        postings, ``n_queries`` query hashes, and ``dim`` and ``k`` are unused
+        (see :func:`bench_postings`)
+    backend : {"faiss", "torch", "numpy", "torch-plain", "auto"}; ``torch-plain`` is the
+        naive fp32 ``matmul`` + ``topk`` baseline (:func:`plain_torch_knn`); ``auto``
+        is faiss for dense and binary, numpy for postings
     precision : {"fp32", "bf16", "fp16", "int8"}
     device : {"cpu", "cuda", "auto"}
-    kind : {"dense", "binary"}
+    kind : {"dense", "binary", "postings"}
     recall_queries : int, queries whose recall is measured against exact search
         (0 skips it; recall is then ``None``)
     repeat : int >= 1, timed runs; the fastest counts
@@ -255,6 +336,13 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     for name, v in (("n_refs", n_refs), ("dim", dim), ("n_queries", n_queries), ("k", k), ("repeat", repeat)):
         if v < 1:
             raise ParameterError(f"{name} must be >= 1, given {name}={v}")
+    if backend == "auto":
+        backend = "numpy" if kind == "postings" else "faiss"
+    if kind == "postings":
+        if precision != "fp32" or search.resolve_device(device) != "cpu":
+            raise ParameterError("kind='postings' is a CPU lookup of uint32 keys: use --precision fp32 --device cpu")
+        return bench_postings(n_postings=n_refs, n_hashes=n_queries, backend=backend, repeat=repeat, seed=seed,
+                              recall_hashes=min(recall_queries, n_queries), measure_peak=measure_peak)
     device = search.resolve_device(device)
     cuda = device.startswith("cuda")
     metric = "hamming" if kind == "binary" else "ip"
@@ -291,8 +379,15 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     recall = None
     if recall_queries:
         m = min(recall_queries, n_queries)
-        truth = exact_knn(refs, queries[:m], k, metric=metric, device=device)
-        recall = round(search.recall_at_k(found[1][:m], truth), 5)
+        if kind == "binary":
+            # Hamming distances tie a lot: a found row counts when it is as near as the k-th true one
+            exact = searcher if backend == "faiss" else search.make_searcher(refs, metric="hamming",
+                                                                              backend=_exact_backend())
+            td, _ = exact.search(queries[:m], k)
+            recall = round(float((found[0][:m] <= td[:, -1:]).mean()), 5)
+        else:
+            truth = exact_knn(refs, queries[:m], k, metric=metric, device=device)
+            recall = round(search.recall_at_k(found[1][:m], truth), 5)
 
     if kind == "binary":
         achieved = n_refs * n_queries * (dim // 8) / best / 1e9          # GB/s of codes scanned
@@ -300,8 +395,14 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     else:
         achieved = 2.0 * n_refs * n_queries * dim / best / 1e9
         peak = gemm_peak(precision, device) if measure_peak else None
+    return _result(qps=n_queries / best, achieved=achieved, peak=peak, recall=recall, backend=backend,
+                   precision=precision, n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, kind=kind)
+
+
+def _result(*, qps: float, achieved: float, peak: float | None, recall: float | None, backend: str,
+            precision: str, n_refs: int, dim: int, n_queries: int, k: int, kind: str) -> dict[str, Any]:
     result = {
-        "qps": round(n_queries / best, 2),
+        "qps": round(qps, 2),
         "gflops": round(achieved, 2),
         "peak_gflops": None if peak is None else round(peak, 2),
         "ratio": None if peak is None else round(achieved / peak, 4),
@@ -313,5 +414,75 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
         "dim": dim,
         "n_queries": n_queries,
         "k": k,
+        "kind": kind,
+        "unit": "GFLOP/s" if kind == "dense" else "GB/s",
+        "load1": load1(),
     }
     return {key: result[key] for key in KEYS}
+
+
+POSTINGS_BACKENDS = ("numpy", "searchsorted")
+
+
+def bench_postings(*, n_postings: int, n_hashes: int = 10000, backend: str = "numpy", repeat: int = 1,
+                   seed: int = 0, recall_hashes: int = 200, measure_peak: bool = True) -> dict[str, Any]:
+    """Time fingerprint lookups of a batch of query hashes against ``n_postings`` postings.
+
+    The timed call is :func:`scanner.match_audio.lookup` (probe expansion, key
+    ranges, every ``(query hash, row)`` pair), the scan's own path. ``backend``
+    ``numpy`` uses the table's direct-address key directory (built once, before
+    timing, as a scan builds it on its first file); ``searchsorted`` forces the
+    binary search over the key column, the baseline.
+
+    Parameters
+    ----------
+    n_postings : int > 0, rows of the table
+    n_hashes : int > 0, query hashes looked up in one call
+    backend : {"numpy", "searchsorted"}
+    repeat : int >= 1, timed runs; the fastest counts
+    seed : int
+    recall_hashes : int >= 0, hashes whose pairs are checked against a count of the keys
+    measure_peak : bool, also measure the memory bandwidth
+
+    Returns
+    -------
+    result : dict with :data:`KEYS`; ``gflops`` is GB/s of the bytes a lookup must
+        move (4 per probe key, 16 per pair), ``qps`` query hashes per second,
+        ``dim`` 32 (key bits), ``k`` the mean pairs per hash
+    """
+    from scanner.match_audio import MAX_POSTINGS_PER_KEY, expand_probes, lookup
+
+    if backend not in POSTINGS_BACKENDS:
+        raise ParameterError(f"postings backend must be one of {POSTINGS_BACKENDS}, given backend={backend!r}")
+    table, weights = synthetic_postings(n_postings, seed=seed)
+    if backend == "searchsorted":
+        table.__dict__["directory"] = None   # the cached directory: none, so binary search
+    else:
+        _ = table.directory
+    hashes = synthetic_hashes(n_hashes, weights, seed=seed + 1)
+    n_probes = len(expand_probes(hashes)[0])
+    best, pairs = float("inf"), 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        q, r = lookup(hashes, table)
+        best = min(best, time.perf_counter() - t0)
+        pairs = len(q)
+        del q, r
+    recall = None
+    if recall_hashes:
+        h = hashes[:recall_hashes]
+        probes, source = expand_probes(h)
+        counts = np.bincount(table.key, minlength=len(weights))   # an independent count of each key
+        # probes of edge fields can leave the key space (uint32 wrap): no postings there
+        want = np.where(probes < len(counts), counts[np.minimum(probes, len(counts) - 1)], 0)
+        want[want > MAX_POSTINGS_PER_KEY] = 0
+        q, r = lookup(h, table)
+        code = lambda a, b: a.astype(np.int64) << 32 | b.astype(np.int64)  # noqa: E731
+        right = np.isin(code(q, table.key[r]), code(source, probes))
+        found = len(np.unique(code(q[right], r[right])))
+        recall = round(found / max(1, int(want.sum())), 5) if len(q) == len(np.unique(code(q, r))) else 0.0
+    nbytes = 4 * n_probes + 16 * pairs
+    peak = memory_bandwidth() if measure_peak else None
+    return _result(qps=n_hashes / best, achieved=nbytes / best / 1e9, peak=peak, recall=recall, backend=backend,
+                   precision="uint32", n_refs=n_postings, dim=32, n_queries=n_hashes,
+                   k=round(pairs / n_hashes, 1), kind="postings")

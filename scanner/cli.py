@@ -446,16 +446,19 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
                      dim: int = typer.Option(512, "--dim", help="Dimensions (bits for --kind binary)."),
                      queries: int = typer.Option(1000, "--queries", help="Queries searched as one batch."),
                      k: int = typer.Option(10, "--k", help="Neighbours per query."),
-                     backend: str = typer.Option("faiss", "--backend", help="faiss, torch, numpy or torch-plain."),
+                     backend: str = typer.Option("auto", "--backend",
+                                                 help="faiss, torch, numpy, torch-plain, searchsorted (postings) "
+                                                      "or auto (faiss; numpy for postings)."),
                      precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 or int8."),
                      device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
-                     kind: str = typer.Option("dense", "--kind", help="dense or binary."),
+                     kind: str = typer.Option("dense", "--kind", help="dense, binary (Hamming codes) or postings "
+                                                                      "(fingerprint lookups)."),
                      recall_queries: int = typer.Option(1000, "--recall-queries",
                                                         help="Queries checked against exact search (0: skip)."),
                      repeat: int = typer.Option(1, "--repeat", help="Timed runs; the fastest counts."),
                      seed: int = typer.Option(0, "--seed"),
                      as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-    """Batched top-k search throughput vs the machine's GEMM peak (or memory bandwidth)."""
+    """Batched top-k search throughput vs the machine's GEMM peak (or memory bandwidth for binary/postings)."""
     from scanner.bench import bench_search
 
     result = bench_search(n_refs=refs, dim=dim, n_queries=queries, k=k, backend=backend, precision=precision,
@@ -463,12 +466,12 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
     if as_json:
         print(json.dumps(result))
         return
-    unit = "GB/s" if kind == "binary" else "GFLOP/s"
-    out.print(f"{backend} {precision} {kind}: {result['n_refs']} refs x {result['dim']}, "
+    unit = result["unit"]
+    out.print(f"{result['backend']} {result['precision']} {kind}: {result['n_refs']} refs x {result['dim']}, "
               f"{result['n_queries']} queries, k={result['k']}", highlight=False)
     out.print(f"  {result['qps']:.1f} queries/s, {result['gflops']:.1f} {unit} of {result['peak_gflops']:.1f} "
-              f"peak ({result['ratio']:.0%}), recall@{k} {result['recall']}, peak RSS {result['rss_mb']:.0f} MB",
-              highlight=False)
+              f"peak ({result['ratio']:.0%}), recall {result['recall']}, peak RSS {result['rss_mb']:.0f} MB, "
+              f"load average {result['load1']}", highlight=False)
 
 
 # --- end of bench --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ distribution, fitted at build time on excerpts of that length
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -91,6 +92,13 @@ class PostingsTable:
     def __len__(self) -> int:
         return len(self.key)
 
+    @cached_property
+    def directory(self) -> np.ndarray | None:
+        """Row where each key value starts (:func:`scanner.index.search.key_directory`), built on first use."""
+        from scanner.index.search import key_directory
+
+        return key_directory(self.key)
+
     def hashes(self, rows: np.ndarray) -> np.ndarray:
         """Rows of the table as query hashes (:data:`~scanner.features.fingerprint.HASH_DTYPE`)."""
         from scanner.features.fingerprint import HASH_DTYPE
@@ -146,18 +154,13 @@ def lookup(hashes: np.ndarray, table: PostingsTable, *,
     -------
     q, r : int64 ``[shape=(p,)]`` query hash numbers and table rows
     """
+    from scanner.index.search import expand_runs, postings_ranges
+
     keys, source = expand_probes(hashes)
-    lo = np.searchsorted(table.key, keys, side="left")
-    hi = np.searchsorted(table.key, keys, side="right")
+    lo, hi = postings_ranges(table.key, keys, directory=table.directory)
     n = hi - lo
     n[n > max_postings] = 0  # a key this common says nothing about any one work
-    total = int(n.sum())
-    if not total:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    q = np.repeat(source, n)
-    starts = np.repeat(lo - np.cumsum(n) + n, n)  # each run's start, shifted by the run's position
-    r = starts + np.arange(total)
-    return q, r
+    return expand_runs(source, lo, n)
 
 
 def _windowed_count(times: np.ndarray, window: float) -> tuple[int, float]:

@@ -42,6 +42,10 @@ def test_bench_search_dense(backend: str, precision: str) -> None:
 def test_bench_search_binary() -> None:
     r = bench.bench_search(n_refs=3000, dim=64, n_queries=20, k=5, kind="binary", measure_peak=False)
     assert r["recall"] == 1.0
+    # the numpy baseline finds rows as near as faiss's (ties may name other rows)
+    r = bench.bench_search(n_refs=3000, dim=256, n_queries=20, k=5, kind="binary", backend="numpy",
+                           measure_peak=False)
+    assert r["recall"] == 1.0 and r["unit"] == "GB/s"
 
 
 def test_bench_rejects_bad_values() -> None:
@@ -63,3 +67,31 @@ def test_cli_json_keys() -> None:
 def test_cli_bad_backend_exits_2() -> None:
     res = CliRunner().invoke(app, ["bench", "search", "--refs", "100", "--backend", "nope"])
     assert res.exit_code == 2
+
+
+def test_codes_past_the_pool_stay_near_their_pool_code() -> None:
+    codes = bench.synthetic_codes(3000, 64, seed=0, pool=500)
+    assert codes.shape == (3000, 8)
+    head, tail = codes[:500], codes[500:600]
+    d = np.unpackbits(tail[:, None] ^ head[None], axis=-1).sum(-1)
+    assert d.min(1).max() <= 64 // 16                              # a pool code with nbits/16 flips
+
+
+def test_bench_search_postings_runs_the_scan_lookup() -> None:
+    r = bench.bench_search(n_refs=20000, n_queries=300, kind="postings", measure_peak=False, repeat=2)
+    assert tuple(r) == bench.KEYS
+    assert r["kind"] == "postings" and r["backend"] == "numpy" and r["unit"] == "GB/s"
+    assert r["recall"] == 1.0 and r["qps"] > 0 and r["k"] > 0
+    base = bench.bench_search(n_refs=20000, n_queries=300, kind="postings", backend="searchsorted",
+                              measure_peak=False)
+    assert base["recall"] == 1.0 and base["k"] == r["k"]            # same pairs, found another way
+    with pytest.raises(ParameterError):
+        bench.bench_search(n_refs=100, n_queries=10, kind="postings", backend="torch")
+
+
+def test_cli_postings_json_has_its_limit() -> None:
+    res = CliRunner().invoke(app, ["bench", "search", "--kind", "postings", "--refs", "5000", "--queries", "50",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["unit"] == "GB/s" and doc["peak_gflops"] > 0 and doc["ratio"] > 0 and doc["load1"] >= 0

@@ -162,3 +162,48 @@ def test_fused_kernel_in_triton_interpreter() -> None:
             "assert (I == ref[1]).all() and np.abs(D - ref[0]).max() < 1e-3\n")
     env = dict(os.environ, TRITON_INTERPRET="1")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env=env)
+
+
+def _pairs_by_search(keys: np.ndarray, probes: np.ndarray, source: np.ndarray, cap: int) -> set:
+    """Every (source, row) with equal keys, the slow obvious way."""
+    out = set()
+    for s, p in zip(source, probes):
+        rows = np.flatnonzero(keys == p)
+        if len(rows) <= cap:
+            out.update((int(s), int(r)) for r in rows)
+    return out
+
+
+@pytest.mark.parametrize("max_key", [50, 1 << 30])   # directory, and a key space too large for one
+def test_postings_ranges_and_runs_match_a_scan(max_key: int) -> None:
+    rng = np.random.default_rng(3)
+    keys = np.sort(rng.integers(0, max_key, 2000).astype(np.uint32))
+    directory = search.key_directory(keys)
+    assert (directory is None) == (max_key > search.DIRECTORY_MAX_KEYS)
+    # present keys, absent keys, keys past the last one, a wrapped (huge) key
+    probes = np.concatenate([keys[rng.integers(0, len(keys), 40)], rng.integers(0, max_key, 40),
+                             [max_key + 5, 2**32 - 7]]).astype(np.uint32)
+    source = np.arange(len(probes)) // 2
+    lo, hi = search.postings_ranges(keys, probes, directory=directory)
+    want_lo = np.searchsorted(keys, probes, "left")
+    assert np.array_equal(lo, want_lo)
+    assert np.array_equal(hi - lo, np.searchsorted(keys, probes, "right") - want_lo)
+    n = hi - lo
+    n[n > 30] = 0                                           # the stop-word cap, as match_audio does
+    q, r = search.expand_runs(source, lo, n)
+    assert q.dtype == r.dtype == np.int64 and len(q) == len(r) == n.sum()
+    assert set(zip(q.tolist(), r.tolist())) == _pairs_by_search(keys, probes, source, 30)
+    assert len(set(zip(q.tolist(), r.tolist()))) == len(q)  # no pair twice
+
+
+def test_postings_edges() -> None:
+    empty = np.zeros(0, np.uint32)
+    d = search.key_directory(empty)
+    lo, hi = search.postings_ranges(empty, np.array([0, 5], np.uint32), directory=d)
+    assert np.array_equal(hi - lo, [0, 0])
+    q, r = search.expand_runs(np.arange(2), lo, hi - lo)
+    assert len(q) == len(r) == 0
+    q, r = search.expand_runs(np.array([7]), np.array([3]), np.array([4]))
+    assert q.tolist() == [7] * 4 and r.tolist() == [3, 4, 5, 6]
+    with pytest.raises(ParameterError):
+        search.key_directory(np.zeros((2, 2), np.uint32))
