@@ -407,7 +407,6 @@ def audio_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return index
 
 
-@AUDIO_PENDING
 def test_bad_audio_gives_named_errors_or_featureless_results(audio_index: Path, tmp_path: Path) -> None:
     outs = tmp_path / "outs"
     outs.mkdir()
