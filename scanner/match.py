@@ -303,6 +303,9 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
         detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
                                 mirrored=view == MIRRORED_VIEW)
         detail["inliers"] = n_in
+        # the work's locator most inliers carry: a video work's keyframe (its timecode, ms)
+        locs, counts = np.unique(table.rows[rk[inl], 1], return_counts=True)
+        detail["ref_locator"] = int(locs[counts.argmax()])
         found[w] = (n_in, detail)
     out = [Evidence(w, feature, float(n), -float(n), 0, int(d["mirrored"]), -1, d) for w, (n, d) in found.items()]
     out.sort(key=lambda e: -e.raw)

@@ -37,6 +37,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Input",
     "Skipped",
+    "VIDEO_EXTENSIONS",
     "discover",
     "load_image",
     "open_audio",
@@ -57,14 +58,20 @@ AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".opus", ".aif", ".aiff"}
 )
 
+#: Names of video files (decoded by :mod:`scanner.video`).
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".m4v", ".mov", ".qt", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
+     ".m2ts", ".wmv", ".flv", ".ogv", ".3gp", ".mxf"}
+)  # fmt: skip
+
 #: Pillow's own hard limit (twice ``Image.MAX_IMAGE_PIXELS``). Pillow refuses
 #: anything larger while reading the header, whatever ``max_pixels`` says.
 DEFAULT_MAX_PIXELS: int = 178_956_970
 
 _NOT_MEDIA = "not an image or audio file"
 
-# ISO base media ('ftyp') major brands; anything else in an ftyp box (mp4 video,
-# 3gp ...) is left to the extension.
+# ISO base media ('ftyp') major brands; anything else in an ftyp box (mp4, mov,
+# 3gp ...) is video (an audio-only one is checked by its soundtrack).
 _IMAGE_BRANDS = frozenset(
     {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx",
      b"mif1", b"msf1", b"jpx ", b"jp2 "}
@@ -90,7 +97,7 @@ class Input:
     path : Path
         The file, as discovered (not resolved).
     modality : str
-        ``"image"`` or ``"audio"``.
+        ``"image"``, ``"audio"`` or ``"video"``.
     """
 
     path: Path
@@ -159,7 +166,14 @@ def _sniff_bytes(head: bytes) -> str | None:
             return "image"
         if brand in _AUDIO_BRANDS:
             return "audio"
-        return None
+        return "video"
+    if head[4:8] in (b"moov", b"wide", b"mdat"):
+        return "video"  # QuickTime without an ftyp box
+    if head.startswith((b"\x1a\x45\xdf\xa3", b"FLV\x01", b"\x00\x00\x01\xba",
+                        b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")):
+        return "video"  # Matroska/WebM (EBML), FLV, MPEG program stream, ASF/WMV
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video"
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
         return "audio"
     if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
@@ -179,11 +193,13 @@ def _sniff_name(path: Path) -> str | None:
         return "image"
     if suffix in AUDIO_EXTENSIONS:
         return "audio"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
     return None
 
 
 def sniff(path: str | Path) -> str | None:
-    """Say whether a file is an image or audio, by content first, then by name.
+    """Say whether a file is an image, audio or video, by content first, then by name.
 
     Parameters
     ----------
@@ -194,9 +210,11 @@ def sniff(path: str | Path) -> str | None:
     Returns
     -------
     modality : str or None
-        ``"image"`` or ``"audio"`` when the magic bytes match a known media
-        signature; otherwise the guess from the extension (see
-        :data:`IMAGE_EXTENSIONS`, :data:`AUDIO_EXTENSIONS`); ``None`` when
+        ``"image"``, ``"audio"`` or ``"video"`` when the magic bytes match a
+        known media signature (an Ogg stream named like video, ``.ogv``, is
+        video); otherwise the guess from the extension (see
+        :data:`IMAGE_EXTENSIONS`, :data:`AUDIO_EXTENSIONS`,
+        :data:`VIDEO_EXTENSIONS`); ``None`` when
         neither says media. Unreadable or missing files get the extension's
         guess; this function never raises for them.
     """
@@ -205,6 +223,8 @@ def sniff(path: str | Path) -> str | None:
         if stat.S_ISREG(os.stat(path).st_mode):
             with open(path, "rb") as f:
                 found = _sniff_bytes(f.read(_HEAD))
+            if found == "audio" and _sniff_name(path) == "video":
+                found = "video"  # Ogg (Theora) and other containers that also carry audio alone
             if found is not None:
                 return found
     except (OSError, ValueError):

@@ -158,6 +158,12 @@ class Prepared:
     #: sidecar (an audio strip's ``{"duration": seconds}``)
     thumb: bytes | None = None
     thumb_meta: dict[str, Any] | None = None
+    #: a video's keyframes and soundtrack, each prepared as an image or audio
+    #: input of its own (their ``timecode``: seconds into the video), and what
+    #: its decoding found (:func:`_prepare_video`)
+    parts: list[Prepared] | None = None
+    timecode: float | None = None
+    video: dict[str, Any] | None = None
 
 
 def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
@@ -167,6 +173,9 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
     except OSError:
         pass  # load_image names the problem below
     try:
+        if item.modality == "video":
+            _prepare_video(out, featurizers, reference)
+            return out
         if not any(f.modality == item.modality for f in featurizers):
             raise DecodeError(item.path, f"{item.modality} files are not supported by this index "
                                          f"(it holds no {item.modality} features)")
@@ -174,14 +183,9 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
             _prepare_audio(out, featurizers, reference)
             return out
         image = media.load_image(item.path, max_side=DECODE_SIDE)
-        content = analyse(image)
-        out.featureless = content.featureless
         if reference:  # from the decoded picture: reports show works without their files
             out.thumb = thumbs.encode(image)
-        for feat in featurizers:
-            if feat.modality == "image":
-                prepare = feat.prepare_reference if reference else feat.prepare
-                out.prepared[feat.name] = prepare(image, content)
+        _prepare_image(out, image, featurizers, reference)
     except DecodeError as exc:
         out.error = exc.reason
     except LikenessError as exc:
@@ -191,9 +195,20 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
     return out
 
 
-def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: bool) -> None:
-    """Decode an audio input once, in bounded chunks, feeding every audio featurizer."""
-    audio = media.open_audio(out.item.path)
+def _prepare_image(out: Prepared, image: Any, featurizers: Sequence[Featurizer], reference: bool) -> None:
+    """Run every image featurizer's per-item work on one decoded picture (a file or a keyframe)."""
+    content = analyse(image)
+    out.featureless = content.featureless
+    for feat in featurizers:
+        if feat.modality == "image":
+            prepare = feat.prepare_reference if reference else feat.prepare
+            out.prepared[feat.name] = prepare(image, content)
+
+
+def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: bool,
+                   audio: media.Audio | None = None) -> None:
+    """Decode an audio input (or a video's soundtrack) once, in bounded chunks, feeding every audio featurizer."""
+    audio = audio or media.open_audio(out.item.path)
     feats = [f for f in featurizers if f.modality == "audio"]
     states = [f.start(sr=audio.sr, reference=reference) for f in feats]  # type: ignore[attr-defined]
     strip = thumbs.StripBuilder(audio.sr) if reference else None  # reports show works without their files
@@ -207,6 +222,52 @@ def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: 
     out.featureless = audio.featureless()
     for feat, state in zip(feats, states):
         out.prepared[feat.name] = feat.finish(state)  # type: ignore[attr-defined]
+
+
+def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: bool) -> None:
+    """Decode a video: its keyframes through the image featurizers, its soundtrack through the audio ones.
+
+    Each keyframe and the soundtrack become a part (:attr:`Prepared.parts`),
+    prepared exactly as an image or audio file is, with its timecode. Only
+    the keyframes' prepared features are kept, never decoded frames
+    (:meth:`scanner.video.Video.keyframes` bounds their number).
+    """
+    from scanner import video as vid
+
+    clip = vid.open_video(out.item.path)
+    image_feats = [f for f in featurizers if f.modality == "image"]
+    audio_feats = [f for f in featurizers if f.modality == "audio"]
+    if not (image_feats and clip.has_video) and not (audio_feats and clip.has_audio):
+        kind = "picture" if clip.has_video else "sound"
+        raise DecodeError(out.item.path, f"this video's {kind} cannot be checked: the index holds no "
+                                         f"{'image' if clip.has_video else 'audio'} features")
+    out.parts = []
+    first = None
+    if image_feats and clip.has_video:
+        for key in clip.keyframes(max_side=DECODE_SIDE):
+            part = Prepared(media.Input(out.item.path, "image"), timecode=key.time)
+            _prepare_image(part, key.image, image_feats, reference)
+            if reference and out.thumb is None and (first is None or not part.featureless):
+                # reports show the work by its first keyframe with content
+                first = thumbs.encode(key.image)
+                if not part.featureless:
+                    out.thumb = first
+            out.parts.append(part)
+        out.thumb = out.thumb or first
+    if audio_feats and clip.has_audio:
+        part = Prepared(media.Input(out.item.path, "audio"), timecode=0.0)
+        _prepare_audio(part, audio_feats, reference, clip.soundtrack())
+        part.thumb = part.thumb_meta = None
+        out.parts.append(part)
+    reasons = [p.featureless for p in out.parts]
+    if all(reasons):
+        out.featureless = f"featureless throughout ({reasons[0] or 'nothing decoded'})"
+    out.video = {"duration": clip.duration, "width": clip.width, "height": clip.height,
+                 "fps": round(clip.fps, 3) if clip.fps else None, "codec": clip.codec,
+                 "frames_decoded": clip.frames_decoded,
+                 "keyframes": sum(p.item.modality == "image" for p in out.parts),
+                 "soundtrack": any(p.item.modality == "audio" for p in out.parts),
+                 "bad_packets": clip.bad_packets}
 
 
 #: Featurizers seen by forked decode processes (set before the pool forks).
@@ -296,7 +357,8 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
         batch: list[media.Input] = []
         for item in items:
             batch.append(item)
-            if len(batch) == chunk:
+            # a video is a chunk of its own: its keyframes' features are many
+            if len(batch) == chunk or item.modality == "video":
                 pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
                 batch = []
             if len(pending) >= ahead:
@@ -543,6 +605,9 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                         writer.add_thumbnail(wid, p.thumb, p.thumb_meta)
                     summary.added += 1
                 work_ids.append(wid)
+            for p, wid in zip(batch, work_ids):
+                if wid is not None and p.parts is not None:
+                    _add_video_rows(writer, featurizers, p, wid)
             for feat in featurizers:
                 # rows of their own per item: keypoints, hashes, or dense windows of any number (audio-melody)
                 if feat.kind in ("landmark", "postings") or not feat.codes_per_item:
@@ -577,6 +642,37 @@ def _add_landmarks(writer: store.IndexWriter, feat: Featurizer, batch: Sequence[
         codes, extra = feat.index_rows(p.prepared[feat.name])
         writer.add_vectors(feat.identity(), codes, np.full(len(codes), wid, np.int32),
                            np.arange(len(codes), dtype=np.int32), extra=extra)
+
+
+def _add_video_rows(writer: store.IndexWriter, featurizers: Sequence[Featurizer], p: Prepared, wid: int) -> None:
+    """Queue a video work's rows: its keyframes' and its soundtrack's, all under the one work.
+
+    A keyframe's rows carry its timecode as their locator, so a match says
+    where in the reference video it sits: milliseconds for keypoints, and
+    ``ms * codes_per_item + view`` for hashes and embeddings (decoded by
+    :meth:`Scanner._match`). Featureless keyframes (black, flat) add nothing:
+    they carry no identifiable expression. The soundtrack's rows are an
+    audio work's.
+    """
+    frames = [q for q in p.parts or [] if q.item.modality == "image" and q.error is None and not q.featureless]
+    sound = [q for q in p.parts or [] if q.item.modality == "audio" and q.error is None]
+    for feat in featurizers:
+        if feat.modality == "audio":
+            _add_landmarks(writer, feat, sound, [wid] * len(sound))
+            continue
+        have = [q for q in frames if feat.name in q.prepared]
+        ms = np.array([round((q.timecode or 0.0) * 1000) for q in have], np.int64)
+        if feat.kind == "landmark":
+            for q, t in zip(have, ms):
+                codes, extra = feat.index_rows(q.prepared[feat.name])
+                writer.add_vectors(feat.identity(), codes, np.full(len(codes), wid, np.int32),
+                                   np.full(len(codes), t, np.int32), extra=extra)
+            continue
+        m = max(feat.codes_per_item, 1)
+        for lo in range(0, len(have), BATCH):
+            vecs = feat.embed([q.prepared[feat.name] for q in have[lo:lo + BATCH]])
+            locators = np.repeat(ms[lo:lo + BATCH] * m, m) + np.tile(np.arange(m), len(vecs) // m)
+            writer.add_vectors(feat.identity(), vecs, np.full(len(vecs), wid, np.int32), locators.astype(np.int32))
 
 
 def _check_models(writer: store.IndexWriter, featurizers: Sequence[Featurizer]) -> None:
@@ -623,6 +719,9 @@ class Result:
     best_expected: dict[str, float] = field(default_factory=dict, repr=False)
     #: a person's decision from the ledger that settled this verdict (see :mod:`scanner.ledger`)
     decision: dict[str, Any] | None = None
+    #: a video's decoding (duration, size, keyframes checked) and ``timeline``:
+    #: where in it each matched work shows (:meth:`scanner.match_video.VideoEvidence.timeline`)
+    video: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         line = {"path": self.path, "sha256": self.sha256, "modality": self.modality,
@@ -634,6 +733,8 @@ class Result:
             line["featureless"] = self.featureless
         if self.decision is not None:
             line["decision"] = self.decision
+        if self.video is not None:
+            line["video"] = self.video
         return line
 
 
@@ -696,7 +797,60 @@ class Scanner:
                 "features": [f.identity() for f in self.featurizers], "policy": self.policy.get_params()}
 
     def judge(self, batch: Sequence[Prepared]) -> list[Result]:
-        """Embed, search, match and decide one batch of prepared inputs."""
+        """Embed, search, match and decide one batch of prepared inputs.
+
+        A video's keyframes and soundtrack are judged as inputs of their own,
+        :data:`BATCH` at a time, and gathered into the video's evidence as
+        they come (:meth:`_judge_video`).
+        """
+        plain = [p for p in batch if p.parts is None]
+        decided = iter([self._result(p, ev) for p, ev in zip(plain, self._evidence(plain))] if plain else [])
+        return [next(decided) if p.parts is None else self._judge_video(p) for p in batch]
+
+    def _judge_video(self, p: Prepared) -> Result:
+        """A video's verdict from its keyframes' and soundtrack's evidence, with a timeline.
+
+        Each keyframe is one more chance to match by chance: a keyframe's
+        expected chance matches are multiplied by the number of keyframes
+        checked (Bonferroni), so a two-hour film is held to the same chance
+        rate as one picture. The soundtrack's evidence is scaled by its own
+        length already (:meth:`_judge_postings`). Featureless keyframes (black,
+        flat) and a silent soundtrack give no evidence.
+        """
+        from scanner.match_video import VideoEvidence
+        from scanner.video import timecode
+
+        parts = p.parts or []
+        frames = [q for q in parts if q.item.modality == "image"]
+        checked = max(1, sum(1 for q in frames if not q.featureless and q.error is None))
+        gathered = VideoEvidence([q.timecode or 0.0 for q in frames], (p.video or {}).get("duration"),
+                                 keep_at=self.policy.review_at)
+        numbers = {id(q): k for k, q in enumerate(frames)}
+        for lo in range(0, len(parts), BATCH):
+            chunk = parts[lo:lo + BATCH]
+            for q, ev in zip(chunk, self._evidence(chunk)):
+                if q.error is not None or q.featureless or not ev:
+                    continue
+                ev = ev + self._fused(ev)  # within one keyframe: both copy features saw the same picture
+                if q.item.modality == "image":
+                    scaled = []
+                    for m in ev:
+                        x = float(m["expected"]) * checked
+                        loc = {**(m.get("locator") or {}), "timecode": q.timecode,
+                               "timecode_text": timecode(q.timecode)}
+                        scaled.append({**m, "expected": x, "chance": pol.one_in(x), "locator": loc,
+                                       "score": round(float(pol.strength(np.array([x]), self.policy)[0]), 4)})
+                    gathered.add(scaled, keyframe=numbers[id(q)])
+                else:
+                    gathered.add(ev)
+        result = self._result(p, gathered.best(), fuse=False)
+        if p.error is None:
+            result.video = {**(p.video or {}), "keyframes_checked": checked if frames else 0,
+                            "timeline": gathered.timeline() if result.verdict != "clear" else []}
+        return result
+
+    def _evidence(self, batch: Sequence[Prepared]) -> list[list[dict[str, Any]]]:
+        """Per-work evidence of every featurizer, for each prepared input of one batch."""
         evidence: list[list[dict[str, Any]]] = [[] for _ in batch]
         for feat in self.featurizers:
             if feat.kind == "landmark":
@@ -735,7 +889,7 @@ class Scanner:
                 strength = pol.strength(expected, self.policy)
                 for e, x, s in zip(evs, expected, strength):
                     evidence[i].append(self._match(feat, e, float(x), float(s)))
-        return [self._result(p, ev) for p, ev in zip(batch, evidence)]
+        return evidence
 
     def _judge_landmarks(self, feat: Featurizer, batch: Sequence[Prepared],
                          evidence: list[list[dict[str, Any]]]) -> None:
@@ -821,8 +975,27 @@ class Scanner:
             "raw_kind": raw_kind,
             "expected": expected, "chance": pol.one_in(expected),
             "featureless_ref": work.featureless if work else None,
-            "locator": e.detail if e.detail is not None else feat.locator(e.query_locator, e.locator),
+            "locator": self._locator(feat, e, work),
         }
+
+    def _locator(self, feat: Featurizer, e: Any, work: Any) -> dict[str, Any] | None:
+        """Where a match sits; in a video work, also the reference keyframe's ``ref_timecode`` (seconds).
+
+        A video work's keyframe rows carry the keyframe's timecode in their
+        locator (:func:`_add_video_rows`): milliseconds for keypoints,
+        ``ms * codes_per_item + view`` for hashes and embeddings.
+        """
+        video = work is not None and work.modality == "video"
+        if e.detail is not None:
+            loc = dict(e.detail)
+            ms = loc.pop("ref_locator", None)  # an image work's is a keypoint number: no use to anyone
+            if video and ms is not None:
+                loc["ref_timecode"] = round(ms / 1000, 3)
+            return loc
+        if not video:
+            return feat.locator(e.query_locator, e.locator)
+        ms, view = divmod(int(e.locator), max(feat.codes_per_item, 1))
+        return {**(feat.locator(e.query_locator, view) or {}), "ref_timecode": round(ms / 1000, 3)}
 
     def _fused(self, evidence: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Evidence of two copy features for one work, fused (:func:`scanner.policy.fused_rate`).
@@ -858,12 +1031,13 @@ class Scanner:
                             "raw_kind": "fused", "fused_from": {m["feature"]: m["expected"] for m in parts}})
         return out
 
-    def _result(self, p: Prepared, evidence: list[dict[str, Any]]) -> Result:
+    def _result(self, p: Prepared, evidence: list[dict[str, Any]], fuse: bool = True) -> Result:
         base = dict(path=str(p.item.path), sha256=p.sha256, modality=p.item.modality,
                     index_id=self.index.index_id)
         if p.error is not None:
             return Result(verdict="error", reason=p.error, error=p.error, **base)
-        evidence = evidence + self._fused(evidence)
+        if fuse:  # (a video's evidence is fused per keyframe already)
+            evidence = evidence + self._fused(evidence)
         verdict, reason = pol.decide(evidence, self.policy, featureless=p.featureless)
         shown = sorted((m for m in evidence if m["expected"] <= self.policy.review_at),
                        key=lambda m: m["expected"])[:MAX_MATCHES]
@@ -1058,7 +1232,11 @@ def _write_outputs(out: Path, run: dict[str, Any], *, thumbnails: bool = True) -
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(run, indent=2))
     os.replace(tmp, out / "run.json")
-    write_all(read_results(out / "results.jsonl"), run, out, thumbnails=thumbnails)
+    results = read_results(out / "results.jsonl")
+    write_all(results, run, out, thumbnails=thumbnails)
+    from scanner.report.timeline import write_timeline
+
+    write_timeline(results, out / "timeline.csv")  # where each matched work shows, with timecodes
 
 
 def check(path: str | Path, index_dir: str | Path, *, options: FeatureOptions | None = None,

@@ -116,7 +116,9 @@ def test_extension_sets_and_default_limit():
         (b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00", "audio"),
         (b"FORM\x00\x00\x10\x00AIFFCOMM", "audio"),
         (b"BMW owners club minutes\n", None),  # "BM" alone is not a bitmap
-        (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00", None),  # mp4 video
+        (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00", "video"),  # mp4 video
+        (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01", "video"),  # Matroska / WebM
+        (b"RIFF\x24\x00\x00\x00AVI LIST", "video"),
         (b'{"prompt": "a cat"}', None),
     ],
 )

@@ -1,0 +1,480 @@
+"""Decode video safely: scene-cut keyframes as pictures, the soundtrack as audio chunks.
+
+A video reaches the featurizers through the two paths that already exist:
+
+* its **keyframes** — the first frame, the first frame after each cut, and a
+  frame every few seconds of a long shot whose picture drifts — are RGB
+  pictures of bounded size, prepared by the image featurizers exactly as image
+  files are;
+* its **soundtrack** is an :class:`scanner.media.Audio` whose chunks come from
+  PyAV instead of libsndfile or ffmpeg, so mixing to mono, resampling, the
+  silence test and the audio featurizers' ``start``/``update``/``finish`` loop
+  are the audio files' own.
+
+Memory is bounded whatever the length: frames are decoded one at a time and
+dropped, only keyframes leave this module (at most :data:`MAX_KEYFRAMES`, their
+spacing widened for very long files), and the soundtrack streams in chunks.
+Nothing here knows about features, indexes or reports.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scanner import media
+from scanner.errors import DecodeError, ParameterError
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "Keyframe",
+    "Video",
+    "open_video",
+    "timecode",
+]
+
+VIDEO_EXTENSIONS = media.VIDEO_EXTENSIONS
+
+#: Seconds between the frames looked at for cuts (every frame is decoded, since
+#: inter-coded frames need their predecessors, but only these are compared).
+SAMPLE_STEP: float = 0.2
+#: Side (pixels) of the grey thumbnails compared to find cuts.
+_PROBE_W, _PROBE_H = 48, 27
+#: A thumbnail pixel whose grey level moved by more than this (0..1) has changed.
+_PIXEL_CHANGE: float = 0.08
+#: Share of changed pixels, against the last keyframe, that makes a cut. A share
+#: rather than a mean difference: two drawings on white differ in few pixels,
+#: but those pixels differ a lot.
+CUT_SHARE: float = 0.12
+#: Share that makes a long shot's picture worth another keyframe.
+DRIFT_SHARE: float = 0.02
+#: Seconds of a long shot after which a drifted picture is taken again.
+LONG_SHOT: float = 4.0
+#: Fewest seconds between keyframes (bursts of cuts or fast motion).
+MIN_GAP: float = 0.5
+#: Most keyframes of one file; a longer file's gaps widen to stay below it, so
+#: a feature film costs bounded memory and time.
+MAX_KEYFRAMES: int = 2000
+#: Decode errors (bad packets) tolerated before a file is called corrupt.
+MAX_BAD_PACKETS: int = 25
+
+
+def timecode(seconds: float | None) -> str:
+    """``mm:ss.ff`` (``h:mm:ss.ff`` past an hour); ``ff`` is hundredths of a second.
+
+    Examples
+    --------
+    >>> timecode(83.456)
+    '01:23.46'
+    >>> timecode(3725.0)
+    '1:02:05.00'
+    """
+    if seconds is None:
+        return ""
+    cs = int(round(max(float(seconds), 0.0) * 100))
+    h, rest = divmod(cs, 360000)
+    m, rest = divmod(rest, 6000)
+    s, ff = divmod(rest, 100)
+    return f"{h}:{m:02d}:{s:02d}.{ff:02d}" if h else f"{m:02d}:{s:02d}.{ff:02d}"
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """A frame that goes to the image featurizers.
+
+    Attributes
+    ----------
+    time : float, seconds from the start of the video stream
+    image : PIL.Image.Image [mode="RGB"], longer side at most the ``max_side`` asked for
+    reason : ``"first"``, ``"cut"`` or ``"long shot"``
+    """
+
+    time: float
+    image: Image.Image
+    reason: str
+
+
+def _av():
+    import av  # noqa: PLC0415 - heavy; only video inputs need it
+
+    return av
+
+
+def _reason(exc: BaseException) -> str:
+    return media._detail(exc)
+
+
+class Video:
+    """An opened video file. Use :func:`open_video`.
+
+    Every call of :meth:`keyframes` or :meth:`soundtrack` decodes the file anew.
+
+    Attributes
+    ----------
+    path : Path
+    duration : float or None, seconds per the container
+    has_video, has_audio : bool, whether a decodable stream of that kind exists
+    width, height : int, the video stream's size in pixels (0 without video)
+    fps : float or None, average frame rate
+    codec : str, the video codec's name ("" without video)
+    frames_decoded : int, frames decoded by the last :meth:`keyframes` pass
+    frames_looked_at : int, frames compared for cuts by that pass
+    bad_packets : int, packets the decoder rejected in that pass (tolerated up
+        to :data:`MAX_BAD_PACKETS`)
+    """
+
+    def __init__(self, path: Path, *, duration: float | None, has_video: bool, has_audio: bool, width: int,
+                 height: int, fps: float | None, codec: str, audio_sr: int, channels: int, max_seconds: float):
+        self.path = path
+        self.duration = duration
+        self.has_video = has_video
+        self.has_audio = has_audio
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self.codec = codec
+        self.audio_sr = audio_sr
+        self.channels = channels
+        self.max_seconds = max_seconds
+        self.frames_decoded = 0
+        self.frames_looked_at = 0
+        self.bad_packets = 0
+        #: positions of the chosen streams among the container's video / audio streams
+        self._video_stream = 0
+        self._audio_stream = 0
+
+    def __repr__(self) -> str:
+        return (f"Video({str(self.path)!r}, {self.width}x{self.height}, codec={self.codec!r}, fps={self.fps}, "
+                f"duration={self.duration}, audio={self.has_audio})")
+
+    def min_gap(self) -> float:
+        """Fewest seconds between keyframes for this file (wider past :data:`MAX_KEYFRAMES`)."""
+        length = min(self.duration or 0.0, self.max_seconds)
+        return max(MIN_GAP, length / MAX_KEYFRAMES)
+
+    def keyframes(self, *, max_side: int = 512, step: float = SAMPLE_STEP) -> Iterator[Keyframe]:
+        """Decode the video stream, yielding the frames worth checking.
+
+        A frame is looked at every ``step`` seconds and reduced to a small grey
+        thumbnail; it becomes a keyframe when it is the first, when its
+        picture differs from the last keyframe's in at least
+        :data:`CUT_SHARE` of its pixels (a cut, or a pan that has moved on),
+        or when a long shot has run :data:`LONG_SHOT` seconds and its picture
+        drifted by :data:`DRIFT_SHARE` (a frozen shot is checked once). Two
+        keyframes are at least :meth:`min_gap` apart.
+
+        Parameters
+        ----------
+        max_side : int > 0
+            Longer side of the keyframes' pictures, in pixels (never enlarged).
+        step : float > 0
+            Seconds between frames looked at.
+
+        Yields
+        ------
+        Keyframe
+            In time order; none if the file has no video stream.
+
+        Raises
+        ------
+        DecodeError
+            When the stream turns out corrupt part way, naming the file.
+        """
+        if not isinstance(max_side, int) or max_side < 1:
+            raise ParameterError(f"max_side must be a positive integer, given max_side={max_side!r}")
+        if not step > 0:
+            raise ParameterError(f"step must be positive, given step={step!r}")
+        self.frames_decoded = self.frames_looked_at = self.bad_packets = 0
+        if not self.has_video:
+            return
+        av = _av()
+        scale = min(1.0, max_side / max(self.width, self.height, 1))
+        out_w, out_h = max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        gap = self.min_gap()
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[self._video_stream]
+                stream.thread_type = "AUTO"  # slice/frame threads inside libavcodec, outside the GIL
+                base = float(stream.time_base) if stream.time_base else 0.0
+                origin = stream.start_time * base if stream.start_time is not None else None
+                next_look = 0.0
+                last_probe: np.ndarray | None = None
+                last_time = -np.inf
+                for frame in self._frames(container, stream):
+                    self.frames_decoded += 1
+                    if frame.pts is not None and base:
+                        t = frame.pts * base
+                        origin = t if origin is None else origin
+                        t -= origin
+                    else:  # no timestamps: count frames
+                        t = (self.frames_decoded - 1) / (self.fps or 25.0)
+                    if t > self.max_seconds:
+                        break
+                    if t + 1e-6 < next_look:
+                        continue
+                    next_look = t + step
+                    self.frames_looked_at += 1
+                    probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray").astype(np.float32)
+                    reason = None
+                    if last_probe is None:
+                        reason = "first"
+                    elif t - last_time >= gap - 1e-6:
+                        share = float(np.mean(np.abs(probe - last_probe) > _PIXEL_CHANGE * 255))
+                        if share >= CUT_SHARE:
+                            reason = "cut"
+                        elif t - last_time >= LONG_SHOT and share >= DRIFT_SHARE:
+                            reason = "long shot"
+                    if reason is None:
+                        continue
+                    last_probe, last_time = probe, t
+                    image = frame.to_image(width=out_w, height=out_h)
+                    yield Keyframe(round(t, 3), image if image.mode == "RGB" else image.convert("RGB"), reason)
+        except DecodeError:
+            raise
+        except av.FFmpegError as exc:
+            raise DecodeError(self.path, f"truncated or corrupt video ({_reason(exc)})") from None
+        except MemoryError:
+            raise DecodeError(self.path, "not enough memory to decode the video") from None
+
+    def _frames(self, container, stream) -> Iterator:
+        """Decoded frames of ``stream``, passing over up to :data:`MAX_BAD_PACKETS` bad packets."""
+        av = _av()
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError as exc:
+                self.bad_packets += 1
+                if self.bad_packets > MAX_BAD_PACKETS:
+                    raise DecodeError(self.path, f"truncated or corrupt video ({self.bad_packets} bad packets; "
+                                                 f"last: {_reason(exc)})") from None
+                continue
+            yield from frames
+
+    def soundtrack(self, *, sr: int = media.ANALYSIS_SR) -> media.Audio | None:
+        """The first audio stream as :class:`scanner.media.Audio` (chunked, mono, at ``sr``), or ``None``."""
+        if not self.has_audio:
+            return None
+        track = _Soundtrack(self.path, sr=sr, source_sr=self.audio_sr, channels=self.channels,
+                            duration=self.duration, backend="pyav", max_seconds=self.max_seconds)
+        track._stream = self._audio_stream
+        return track
+
+
+class _Soundtrack(media.Audio):
+    """A video's audio stream: :class:`scanner.media.Audio` with PyAV as the block source."""
+
+    _stream = 0  # position among the container's audio streams
+
+    def _blocks(self, block: int) -> Iterator[np.ndarray]:
+        av = _av()
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.audio[self._stream]
+                # planar float at the stream's own rate and layout: channels are
+                # averaged here as libsndfile blocks are, and soxr resamples
+                resampler = av.AudioResampler(format="fltp")
+                parts: list[np.ndarray] = []
+                held = 0
+                bad = 0
+                for packet in container.demux(stream):
+                    try:
+                        decoded = packet.decode()
+                    except av.error.InvalidDataError as exc:
+                        bad += 1
+                        if bad > MAX_BAD_PACKETS:
+                            raise DecodeError(self.path, f"truncated or corrupt soundtrack ({_reason(exc)})") from None
+                        continue
+                    for frame in decoded:
+                        for out in resampler.resample(frame):
+                            a = out.to_ndarray()
+                            parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
+                            held += a.shape[1]
+                    if held >= block:
+                        yield np.concatenate(parts)
+                        parts, held = [], 0
+                for out in resampler.resample(None):
+                    a = out.to_ndarray()
+                    parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
+                if parts:
+                    yield np.concatenate(parts)
+        except DecodeError:
+            raise
+        except av.FFmpegError as exc:
+            raise DecodeError(self.path, f"truncated or corrupt soundtrack ({_reason(exc)})") from None
+        except MemoryError:
+            raise DecodeError(self.path, "not enough memory to decode the soundtrack") from None
+
+
+def _looks_like_video(path: Path) -> bool:
+    """Whether the file's first bytes carry a video container's signature."""
+    try:
+        with open(path, "rb") as f:
+            return media._sniff_bytes(f.read(32)) == "video"
+    except OSError:
+        return False
+
+
+def open_video(path: str | Path, *, max_seconds: float = media.DEFAULT_MAX_SECONDS) -> Video:
+    """Open a video file, checking that it holds a decodable video or audio stream.
+
+    Only the container header is read here (PyAV / libavformat); frames and
+    samples are decoded by :meth:`Video.keyframes` and :meth:`Video.soundtrack`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The video file (mp4, mov, mkv, webm, avi, mpeg-ts, ...).
+    max_seconds : float > 0
+        Decode at most this many seconds of either stream (duration cap).
+
+    Returns
+    -------
+    video : Video
+
+    Raises
+    ------
+    DecodeError
+        "no such file", "permission denied", "is a directory", "zero-byte
+        file", "not a recognised video format", "no video or audio stream",
+        "unsupported video codec (...)", "video too large: W x H pixels ...",
+        naming the file. No other exception escapes for a bad file.
+    ParameterError
+        If ``max_seconds`` is not positive.
+    """
+    if not max_seconds > 0:
+        raise ParameterError(f"max_seconds must be positive, given max_seconds={max_seconds!r}")
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeError(path, "no such file") from None
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as exc:
+        raise DecodeError(path, f"read error ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DecodeError(path, "is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise DecodeError(path, "not a regular file")  # opening a FIFO would block
+    if info.st_size == 0:
+        raise DecodeError(path, "zero-byte file")
+    if not os.access(path, os.R_OK):
+        raise DecodeError(path, "permission denied")
+    try:
+        av = _av()
+    except ImportError:
+        raise DecodeError(path, "video needs PyAV (pip install av), which is not installed") from None
+    try:
+        with av.open(str(path)) as container:
+            duration = container.duration / 1e6 if container.duration else None
+            vpos = next((i for i, s in enumerate(container.streams.video) if s.codec_context is not None
+                         and s.codec_context.width > 0), None)
+            apos = next((i for i, s in enumerate(container.streams.audio) if s.codec_context is not None
+                         and s.codec_context.sample_rate > 0), None)
+            vs = container.streams.video[vpos] if vpos is not None else None
+            aus = container.streams.audio[apos] if apos is not None else None
+            if vs is None and aus is None:
+                if container.streams.video or container.streams.audio:
+                    names = ", ".join(sorted({s.codec_context.name for s in container.streams
+                                              if s.codec_context is not None} or {"unknown"}))
+                    raise DecodeError(path, f"unsupported codec ({names})")
+                raise DecodeError(path, "no video or audio stream")
+            width = height = 0
+            fps = None
+            codec = ""
+            if vs is not None:
+                width, height = vs.codec_context.width, vs.codec_context.height
+                if width * height > media.DEFAULT_MAX_PIXELS:
+                    raise DecodeError(path, f"video too large: {width} x {height} pixels exceeds the limit of "
+                                            f"{media.DEFAULT_MAX_PIXELS:,} (decompression-bomb guard)")
+                fps = float(vs.average_rate) if vs.average_rate else None
+                codec = vs.codec_context.name
+            video = Video(path, duration=duration, has_video=vs is not None, has_audio=aus is not None,
+                          width=width, height=height, fps=fps, codec=codec,
+                          audio_sr=int(aus.codec_context.sample_rate) if aus is not None else 0,
+                          channels=int(aus.codec_context.layout.nb_channels) if aus is not None else 0,
+                          max_seconds=max_seconds)
+            video._video_stream, video._audio_stream = vpos or 0, apos or 0
+            return video
+    except DecodeError:
+        raise
+    except av.error.InvalidDataError:
+        if _looks_like_video(path):
+            raise DecodeError(path, "truncated or corrupt video (its container cannot be read)") from None
+        raise DecodeError(path, "not a recognised video format") from None
+    except av.FFmpegError as exc:
+        raise DecodeError(path, f"truncated or corrupt video ({_reason(exc)})") from None
+    except MemoryError:
+        raise DecodeError(path, "not enough memory to read the video header") from None
+
+
+def write_clip(path: str | Path, shots: list[tuple[Image.Image, float]], *, size: tuple[int, int] = (160, 96),
+               fps: int = 10, audio: np.ndarray | None = None, sr: int = 22050, codec: str = "libx264",
+               audio_codec: str = "aac") -> Path:
+    """Write a video made of still shots, with an optional mono soundtrack (tests, benchmarks, demo).
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file; the container follows the extension (``.mp4``, ``.mkv``, ``.webm`` ...).
+    shots : list of (PIL.Image.Image, float)
+        Pictures and how many seconds each stays on screen, in order. Each is
+        fitted inside ``size`` on a black frame (aspect kept).
+    size : (width, height), even numbers of pixels
+    fps : frames per second
+    audio : np.ndarray [shape=(n,)] float in [-1, 1], or None
+        The soundtrack at ``sr`` Hz.
+    codec, audio_codec : encoder names as FFmpeg knows them
+
+    Returns
+    -------
+    path : Path
+    """
+    av = _av()
+    path = Path(path)
+    w, h = size
+    with av.open(str(path), "w") as container:
+        vs = container.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aus = None
+        rate = sr
+        if audio is not None:
+            codec_rates = av.Codec(audio_codec, "w").audio_rates
+            # Opus takes 48 kHz only, and a few others a fixed set: the nearest rate above
+            rate = sr if not codec_rates or sr in codec_rates else min(
+                [r for r in codec_rates if r >= sr] or [max(codec_rates)])
+            aus = container.add_stream(audio_codec, rate=rate)
+            aus.layout = "mono"
+        n = 0
+        for picture, seconds in shots:
+            canvas = Image.new("RGB", (w, h))
+            pic = picture.convert("RGB")
+            pic.thumbnail((w, h), Image.Resampling.LANCZOS)
+            canvas.paste(pic, ((w - pic.width) // 2, (h - pic.height) // 2))
+            for _ in range(max(1, round(seconds * fps))):
+                frame = av.VideoFrame.from_image(canvas)
+                frame.pts = n
+                n += 1
+                container.mux(vs.encode(frame))
+        container.mux(vs.encode(None))
+        if aus is not None and audio is not None:
+            samples = np.clip(np.asarray(audio, np.float32), -1, 1)
+            formats = aus.codec_context.codec.audio_formats
+            resampler = av.AudioResampler(format=formats[0].name if formats else "fltp", layout="mono", rate=rate,
+                                          frame_size=aus.codec_context.frame_size or None)
+            for i in range(0, len(samples), 1024):
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + 1024]), format="fltp",
+                                                   layout="mono")
+                frame.sample_rate, frame.pts = sr, i
+                for out in resampler.resample(frame):
+                    container.mux(aus.encode(out))
+            for out in resampler.resample(None):
+                container.mux(aus.encode(out))
+            container.mux(aus.encode(None))
+    return path
