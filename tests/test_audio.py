@@ -59,13 +59,13 @@ def excerpt(y: np.ndarray, start: float, seconds: float, sr: int = SR) -> np.nda
     return y[int(start * sr): int((start + seconds) * sr)]
 
 
-def hashes_of(y: np.ndarray, sr: int = SR) -> np.ndarray:
+def hashes_of(y: np.ndarray, sr: int = SR, *, reference: bool = False) -> np.ndarray:
     """Fingerprint of a signal through the same decode path as a file (resampled to the analysis rate)."""
     import soxr
 
     x = soxr.resample(y.astype(np.float32), sr, media.ANALYSIS_SR)
     feat = Fingerprint()
-    state = feat.start(sr=media.ANALYSIS_SR)
+    state = feat.start(sr=media.ANALYSIS_SR, reference=reference)
     feat.update(state, media.AudioChunk(x, 0, media.ANALYSIS_SR, last=True))
     return feat.finish(state)
 
@@ -80,7 +80,7 @@ def table(library: dict[int, np.ndarray]) -> PostingsTable:
     feat = Fingerprint()
     keys, works, extras = [], [], []
     for w, y in library.items():
-        k, e = feat.index_rows(hashes_of(y))
+        k, e = feat.index_rows(hashes_of(y, reference=True))
         keys.append(k)
         works.append(np.full(len(k), w, np.int32))
         extras.append(e)

@@ -56,6 +56,11 @@ PEAKS_PER_SECOND = 24
 MIN_DT, MAX_DT = 0.03, 1.2
 MAX_SEMITONES = 12.0
 FAN_OUT = 6
+#: Partners per anchor of a query: its triplets are a subset of the
+#: reference's where the peaks agree, at 6 triplets per anchor instead of 15
+#: (matching cost follows the number of query hashes; aligned counts, which
+#: count anchors, barely drop).
+QUERY_FAN_OUT = 4
 #: A triplet spans at least this long (seconds): shorter spans give no usable rate.
 MIN_SPAN = 0.15
 
@@ -71,7 +76,7 @@ SIZES = (N_BAND, N_SPAN, N_RATIO, N_DIFF, N_DIFF)
 STRIDES = tuple(int(np.prod(SIZES[i + 1:])) for i in range(len(SIZES)))
 #: A field value this close to a bin edge (share of a bin) sets its ``near``
 #: bit: lookups try the neighbouring bin as well.
-NEAR = (0.12, 0.15, 0.25, 0.3, 0.3)
+NEAR = (0.06, 0.08, 0.12, 0.15, 0.15)
 
 #: One hash as the featurizer yields it: key, anchor time (s), span (s),
 #: anchor pitch (semitones above 1 Hz... as 12 log2 f), and near bits (bit i: field i
@@ -210,16 +215,18 @@ def _quantise(value: np.ndarray, n: int, near: float) -> tuple[np.ndarray, np.nd
     return np.clip(b, 0, n - 1), close, up
 
 
-def triplet_hashes(peaks: np.ndarray) -> np.ndarray:
+def triplet_hashes(peaks: np.ndarray, *, fan_out: int = FAN_OUT) -> np.ndarray:
     """Hash triplets of peaks, invariant to small time and frequency scaling.
 
-    Each peak anchors triplets with pairs of its first :data:`FAN_OUT`
+    Each peak anchors triplets with pairs of its first ``fan_out``
     partners (peaks :data:`MIN_DT` to :data:`MAX_DT` seconds later, within
     :data:`MAX_SEMITONES` of it), spanning at least :data:`MIN_SPAN`.
 
     Parameters
     ----------
     peaks : np.ndarray [shape=(m,)] of :data:`PEAK_DTYPE`, in time order
+    fan_out : int >= 2, partners per anchor (:data:`FAN_OUT` for references,
+        :data:`QUERY_FAN_OUT` for queries)
 
     Returns
     -------
@@ -238,13 +245,13 @@ def triplet_hashes(peaks: np.ndarray) -> np.ndarray:
     dp = p[cand] - p[:, None]
     ok &= (dt >= MIN_DT) & (dt <= MAX_DT) & (np.abs(dp) <= MAX_SEMITONES)
     rank = np.cumsum(ok, axis=1)
-    ok &= rank <= FAN_OUT
-    # keep the FAN_OUT partners of each anchor in a dense (m, FAN_OUT) table
-    slot = np.where(ok, rank - 1, FAN_OUT)
-    part = np.full((m, FAN_OUT + 1), -1, np.int64)
+    ok &= rank <= fan_out
+    # keep the fan_out partners of each anchor in a dense (m, fan_out) table
+    slot = np.where(ok, rank - 1, fan_out)
+    part = np.full((m, fan_out + 1), -1, np.int64)
     np.put_along_axis(part, slot, np.where(ok, cand, -1), axis=1)
-    part = part[:, :FAN_OUT]
-    a_idx, b_idx = np.triu_indices(FAN_OUT, k=1)
+    part = part[:, :fan_out]
+    a_idx, b_idx = np.triu_indices(fan_out, k=1)
     anchor = np.repeat(np.arange(m), len(a_idx))
     second = part[:, a_idx].ravel()
     third = part[:, b_idx].ravel()
@@ -294,8 +301,8 @@ class Fingerprint(AudioFeaturizer):
 
     @property
     def version(self) -> str:
-        return (f"triplets-{N_FFT}/{HOP}-{int(FMIN)}-{int(FMAX)}-p{PEAKS_PER_SECOND}-f{FAN_OUT}-"
-                f"{'x'.join(map(str, SIZES))}-v1")
+        return (f"triplets-{N_FFT}/{HOP}-{int(FMIN)}-{int(FMAX)}-p{PEAKS_PER_SECOND}-f{FAN_OUT}/{QUERY_FAN_OUT}-"
+                f"{'x'.join(map(str, SIZES))}-v2")
 
     @property
     def dim(self) -> int:
@@ -307,7 +314,8 @@ class Fingerprint(AudioFeaturizer):
             raise ParameterError(f"audio-fingerprint needs a rate of at least {2 * FMAX:.0f} Hz, given sr={sr}")
         lo, hi, _ = _frequencies(sr)
         return {"sr": sr, "buf": np.zeros(0, np.float32), "frame": 0, "spec": np.zeros((0, hi - lo + 1), np.float32),
-                "spec_start": 0, "done": 0, "peaks": []}
+                "spec_start": 0, "done": 0, "peaks": [],
+                "fan_out": FAN_OUT if reference else QUERY_FAN_OUT}
 
     def update(self, state: dict[str, Any], chunk: Any) -> None:
         y = np.asarray(chunk.y, np.float32)
@@ -333,7 +341,7 @@ class Fingerprint(AudioFeaturizer):
 
     def finish(self, state: dict[str, Any]) -> np.ndarray:
         peaks = np.concatenate(state["peaks"]) if state["peaks"] else np.zeros(0, PEAK_DTYPE)
-        return triplet_hashes(_thin(peaks))
+        return triplet_hashes(_thin(peaks), fan_out=state["fan_out"])
 
     # -- index and search ------------------------------------------------------------
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:

@@ -93,7 +93,15 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
         if loc.get("query_start") is not None:
             d = float(loc.get("duration") or 0)
             where.append(f"output {mmss(loc['query_start'])}–{mmss(float(loc['query_start']) + d)} "
-                         f"matches work {mmss(loc.get('ref_start'))}–{mmss(float(loc.get('ref_start') or 0) + d)}")
+                         f"matches work {mmss(loc.get('ref_start'))}–"
+                         f"{mmss(float(loc.get('ref_start') or 0) + d * float(loc.get('rate') or 1))}")
+            if loc.get("rate") is not None:  # audio fingerprint: how the copy was played, and the hashes that agree
+                where.append(f"rate {float(loc['rate']):.3f}, pitch {float(loc.get('pitch_shift') or 0):+.2f} "
+                             f"semitones, {loc.get('aligned')} aligned hashes")
+        if loc.get("timecode") is not None:  # a video's keyframe
+            where.append(f"keyframe at {loc.get('timecode_text') or loc['timecode']} of the output"
+                         + (f", {float(loc['ref_timecode']):.2f} s into the work"
+                            if loc.get("ref_timecode") is not None else ""))
     score = float(m.get("score") or 0)
     return {"feature": m.get("feature"), "score": score, "pct": round(100 * min(max(score, 0.0), 1.0), 1),
             "chance": m.get("chance") or "", "expected": m.get("expected"), "words": words,
@@ -301,6 +309,14 @@ def output_thumbnails(results: Iterable[Mapping[str, Any]], folder: str | Path) 
             continue
         if r.get("modality") == "audio":
             found = thumbs.audio_strip(r.get("path") or "")
+        elif r.get("modality") == "video":
+            from scanner.video import thumbnail_at
+
+            # the frame of the strongest picture match, else the first keyframe
+            at = next((float(m["locator"]["timecode"]) for m in r.get("matches") or []
+                       if (m.get("locator") or {}).get("timecode") is not None), 0.0)
+            data = thumbnail_at(r.get("path") or "", at)
+            found = (data, {"timecode": at}) if data is not None else None
         else:
             data = thumbs.from_file(r.get("path") or "")
             found = (data, {}) if data is not None else None
