@@ -486,3 +486,177 @@ def bench_postings(*, n_postings: int, n_hashes: int = 10000, backend: str = "nu
     return _result(qps=n_hashes / best, achieved=nbytes / best / 1e9, peak=peak, recall=recall, backend=backend,
                    precision="uint32", n_refs=n_postings, dim=32, n_queries=n_hashes,
                    k=round(pairs / n_hashes, 1), kind="postings")
+
+
+# --------------------------------------------------------------------------- scan
+
+#: A config small enough for tests (32 px, two blocks), as ``tests/tiny_clip.py`` builds.
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8, "pool_type": "avg"},
+    "text_cfg": {"context_length": 16, "vocab_size": 128, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def random_clip_checkpoint(work_dir: str | os.PathLike[str], arch: str = "ViT-B-32", *, seed: int = 0) -> tuple[Any, Any]:
+    """An open_clip config and a random-weight checkpoint for ``arch``, built here (no downloads).
+
+    The vision tower pools patch tokens (``pool_type="avg"``) instead of taking the
+    class token: with random weights the class token barely depends on the image
+    and the build would (rightly) refuse the model as degenerate; the compute is
+    that of ``arch`` all the same.
+
+    Parameters
+    ----------
+    work_dir : folder to write into (reused when both files exist)
+    arch : an open_clip architecture name (``ViT-B-32``), or ``tiny`` (:data:`TINY_CLIP`)
+
+    Returns
+    -------
+    config_path, checkpoint_path : Path
+    """
+    import json
+    from pathlib import Path
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    name = f"likeness-bench-{arch.lower()}"
+    config_path, ckpt_path = work / f"{name}.json", work / f"{name}-seed{seed}.pt"
+    if config_path.exists() and ckpt_path.exists():
+        return config_path, ckpt_path
+    import open_clip
+    import torch
+
+    if arch == "tiny":
+        cfg = json.loads(json.dumps(TINY_CLIP))
+    else:
+        cfg = open_clip.get_model_config(arch)
+        if cfg is None:
+            raise ParameterError(f"unknown open_clip architecture {arch!r}")
+        cfg = json.loads(json.dumps(cfg))
+        cfg["vision_cfg"]["pool_type"] = "avg"
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**{k: v for k, v in cfg.items() if k != "preprocess_cfg"})
+    torch.save(model.state_dict(), ckpt_path)
+    config_path.write_text(json.dumps(cfg))
+    return config_path, ckpt_path
+
+
+def _pictures(folder: Any, n: int, *, seed: int = 0, size: tuple[int, int] = (320, 240)) -> list[Any]:
+    """``n`` PNG pictures from :func:`scanner.demo.synthetic_picture` (kept when already there)."""
+    from pathlib import Path
+
+    from scanner.demo import synthetic_picture
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i:06d}.png"
+        if not p.exists():
+            tmp = p.with_suffix(".tmp")
+            synthetic_picture(seed * 1_000_003 + i, size).save(tmp, format="PNG")
+            os.replace(tmp, p)
+        paths.append(p)
+    return paths
+
+
+def bench_clip_scan(*, work_dir: str | os.PathLike[str], arch: str = "ViT-B-32", n_images: int = 256,
+                    n_refs: int = 64, device: str = "cpu") -> dict[str, Any]:
+    """End-to-end ``image-clip`` scan speed against the bare encoder, same model, batch and precision.
+
+    End to end is :func:`scanner.pipeline.scan` of ``n_images`` PNGs (decode,
+    prepare, embed, search, match, policy, results written) against an
+    ``image-clip`` index of ``n_refs`` other pictures. The bare encoder is the
+    featurizer's own forward (:meth:`scanner.features.clip.Clip._run`: batches of
+    its ``batch_size``, its autocast precision) over as many already-prepared images.
+
+    Returns
+    -------
+    result : dict with ``e2e_images_s``, ``encoder_images_s``, ``ratio``, ``precision``,
+        ``batch_size``, ``arch``, ``n_images``, ``e2e_s``, ``load1``
+    """
+    import shutil
+    from pathlib import Path
+
+    from scanner import pipeline
+    from scanner.features import make
+
+    work = Path(work_dir)
+    config, ckpt = random_clip_checkpoint(work / "models", arch)
+    opts = pipeline.FeatureOptions(names=["image-clip"], clip_model=str(config), clip_pretrained=str(ckpt),
+                                   device=device)
+    refs = _pictures(work / "clip-refs", n_refs, seed=1)
+    queries = _pictures(work / f"clip-queries-{n_images}", n_images, seed=2)
+    index = work / f"clip-index-{arch}"
+    if not (index / "manifest.json").exists():
+        pipeline.build_index([refs[0].parent], index, options=opts)
+    out = work / "clip-scan-out"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = pipeline.scan([queries[0].parent], index, out_dir=out, options=opts, thumbnails=False)
+    e2e = time.perf_counter() - t0
+    LOG.info("bench scan: %s", summary)
+
+    clip = make("image-clip", **opts.clip_options())
+    from PIL import Image
+
+    prepared = [clip.prepare(Image.open(p)) for p in queries[:min(len(queries), 2 * clip.batch_size)]]
+    x = np.stack([prepared[i % len(prepared)] for i in range(n_images)])
+    loaded = clip._model()
+    clip._run(loaded, x[:clip.batch_size], loaded.autocast_dtype)          # warm-up
+    bare = _best_time(lambda: clip._run(loaded, x, loaded.autocast_dtype), 1)
+    return {"e2e_images_s": round(n_images / e2e, 2), "encoder_images_s": round(n_images / bare, 2),
+            "ratio": round(bare / e2e, 4), "precision": clip.precision_, "batch_size": clip.batch_size,
+            "arch": arch, "n_images": n_images, "e2e_s": round(e2e, 2), "load1": load1()}
+
+
+def check_index(work_dir: str | os.PathLike[str], n_works: int = 10_000) -> Any:
+    """An ``image-phash`` + ``image-local`` index of ``n_works`` generated pictures, built once and kept."""
+    from pathlib import Path
+
+    from scanner import pipeline
+
+    work = Path(work_dir)
+    index = work / f"check-index-{n_works}"
+    if not (index / "manifest.json").exists():
+        refs = _pictures(work / f"check-refs-{n_works}", n_works, seed=3)
+        pipeline.build_index([refs[0].parent], index,
+                             options=pipeline.FeatureOptions(names=["image-phash", "image-local"]))
+    return index
+
+
+def bench_check_cold(*, work_dir: str | os.PathLike[str], n_works: int = 10_000, runs: int = 3) -> dict[str, Any]:
+    """Wall time of a fresh ``likeness check`` process on one picture against an ``n_works`` index.
+
+    Each run is a new interpreter (imports, index open, decode, features, search,
+    verdict printed); the file cache is warm, as on a workstation that has used
+    the index before. The picture is a re-encoded copy of one indexed work, so the
+    run goes through matching and verification, not an early ``clear``.
+
+    Returns
+    -------
+    result : dict with ``cold_s`` (each run), ``p50_s``, ``best_s``, ``n_works``, ``exit_codes``, ``load1``
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    index = check_index(work_dir, n_works)
+    probe = Path(work_dir) / "check-probe.jpg"
+    Image.open(Path(work_dir) / f"check-refs-{n_works}" / f"{n_works // 2:06d}.png").convert("RGB").save(
+        probe, quality=85)
+    exe = Path(sys.executable).with_name("likeness")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "scanner.cli"]
+    times, codes = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd + ["check", str(probe), "--index", str(index)], capture_output=True, text=True)
+        times.append(round(time.perf_counter() - t0, 3))
+        codes.append(proc.returncode)
+        if proc.returncode in (2, 3):
+            raise ParameterError(f"likeness check failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return {"cold_s": times, "p50_s": float(np.median(times)), "best_s": min(times), "n_works": n_works,
+            "exit_codes": codes, "load1": load1()}

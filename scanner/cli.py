@@ -474,6 +474,43 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
               f"load average {result['load1']}", highlight=False)
 
 
+@bench_app.command("scan")
+@handled
+def bench_scan_cmd(work_dir: Path = typer.Option(Path("bench-work"), "--work-dir",
+                                                 help="Where generated pictures, models and indexes are kept."),
+                   arch: str = typer.Option("ViT-B-32", "--arch",
+                                            help="open_clip architecture with random weights, or tiny."),
+                   images: int = typer.Option(256, "--images", help="Pictures scanned end to end."),
+                   check_works: int = typer.Option(10_000, "--check-works", help="Works in the check index."),
+                   check_runs: int = typer.Option(3, "--check-runs", help="Fresh likeness check processes timed."),
+                   device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto (image-clip)."),
+                   skip: list[str] = typer.Option([], "--skip", help="Leave out a part: clip or check."),
+                   as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """image-clip end-to-end images/s against the bare encoder, and cold `likeness check` latency."""
+    from scanner.bench import bench_check_cold, bench_clip_scan
+
+    bad = set(skip) - {"clip", "check"}
+    if bad or images < 1 or check_works < 1 or check_runs < 1:
+        raise typer.BadParameter(f"--skip takes clip or check (given {sorted(bad)}); counts must be >= 1")
+    result: dict = {}
+    if "clip" not in skip:
+        result["clip"] = bench_clip_scan(work_dir=work_dir, arch=arch, n_images=images, device=device)
+    if "check" not in skip:
+        result["check"] = bench_check_cold(work_dir=work_dir, n_works=check_works, runs=check_runs)
+    if as_json:
+        print(json.dumps(result))
+        return
+    if "clip" in result:
+        c = result["clip"]
+        out.print(f"image-clip {c['arch']} ({c['precision']}, batch {c['batch_size']}): end to end "
+                  f"{c['e2e_images_s']:.1f} images/s, bare encoder {c['encoder_images_s']:.1f} images/s "
+                  f"({c['ratio']:.0%}), load average {c['load1']}", highlight=False)
+    if "check" in result:
+        c = result["check"]
+        out.print(f"likeness check, cold, {c['n_works']} works: p50 {c['p50_s']:.2f} s, best {c['best_s']:.2f} s "
+                  f"(runs {c['cold_s']}), load average {c['load1']}", highlight=False)
+
+
 # --- end of bench --------------------------------------------------------------------------
 
 

@@ -95,3 +95,21 @@ def test_cli_postings_json_has_its_limit() -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     assert doc["unit"] == "GB/s" and doc["peak_gflops"] > 0 and doc["ratio"] > 0 and doc["load1"] >= 0
+
+
+def test_bench_scan_small(tmp_path) -> None:
+    """Both parts of ``bench scan`` on a tiny model and a small index (figures are not asserted)."""
+    res = CliRunner().invoke(app, ["bench", "scan", "--work-dir", str(tmp_path), "--arch", "tiny", "--images", "8",
+                                   "--check-works", "12", "--check-runs", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["clip"]["e2e_images_s"] > 0 and doc["clip"]["encoder_images_s"] > 0 and doc["clip"]["ratio"] > 0
+    assert doc["check"]["n_works"] == 12 and len(doc["check"]["cold_s"]) == 1
+    assert doc["check"]["exit_codes"][0] in (0, 1, 4)       # a verdict, not a usage or index error
+    # cached: a second call reuses the pictures, model and indexes
+    assert (tmp_path / "check-index-12" / "manifest.json").exists()
+
+
+def test_bench_scan_rejects_bad_part(tmp_path) -> None:
+    res = CliRunner().invoke(app, ["bench", "scan", "--work-dir", str(tmp_path), "--skip", "everything"])
+    assert res.exit_code == 2
