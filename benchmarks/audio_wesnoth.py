@@ -143,6 +143,8 @@ def main() -> None:
     qdir = work / "queries"
     qdir.mkdir()
     for t in refs:
+        if duration(t) < args.seconds + 1:  # a jingle shorter than an excerpt: indexed, not queried
+            continue
         start = float(rng.uniform(0, duration(t) - args.seconds - 0.5))
         clean = qdir / f"{t.stem}.clean-src.wav"
         cut(t, clean, start, args.seconds)
@@ -154,6 +156,8 @@ def main() -> None:
     ndir = work / "negatives"
     ndir.mkdir()
     for t in outside:
+        if duration(t) < args.seconds + 1:
+            continue
         for k in range(2):
             start = float(rng.uniform(0, duration(t) - args.seconds - 0.5))
             dst = ndir / f"{t.stem}.{k}.wav"
