@@ -242,6 +242,41 @@ class Video:
         except MemoryError:
             raise DecodeError(self.path, "not enough memory to decode the video") from None
 
+    def frame_at(self, seconds: float, *, max_side: int = 512) -> Image.Image:
+        """The frame shown at ``seconds`` (from the video stream's start), as RGB, longer side at most ``max_side``.
+
+        Seeks to the keyframe before and decodes forward, so it costs one
+        group of pictures, not the file up to there.
+
+        Raises
+        ------
+        DecodeError
+            No video stream, or it does not decode there.
+        """
+        if not self.has_video:
+            raise DecodeError(self.path, "no video stream")
+        av = _av()
+        scale = min(1.0, max_side / max(self.width, self.height, 1))
+        size = dict(width=max(1, round(self.width * scale)), height=max(1, round(self.height * scale)))
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[self._video_stream]
+                base = float(stream.time_base)
+                origin = stream.start_time or 0
+                container.seek(origin + int(max(seconds, 0.0) / base), stream=stream, backward=True)
+                last = None
+                for frame in self._frames(container, stream):
+                    if last is not None and frame.pts is not None and (frame.pts - origin) * base > seconds + 1e-3:
+                        break
+                    last = frame
+                if last is None:
+                    raise DecodeError(self.path, f"no frame at {timecode(seconds)}")
+                return last.to_image(**size).convert("RGB")
+        except DecodeError:
+            raise
+        except av.FFmpegError as exc:
+            raise DecodeError(self.path, f"truncated or corrupt video ({_reason(exc)})") from None
+
     def _frames(self, container, stream) -> Iterator:
         """Decoded frames of ``stream``, passing over up to :data:`MAX_BAD_PACKETS` bad packets."""
         av = _av()
@@ -309,6 +344,33 @@ class _Soundtrack(media.Audio):
             raise DecodeError(self.path, f"truncated or corrupt soundtrack ({_reason(exc)})") from None
         except MemoryError:
             raise DecodeError(self.path, "not enough memory to decode the soundtrack") from None
+
+
+def thumbnail_at(path: str | Path, seconds: float) -> bytes | None:
+    """A report thumbnail (:func:`scanner.thumbs.encode`) of a video's frame at ``seconds``, or ``None``."""
+    from scanner import thumbs
+
+    try:
+        return thumbs.encode(open_video(path).frame_at(seconds, max_side=2 * thumbs.SIDE))
+    except DecodeError:
+        return None
+
+
+def soundtrack_strip(path: str | Path) -> tuple[bytes, dict[str, float]] | None:
+    """A spectrogram strip of a video's soundtrack and ``{"duration": seconds}``
+    (:class:`scanner.thumbs.StripBuilder`), or ``None``."""
+    from scanner import thumbs
+
+    try:
+        track = open_video(path).soundtrack()
+        if track is None:
+            return None
+        builder = thumbs.StripBuilder(track.sr)
+        for chunk in track.chunks():
+            builder.update(chunk.y)
+    except DecodeError:
+        return None
+    return builder.finish(), {"duration": round(builder.duration, 3)}
 
 
 def _looks_like_video(path: Path) -> bool:

@@ -220,3 +220,34 @@ def test_each_keyframe_is_a_chance_bonferroni(setup):
     assert r10.video["keyframes_checked"] == 10
     e1, e10 = r1.matches[0]["expected"], r10.matches[0]["expected"]
     assert e10 == pytest.approx(10 * e1, rel=1e-6)
+
+
+def test_report_keeps_the_matched_frame_and_the_soundtrack_strip(setup, scanned):
+    from scanner import thumbs
+
+    lines = scanned[1]
+    frame = thumbs.load(setup / "out" / "thumbs", lines["picture.mp4"]["sha256"])
+    assert frame is not None and 3.0 <= frame[1]["timecode"] <= 3.0 + SLACK
+    strip = thumbs.load(setup / "out" / "thumbs", lines["sound.mkv"]["sha256"])
+    assert strip is not None and strip[1]["duration"] == pytest.approx(9.0, abs=0.1)
+    assert thumbs.load(setup / "out" / "thumbs", lines["unrelated.webm"]["sha256"]) is None
+    assert "keyframe at 00:03" in (setup / "out" / "report.html").read_text()
+
+
+def test_check_prints_where_in_the_video(setup):
+    from typer.testing import CliRunner
+
+    from scanner.cli import app
+
+    res = CliRunner().invoke(app, ["check", str(setup / "clips" / "sound.mkv"), "--index", str(setup / "index")])
+    assert res.exit_code == 1, res.output
+    flat = "".join(res.output.split())  # rich wraps long paths
+    assert "Whereinthevideo" in flat and "soundtrack:" in flat and "song.flac(workat" in flat
+
+
+def test_frame_at_seeks(setup):
+    clip = video.open_video(setup / "clips" / "picture.mp4")
+    before, inside = clip.frame_at(2.5, max_side=80), clip.frame_at(4.0, max_side=80)
+    key = next(k for k in clip.keyframes(max_side=80) if k.time >= 3.0)
+    diff = lambda a, b: float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())  # noqa: E731
+    assert diff(inside, key.image) < 8 < diff(before, key.image)

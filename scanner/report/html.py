@@ -310,13 +310,15 @@ def output_thumbnails(results: Iterable[Mapping[str, Any]], folder: str | Path) 
         if r.get("modality") == "audio":
             found = thumbs.audio_strip(r.get("path") or "")
         elif r.get("modality") == "video":
-            from scanner.video import thumbnail_at
+            from scanner.video import soundtrack_strip, thumbnail_at
 
-            # the frame of the strongest picture match, else the first keyframe
-            at = next((float(m["locator"]["timecode"]) for m in r.get("matches") or []
-                       if (m.get("locator") or {}).get("timecode") is not None), 0.0)
-            data = thumbnail_at(r.get("path") or "", at)
-            found = (data, {"timecode": at}) if data is not None else None
+            # the strongest match decides: its soundtrack's strip, or its frame (else the first)
+            best = ((r.get("matches") or [{}])[0].get("locator")) or {}
+            found = soundtrack_strip(r.get("path") or "") if best.get("query_start") is not None else None
+            if found is None:
+                at = float(best.get("timecode") or 0.0)
+                data = thumbnail_at(r.get("path") or "", at)
+                found = (data, {"timecode": at}) if data is not None else None
         else:
             data = thumbs.from_file(r.get("path") or "")
             found = (data, {}) if data is not None else None
