@@ -40,7 +40,7 @@ LOG = logging.getLogger(__name__)
 
 #: The JSON keys of every result, in order.
 KEYS = ("qps", "gflops", "peak_gflops", "ratio", "recall", "rss_mb", "backend", "precision",
-        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1")
+        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms")
 KINDS = ("dense", "binary", "postings")
 
 
@@ -304,8 +304,8 @@ def plain_torch_knn(refs: np.ndarray, queries: np.ndarray, k: int, *, device: st
 
 def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int = 10, backend: str = "auto",
                  precision: str = "fp32", device: str = "cpu", kind: str = "dense", recall_queries: int = 1000,
-                 repeat: int = 1, seed: int = 0, measure_peak: bool = True,
-                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+                 repeat: int = 1, seed: int = 0, measure_peak: bool = True, index: str = "flat",
+                 single: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Time one batched top-k search and compare it with the machine's limit.
 
     Parameters
@@ -325,6 +325,11 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     repeat : int >= 1, timed runs; the fastest counts
     seed : int, data seed
     measure_peak : bool, also time the square GEMM / bandwidth (else peak is None)
+    index : {"flat", "ivf", "auto"}, faiss dense only: the index
+        :func:`scanner.index.search.build_faiss_index` builds (``ivf``: nprobe tuned
+        to recall@10 >= 0.95, as ``likeness index build`` does past its size threshold)
+    single : bool, latency mode: every query searched on its own (a one-asset
+        ``check``); ``p50_ms`` is the median per-query time and ``qps`` its inverse
     options : dict, searcher options (``query_block``, ``ref_block``, ...)
 
     Returns
@@ -355,10 +360,19 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
         mix = GaussianMixture(dim, seed=seed)
         refs, queries = mix.sample(n_refs, seed=seed + 1), mix.sample(n_queries, seed=seed + 2)
 
+    if index != "flat" and (backend != "faiss" or kind != "dense"):
+        raise ParameterError(f"index={index!r} is for --backend faiss --kind dense only")
+    built = None
     if backend == "torch-plain":
         if precision != "fp32" or kind != "dense":
             raise ParameterError("backend='torch-plain' is the dense fp32 baseline only")
         run = lambda: plain_torch_knn(refs, queries, k, device=device)  # noqa: E731
+    elif index != "flat":
+        t0 = time.perf_counter()
+        built, params = search.build_faiss_index(refs, "ip", kind=index, seed=seed)
+        LOG.info("bench: built %s in %.1f s", params, time.perf_counter() - t0)
+        searcher = search.FaissSearcher(built, **(options or {}))
+        run = lambda: searcher.search(queries, k)  # noqa: E731
     else:
         searcher = search.make_searcher(refs, metric=metric, backend=backend, device=device,
                                         precision=precision, **(options or {}))
@@ -368,13 +382,30 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
         sync: Callable[[], None] = torch.cuda.synchronize
     else:
         sync = lambda: None  # noqa: E731
-    best, found = float("inf"), None
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        found = run()
-        sync()
-        best = min(best, time.perf_counter() - t0)
+    best, found, p50 = float("inf"), None, None
+    if single:
+        one = (lambda q: plain_torch_knn(refs, q, k, device=device)) if backend == "torch-plain" else (
+            lambda q: searcher.search(q, k))
+        one(queries[:1])                                    # warm-up
+        lat, parts = [], []
+        for _ in range(repeat):
+            for i in range(n_queries):
+                sync()
+                t0 = time.perf_counter()
+                parts.append(one(queries[i:i + 1]))
+                sync()
+                lat.append(time.perf_counter() - t0)
+        parts = parts[:n_queries]
+        found = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        p50 = float(np.median(lat))
+        best = p50 * n_queries
+    else:
+        for _ in range(repeat):
+            sync()
+            t0 = time.perf_counter()
+            found = run()
+            sync()
+            best = min(best, time.perf_counter() - t0)
 
     recall = None
     if recall_queries:
@@ -395,12 +426,18 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     else:
         achieved = 2.0 * n_refs * n_queries * dim / best / 1e9
         peak = gemm_peak(precision, device) if measure_peak else None
+    if built is not None:
+        # an inverted file computes only the lists it probes: count those flops, not N's
+        achieved *= searcher.visited / n_refs
     return _result(qps=n_queries / best, achieved=achieved, peak=peak, recall=recall, backend=backend,
-                   precision=precision, n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, kind=kind)
+                   precision=precision, n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, kind=kind,
+                   index=index if built is None else f"ivf{built.nlist},nprobe{built.nprobe}",
+                   p50_ms=None if p50 is None else p50 * 1e3)
 
 
 def _result(*, qps: float, achieved: float, peak: float | None, recall: float | None, backend: str,
-            precision: str, n_refs: int, dim: int, n_queries: int, k: int, kind: str) -> dict[str, Any]:
+            precision: str, n_refs: int, dim: int, n_queries: int, k: int, kind: str, index: str = "flat",
+            p50_ms: float | None = None) -> dict[str, Any]:
     result = {
         "qps": round(qps, 2),
         "gflops": round(achieved, 2),
@@ -417,6 +454,8 @@ def _result(*, qps: float, achieved: float, peak: float | None, recall: float | 
         "kind": kind,
         "unit": "GFLOP/s" if kind == "dense" else "GB/s",
         "load1": load1(),
+        "index": index if kind == "dense" else kind,
+        "p50_ms": None if p50_ms is None else round(p50_ms, 3),
     }
     return {key: result[key] for key in KEYS}
 

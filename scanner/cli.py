@@ -457,12 +457,18 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
                                                         help="Queries checked against exact search (0: skip)."),
                      repeat: int = typer.Option(1, "--repeat", help="Timed runs; the fastest counts."),
                      seed: int = typer.Option(0, "--seed"),
+                     index_kind: str = typer.Option("flat", "--index",
+                                                    help="flat, ivf or auto: the faiss index build_faiss_index "
+                                                         "makes (dense, faiss)."),
+                     single: bool = typer.Option(False, "--single",
+                                                 help="Latency mode: one query per search; reports p50_ms."),
                      as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """Batched top-k search throughput vs the machine's GEMM peak (or memory bandwidth for binary/postings)."""
     from scanner.bench import bench_search
 
     result = bench_search(n_refs=refs, dim=dim, n_queries=queries, k=k, backend=backend, precision=precision,
-                          device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed)
+                          device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed,
+                          index=index_kind, single=single)
     if as_json:
         print(json.dumps(result))
         return
@@ -472,6 +478,8 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
     out.print(f"  {result['qps']:.1f} queries/s, {result['gflops']:.1f} {unit} of {result['peak_gflops']:.1f} "
               f"peak ({result['ratio']:.0%}), recall {result['recall']}, peak RSS {result['rss_mb']:.0f} MB, "
               f"load average {result['load1']}", highlight=False)
+    if result["p50_ms"] is not None:
+        out.print(f"  one query at a time ({result['index']}): p50 {result['p50_ms']:.2f} ms", highlight=False)
 
 
 @bench_app.command("scan")

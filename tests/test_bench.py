@@ -113,3 +113,13 @@ def test_bench_scan_small(tmp_path) -> None:
 def test_bench_scan_rejects_bad_part(tmp_path) -> None:
     res = CliRunner().invoke(app, ["bench", "scan", "--work-dir", str(tmp_path), "--skip", "everything"])
     assert res.exit_code == 2
+
+
+def test_single_query_ivf_through_build_faiss_index() -> None:
+    r = bench.bench_search(n_refs=4000, dim=16, n_queries=30, k=5, index="ivf", single=True, measure_peak=False)
+    assert r["index"].startswith("ivf") and "nprobe" in r["index"]
+    assert r["p50_ms"] > 0 and r["recall"] >= 0.8
+    flat = bench.bench_search(n_refs=4000, dim=16, n_queries=30, k=5, single=True, measure_peak=False)
+    assert flat["index"] == "flat" and flat["recall"] == 1.0 and flat["p50_ms"] > 0
+    with pytest.raises(ParameterError):
+        bench.bench_search(n_refs=100, dim=8, n_queries=1, index="ivf", backend="numpy")
