@@ -267,7 +267,10 @@ def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: 
                  "frames_decoded": clip.frames_decoded,
                  "keyframes": sum(p.item.modality == "image" for p in out.parts),
                  "soundtrack": any(p.item.modality == "audio" for p in out.parts),
-                 "bad_packets": clip.bad_packets}
+                 "bad_packets": clip.bad_packets,
+                 # what the index's features could not look at (an audio-only index: the picture)
+                 "not_checked": [k for k, has, fs in (("picture", clip.has_video, image_feats),
+                                                      ("soundtrack", clip.has_audio, audio_feats)) if has and not fs]}
 
 
 #: Featurizers seen by forked decode processes (set before the pool forks).

@@ -45,13 +45,20 @@ VIDEO_EXTENSIONS = media.VIDEO_EXTENSIONS
 #: inter-coded frames need their predecessors, but only these are compared).
 SAMPLE_STEP: float = 0.2
 #: Side (pixels) of the grey thumbnails compared to find cuts.
-_PROBE_W, _PROBE_H = 48, 27
+_PROBE_W, _PROBE_H = 64, 36
 #: A thumbnail pixel whose grey level moved by more than this (0..1) has changed.
 _PIXEL_CHANGE: float = 0.08
 #: Share of changed pixels, against the last keyframe, that makes a cut. A share
 #: rather than a mean difference: two drawings on white differ in few pixels,
 #: but those pixels differ a lot.
 CUT_SHARE: float = 0.12
+#: Share of changed pixels from one looked-at frame to the next that makes an
+#: abrupt cut in a still or slow scene (a small drawing on white replaced by
+#: another changes a few percent of the picture at once) ...
+ABRUPT_SHARE: float = 0.004
+#: ... as long as it is this many times the scene's recent frame-to-frame change
+#: (its motion): a moving scene changes that much all the time.
+ABRUPT_OVER_MOTION: float = 4.0
 #: Share that makes a long shot's picture worth another keyframe.
 DRIFT_SHARE: float = 0.02
 #: Seconds of a long shot after which a drifted picture is taken again.
@@ -98,6 +105,11 @@ class Keyframe:
     time: float
     image: Image.Image
     reason: str
+
+
+def _changed(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of thumbnail pixels whose grey level moved by more than :data:`_PIXEL_CHANGE`."""
+    return float(np.mean(np.abs(a - b) > _PIXEL_CHANGE * 255))
 
 
 def _av():
@@ -165,9 +177,14 @@ class Video:
         thumbnail; it becomes a keyframe when it is the first, when its
         picture differs from the last keyframe's in at least
         :data:`CUT_SHARE` of its pixels (a cut, or a pan that has moved on),
-        or when a long shot has run :data:`LONG_SHOT` seconds and its picture
-        drifted by :data:`DRIFT_SHARE` (a frozen shot is checked once). Two
-        keyframes are at least :meth:`min_gap` apart.
+        when it changed abruptly from the frame looked at before (at least
+        :data:`ABRUPT_SHARE` of its pixels and :data:`ABRUPT_OVER_MOTION`
+        times the scene's recent motion: a cut between two stills that
+        differ in a small area), or when a long shot has run
+        :data:`LONG_SHOT` seconds and its picture drifted by
+        :data:`DRIFT_SHARE` (a frozen shot is checked once). Two keyframes
+        are at least :meth:`min_gap` apart; a cut inside the gap is taken at
+        the gap's end if the picture still differs.
 
         Parameters
         ----------
@@ -204,7 +221,10 @@ class Video:
                 base = float(stream.time_base) if stream.time_base else 0.0
                 origin = stream.start_time * base if stream.start_time is not None else None
                 next_look = 0.0
-                last_probe: np.ndarray | None = None
+                last_probe: np.ndarray | None = None  # the last keyframe's
+                prev_probe: np.ndarray | None = None  # the last looked-at frame's
+                motion = 0.0  # running share of pixels changed between looked-at frames
+                pending = False  # an abrupt change came inside the gap
                 last_time = -np.inf
                 for frame in self._frames(container, stream):
                     self.frames_decoded += 1
@@ -221,15 +241,21 @@ class Video:
                     next_look = t + step
                     self.frames_looked_at += 1
                     probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray").astype(np.float32)
+                    if prev_probe is not None:
+                        step_share = _changed(probe, prev_probe)
+                        pending |= step_share >= max(ABRUPT_SHARE, ABRUPT_OVER_MOTION * motion)
+                        motion = 0.7 * motion + 0.3 * step_share
+                    prev_probe = probe
                     reason = None
                     if last_probe is None:
                         reason = "first"
                     elif t - last_time >= gap - 1e-6:
-                        share = float(np.mean(np.abs(probe - last_probe) > _PIXEL_CHANGE * 255))
-                        if share >= CUT_SHARE:
+                        share = _changed(probe, last_probe)
+                        if share >= CUT_SHARE or (pending and share >= ABRUPT_SHARE):
                             reason = "cut"
                         elif t - last_time >= LONG_SHOT and share >= DRIFT_SHARE:
                             reason = "long shot"
+                        pending = False if reason else pending
                     if reason is None:
                         continue
                     last_probe, last_time = probe, t
@@ -487,7 +513,7 @@ def write_clip(path: str | Path, shots: list[tuple[Image.Image, float]], *, size
         Output file; the container follows the extension (``.mp4``, ``.mkv``, ``.webm`` ...).
     shots : list of (PIL.Image.Image, float)
         Pictures and how many seconds each stays on screen, in order. Each is
-        fitted inside ``size`` on a black frame (aspect kept).
+        scaled to fit ``size`` (up or down, aspect kept) on a black frame.
     size : (width, height), even numbers of pixels
     fps : frames per second
     audio : np.ndarray [shape=(n,)] float in [-1, 1], or None
@@ -517,7 +543,9 @@ def write_clip(path: str | Path, shots: list[tuple[Image.Image, float]], *, size
         for picture, seconds in shots:
             canvas = Image.new("RGB", (w, h))
             pic = picture.convert("RGB")
-            pic.thumbnail((w, h), Image.Resampling.LANCZOS)
+            scale = min(w / pic.width, h / pic.height)
+            pic = pic.resize((max(1, round(pic.width * scale)), max(1, round(pic.height * scale))),
+                             Image.Resampling.LANCZOS)
             canvas.paste(pic, ((w - pic.width) // 2, (h - pic.height) // 2))
             for _ in range(max(1, round(seconds * fps))):
                 frame = av.VideoFrame.from_image(canvas)

@@ -124,6 +124,20 @@ def test_keyframes_at_cuts_and_bounded(setup, tmp_path):
     assert film.min_gap() * video.MAX_KEYFRAMES >= 4 * 3600.0
 
 
+def test_small_change_between_stills_is_a_cut(tmp_path):
+    """A small drawing on white replaced by another: few pixels change, but all at once."""
+    from PIL import Image, ImageDraw
+
+    def icon(x: int) -> Image.Image:
+        im = Image.new("RGB", (160, 96), "white")
+        ImageDraw.Draw(im).rectangle([x, 40, x + 10, 50], fill="black")
+        return im
+
+    path = video.write_clip(tmp_path / "icons.mp4", [(icon(20), 2.0), (icon(120), 2.0)], fps=FPS)
+    times = [k.time for k in video.open_video(path).keyframes()]
+    assert len(times) == 2 and 2.0 <= times[1] <= 2.0 + SLACK, times
+
+
 def test_soundtrack_decodes_like_an_audio_file(setup):
     track = video.open_video(setup / "clips" / "sound.mkv").soundtrack()
     y = track.read()
