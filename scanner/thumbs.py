@@ -25,9 +25,10 @@ from PIL import Image
 
 #: Longest side of a thumbnail, in pixels.
 SIDE = 160
-#: WebP quality: small files (about 1-3 kB at 160 px, measured on clip art and painted
-#: portraits) that still show what matched; 10k of them fit a report under 50 MB.
-QUALITY = 50
+#: WebP quality: small files (about 1-2 kB at 160 px, measured on clip art and painted
+#: portraits) that still show what matched. At 50, 10k flagged painted portraits made a
+#: 53 MB report; at 35, 46.5 MB (benchmarks/report_scale.py --mix worst).
+QUALITY = 35
 EXT = ".webp"
 #: Spectrogram strip height in pixels and width per second (capped).
 STRIP_HEIGHT = 64
