@@ -245,7 +245,9 @@ def test_report_keeps_the_matched_frame_and_the_soundtrack_strip(setup, scanned)
     strip = thumbs.load(setup / "out" / "thumbs", lines["sound.mkv"]["sha256"])
     assert strip is not None and strip[1]["duration"] == pytest.approx(9.0, abs=0.1)
     assert thumbs.load(setup / "out" / "thumbs", lines["unrelated.webm"]["sha256"]) is None
-    assert "keyframe at 00:03" in (setup / "out" / "report.html").read_text()
+    page = (setup / "out" / "report.html").read_text()
+    assert "keyframe at 00:03" in page and "where in the video" in page
+    assert 'class="soundtrack"' in page and "soundtrack: song.flac" in page
 
 
 def test_check_prints_where_in_the_video(setup):

@@ -187,7 +187,30 @@ def _row(i: int, r: Mapping[str, Any], th: _Thumbs, *, expand: bool) -> dict[str
                 g["query_span"] = _span(a["query_start"], a["duration"], out_meta.get("duration"))
                 g["ref_span"] = _span(a["ref_start"], a["duration"], ref_meta.get("duration"))
                 g["out_total"], g["ref_total"] = mmss(out_meta.get("duration")), mmss(ref_meta.get("duration"))
+        row["timeline"], row["video_total"] = _video_timeline(r.get("video"))
     return row
+
+
+def _video_timeline(video: Any) -> tuple[list[dict[str, Any]], str]:
+    """A video's matched stretches as CSS spans over its duration, with their words (``[]`` if none)."""
+    if not isinstance(video, Mapping) or not video.get("timeline"):
+        return [], ""
+    entries = [e for e in video["timeline"] if isinstance(e, Mapping)]
+    try:
+        total = float(video.get("duration") or max(float(e.get("end") or 0) for e in entries))
+    except (TypeError, ValueError):
+        return [], ""
+    out = []
+    for e in entries:
+        span = _span(e.get("start"), max(float(e.get("end") or 0) - float(e.get("start") or 0), 1e-3), total)
+        if span is None:
+            continue
+        ref = f" (work at {float(e['ref_start']):.2f} s)" if e.get("ref_start") is not None else ""
+        text = (f"{e.get('start_text')}–{e.get('end_text')} {e.get('source')}: "
+                f"{e.get('title') or Path(str(e.get('ref_path') or '?')).name}{ref} · {e.get('feature')} · "
+                f"{e.get('chance')}")
+        out.append({**span, "source": "soundtrack" if e.get("source") == "soundtrack" else "picture", "text": text})
+    return out, mmss(total)
 
 
 def _script_json(value: Any) -> str:
