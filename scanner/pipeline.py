@@ -360,11 +360,13 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
         batch: list[media.Input] = []
         for item in items:
             batch.append(item)
-            # a video is a chunk of its own: its keyframes' features are many
+            # a video ends its chunk (its keyframes' features are many): it travels alone or nearly
             if len(batch) == chunk or item.modality == "video":
                 pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
                 batch = []
-            if len(pending) >= ahead:
+            # videos in flight (each ends its chunk) are bounded by the workers: each holds its keyframes' features
+            while pending and (len(pending) >= ahead
+                               or sum(b[-1].modality == "video" for _, b in pending) > (workers or cpus)):
                 yield from collect(*pending.pop(0))
         if batch:
             pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
@@ -376,11 +378,15 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
 
 def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
     batch: list[Prepared] = []
+    weight = 0
     for p in stream:
         batch.append(p)
-        if len(batch) >= size:
+        # a video weighs its keyframes: a batch never holds many films' features
+        weight += len(p.parts) if p.parts else 1
+        if weight >= size:
             yield batch
             batch = []
+            weight = 0
     if batch:
         yield batch
 
