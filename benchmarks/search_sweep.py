@@ -272,8 +272,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                                        measure_peak=False)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
-    doc = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-           "command": " ".join(sys.argv), "results": rows}
+    doc = {"machine": _machine(), "command": " ".join(sys.argv), "results": rows}
     try:
         import matplotlib
         matplotlib.use("Agg")
