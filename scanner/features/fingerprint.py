@@ -237,22 +237,36 @@ def triplet_hashes(peaks: np.ndarray, *, fan_out: int = FAN_OUT) -> np.ndarray:
         return np.zeros(0, HASH_DTYPE)
     t = peaks["t"].astype(np.float64)
     p = peaks["pitch"].astype(np.float64)
+    # anchors in blocks: the (anchors, look) work tables of a two-hour file at
+    # once would take most of a gigabyte
+    return np.concatenate([_triplets(t, p, start, min(start + ANCHOR_BLOCK, m), fan_out)
+                           for start in range(0, m, ANCHOR_BLOCK)])
+
+
+#: Anchors hashed together by :func:`triplet_hashes` (bounds its work tables to tens of MB).
+ANCHOR_BLOCK = 8192
+
+
+def _triplets(t: np.ndarray, p: np.ndarray, start: int, stop: int, fan_out: int) -> np.ndarray:
+    """:func:`triplet_hashes` of the anchors ``start:stop`` (partners from all peaks)."""
+    m = len(t)
     look = 4 * PEAKS_PER_SECOND  # partners looked at: enough to find FAN_OUT within MAX_DT
-    cand = np.arange(m)[:, None] + np.arange(1, look + 1)[None, :]
+    anchors = np.arange(start, stop)
+    cand = anchors[:, None] + np.arange(1, look + 1)[None, :]
     ok = cand < m
     cand = np.minimum(cand, m - 1)
-    dt = t[cand] - t[:, None]
-    dp = p[cand] - p[:, None]
+    dt = t[cand] - t[anchors, None]
+    dp = p[cand] - p[anchors, None]
     ok &= (dt >= MIN_DT) & (dt <= MAX_DT) & (np.abs(dp) <= MAX_SEMITONES)
     rank = np.cumsum(ok, axis=1)
     ok &= rank <= fan_out
     # keep the fan_out partners of each anchor in a dense (m, fan_out) table
     slot = np.where(ok, rank - 1, fan_out)
-    part = np.full((m, fan_out + 1), -1, np.int64)
+    part = np.full((len(anchors), fan_out + 1), -1, np.int64)
     np.put_along_axis(part, slot, np.where(ok, cand, -1), axis=1)
     part = part[:, :fan_out]
     a_idx, b_idx = np.triu_indices(fan_out, k=1)
-    anchor = np.repeat(np.arange(m), len(a_idx))
+    anchor = np.repeat(anchors, len(a_idx))
     second = part[:, a_idx].ravel()
     third = part[:, b_idx].ravel()
     keep = (second >= 0) & (third >= 0)

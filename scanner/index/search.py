@@ -132,6 +132,12 @@ def _pad(D: np.ndarray, I: np.ndarray, k: int, binary: bool) -> tuple[np.ndarray
 # --------------------------------------------------------------------------- devices
 
 
+def _nvidia_driver() -> bool:
+    """Whether an NVIDIA driver is loaded (a GPU torch could see), without importing torch."""
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0") or \
+        bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; checks the name.
 
@@ -145,6 +151,8 @@ def resolve_device(device: str = "auto") -> str:
     """
     if device == "cpu":
         return "cpu"
+    if device == "auto" and not _nvidia_driver():
+        return "cpu"  # without importing torch, which alone costs ~400 MB of memory and a second
     if device == "auto" or device.startswith("cuda"):
         try:
             import torch
