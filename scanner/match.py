@@ -242,6 +242,30 @@ def landmark_boxes(m: np.ndarray, q_px: np.ndarray, r_px: np.ndarray, q_size: np
             "query_share": share(query_box), "ref_share": share(ref_box), "mirrored": bool(mirrored)}
 
 
+#: Cells per side of a match's heat map (where the verified keypoints lie).
+HEAT_GRID = 8
+
+
+def heat_grid(points: np.ndarray, *, n: int = HEAT_GRID) -> str:
+    """Where matched keypoints lie, as an ``n`` x ``n`` heat map in one short string.
+
+    Parameters
+    ----------
+    points : float ``[shape=(m, 2)]`` positions normalised to the picture, ``(x, y)`` in [0, 1]
+
+    Returns
+    -------
+    str of ``n * n`` digits, row by row from the top left: 0 for a cell
+    without matched keypoints, 1-9 for its share of the densest cell
+    """
+    p = np.clip(np.asarray(points, np.float64).reshape(-1, 2), 0.0, 1.0 - 1e-9)
+    if not len(p):
+        return "0" * (n * n)
+    cells = (p[:, 1] * n).astype(int) * n + (p[:, 0] * n).astype(int)
+    counts = np.bincount(cells, minlength=n * n)
+    return "".join(str(int(d)) for d in np.ceil(9 * counts / counts.max()).astype(int))
+
+
 def _ratio_pairs(q_desc: np.ndarray, r_desc: np.ndarray, *, ratio: float,
                  max_distance: int) -> tuple[np.ndarray, np.ndarray]:
     """Query and work keypoints paired by Lowe's ratio test, each work keypoint once."""
@@ -303,6 +327,11 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
         detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
                                 mirrored=view == MIRRORED_VIEW)
         detail["inliers"] = n_in
+        q_norm = q_px[inl] / query["size"][qk[0]]
+        if view == MIRRORED_VIEW:
+            q_norm[:, 0] = 1.0 - q_norm[:, 0]
+        detail["query_heat"] = heat_grid(q_norm)
+        detail["ref_heat"] = heat_grid(r_px[inl] / table.size[rk[0]])
         # the work's locator most inliers carry: a video work's keyframe (its timecode, ms)
         locs, counts = np.unique(table.rows[rk[inl], 1], return_counts=True)
         detail["ref_locator"] = int(locs[counts.argmax()])

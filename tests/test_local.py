@@ -79,6 +79,14 @@ def test_half_crop_is_flagged_with_its_work_and_the_cropped_part(local_index: Pa
     loc = m["locator"]
     assert np.allclose(loc["ref_box"], [0.25, 0.25, 0.75, 0.75], atol=0.03), loc
     assert loc["query_share"] > 0.95 and 0.2 < loc["ref_share"] < 0.3 and not loc["mirrored"]
+    # the heat map of matched keypoints: all over the crop, only the middle of the work
+    q, r = (np.array([int(c) for c in loc[k]]).reshape(8, 8) for k in ("query_heat", "ref_heat"))
+    assert (q > 0).sum() >= 12 and r[:2].sum() == r[-2:].sum() == r[:, :2].sum() == r[:, -2:].sum() == 0
+    assert r[2:6, 2:6].max() == 9
+    from scanner.pipeline import scan
+
+    scan([tmp_path / "crop.png"], local_index, out_dir=tmp_path / "res")  # the report draws it on both pictures
+    assert (tmp_path / "res" / "report.html").read_text().count('class="heat"') == (q > 0).sum() + (r > 0).sum()
 
 
 def test_work_pasted_into_another_picture_is_flagged_with_the_pasted_area(local_index: Path, refs_dir: Path,
@@ -218,3 +226,12 @@ def test_build_measures_how_hash_and_geometry_evidence_correlate(local_index: Pa
     fusion = open_index(local_index).manifest["fusion"]
     assert [f["features"] for f in fusion] == [["image-local", "image-phash"]]
     assert 0.0 <= fusion[0]["correlation"] <= 1.0 and fusion[0]["pairs"] >= 0
+
+
+def test_heat_grid_marks_the_cells_where_points_lie() -> None:
+    from scanner.match import heat_grid
+
+    grid = heat_grid(np.array([[0.05, 0.05], [0.06, 0.07], [0.95, 0.5]]))
+    assert len(grid) == 64 and grid[0] == "9" and grid[4 * 8 + 7] == "5"
+    assert grid.count("0") == 62
+    assert heat_grid(np.zeros((0, 2))) == "0" * 64

@@ -108,6 +108,19 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
             "where": "; ".join(where), "locator": loc if isinstance(loc, dict) else {}}
 
 
+def _heat(grid: Any) -> list[dict[str, float]] | None:
+    """The cells of a match's heat map (:func:`scanner.match.heat_grid`) to draw: position,
+    size and opacity in CSS units; ``None`` for anything else."""
+    if not isinstance(grid, str) or not grid.isdigit():
+        return None
+    n = int(round(len(grid) ** 0.5))
+    if n * n != len(grid) or n == 0:
+        return None
+    size = round(100 / n, 3)
+    return [{"left": round(i % n * size, 3), "top": round(i // n * size, 3), "size": size,
+             "alpha": round(int(d) / 15, 2)} for i, d in enumerate(grid) if d != "0"]
+
+
 def _works(matches: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Matches grouped by work, strongest work first, with boxes and spans to draw."""
     groups: dict[Any, dict[str, Any]] = {}
@@ -121,13 +134,15 @@ def _works(matches: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "rights_holder": m.get("rights_holder"), "licence": m.get("licence"),
                 "licensed": bool(m.get("licensed")), "ref_path": m.get("ref_path"),
                 "features": [], "query_box": None, "ref_box": None, "query_span": None, "ref_span": None,
-                "audio": None, "share": None}
+                "audio": None, "share": None, "query_heat": None, "ref_heat": None}
         ev = describe_match(m)
         g["features"].append(ev)
         loc = ev["locator"]
         if g["query_box"] is None and "query_box" in loc:
             g["query_box"], g["ref_box"] = _box(loc.get("query_box")), _box(loc.get("ref_box"))
             g["share"] = loc.get("query_share")
+        if g["query_heat"] is None and loc.get("query_heat"):
+            g["query_heat"], g["ref_heat"] = _heat(loc.get("query_heat")), _heat(loc.get("ref_heat"))
         elif g["query_box"] is None and loc.get("query_view") == "whole picture" \
                 and loc.get("ref_view") == "whole picture":
             g["query_box"] = g["ref_box"] = _box([0, 0, 1, 1])
