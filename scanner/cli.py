@@ -326,6 +326,8 @@ def calibrate_cmd(index: Path = IndexOpt,
                                                        "(files or folders; repeat the option)."),
                   target_precision: float = typer.Option(0.99, "--target-precision",
                                                          help="Precision of flagging on the labelled set."),
+                  max_flag_rate: float = typer.Option(0.01, "--max-flag-rate",
+                                                      help="Share of negatives that may be flagged."),
                   max_review_rate: float = typer.Option(0.05, "--max-review-rate",
                                                         help="Share of negatives that may go to review."),
                   dry_run: bool = typer.Option(False, "--dry-run", help="Print the thresholds; keep the index's."),
@@ -338,7 +340,7 @@ def calibrate_cmd(index: Path = IndexOpt,
 
     with progress_bar(not quiet and not as_json) as prog:
         cal = calibrate(index, positives, negatives, target_precision=target_precision,
-                        max_review_rate=max_review_rate,
+                        max_flag_rate=max_flag_rate, max_review_rate=max_review_rate,
                         options=_options(None, clip_model, clip_pretrained, models_dir),
                         hmac_key=_key(hmac_key_file), write=not dry_run, progress=prog)
     if as_json:

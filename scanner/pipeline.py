@@ -1324,7 +1324,7 @@ class Calibration:
 
 
 def calibrate(index_dir: str | Path, positives: Sequence[str | Path], negatives: Sequence[str | Path], *,
-              target_precision: float = 0.99, max_review_rate: float = 0.05,
+              target_precision: float = 0.99, max_flag_rate: float = 0.01, max_review_rate: float = 0.05,
               options: FeatureOptions | None = None, hmac_key: bytes | None = None, write: bool = True,
               progress: Progress | None = None) -> Calibration:
     """Set an index's verdict thresholds from labelled examples.
@@ -1364,7 +1364,8 @@ def calibrate(index_dir: str | Path, positives: Sequence[str | Path], negatives:
     pos = np.array(best["positives"], dtype=np.float64).reshape(-1, 2)
     neg = np.array(best["negatives"], dtype=np.float64).reshape(-1, 2)
     policy, report = pol.calibrate(pos[:, 0], neg[:, 0], pos[:, 1], neg[:, 1],
-                                   target_precision=target_precision, max_review_rate=max_review_rate,
+                                   target_precision=target_precision, max_flag_rate=max_flag_rate,
+                                   max_review_rate=max_review_rate,
                                    base=pol.Policy.from_params(index_policy))
     report["left_out"] = dict(left_out)
     report["calibrated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -519,12 +519,15 @@ def threshold_for_rate(neg: np.ndarray, rate: float) -> float:
 
 
 def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, neg_any: np.ndarray, *,
-              target_precision: float = 0.99, max_review_rate: float = 0.05,
+              target_precision: float = 0.99, max_flag_rate: float = 0.01, max_review_rate: float = 0.05,
               base: Policy | None = None) -> tuple[Policy, dict[str, Any]]:
     """Verdict thresholds from labelled positives and negatives.
 
     ``flag_at`` is the loosest threshold on copy evidence whose precision on
-    the labelled set meets ``target_precision``. ``review_at`` is the loosest
+    the labelled set meets ``target_precision`` and that flags at most
+    ``max_flag_rate`` of the negatives (precision alone moves with the share
+    of copies in the labelled set: nine copies to one negative let a
+    precision of 0.99 flag every tenth negative). ``review_at`` is the loosest
     threshold on any evidence that sends at most ``max_review_rate`` of the
     negatives to a person (precision is the wrong yardstick there: it moves
     with the share of copies in the labelled set, while the workload of
@@ -538,6 +541,7 @@ def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, n
         matches per labelled positive / negative (``inf``: none)
     pos_any, neg_any : the same over every feature (semantic ones included)
     target_precision : in (0, 1]
+    max_flag_rate : share of negatives a calibrated policy may flag, in [0, 1]
     max_review_rate : share of negatives a calibrated policy may send to review, in [0, 1]
     base : thresholds to start from (the index's current policy)
 
@@ -550,8 +554,9 @@ def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, n
     """
     if not (0 < target_precision <= 1):
         raise ParameterError(f"target precision must lie in (0, 1], given {target_precision}")
-    if not (0 <= max_review_rate <= 1):
-        raise ParameterError(f"review rate must lie in [0, 1], given {max_review_rate}")
+    for name, rate in (("flag", max_flag_rate), ("review", max_review_rate)):
+        if not (0 <= rate <= 1):
+            raise ParameterError(f"{name} rate must lie in [0, 1], given {rate}")
     base = base or Policy()
     pos_copy, neg_copy, pos_any, neg_any = (np.asarray(a, dtype=np.float64)
                                             for a in (pos_copy, neg_copy, pos_any, neg_any))
@@ -564,6 +569,7 @@ def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, n
         warnings.append(f"no threshold reaches precision {target_precision} on copy evidence; "
                         f"flag_at kept at {base.flag_at:g}")
         flag_at = base.flag_at
+    flag_at = min(flag_at, threshold_for_rate(neg_copy, max_flag_rate))
     review_at = threshold_for_rate(neg_any, max_review_rate)
     if len(neg_copy) < MIN_CALIBRATION_NEGATIVES:
         # zero false calls among n negatives bounds the false-call rate only by
@@ -581,7 +587,8 @@ def calibrate(pos_copy: np.ndarray, neg_copy: np.ndarray, pos_any: np.ndarray, n
                 "positives_called": tp, "negatives_called": fp}
 
     report = {"positives": int(len(pos_copy)), "negatives": int(len(neg_copy)),
-              "target_precision": target_precision, "max_review_rate": max_review_rate,
+              "target_precision": target_precision, "max_flag_rate": max_flag_rate,
+              "max_review_rate": max_review_rate,
               "flag": rates(pos_copy, neg_copy, flag_at), "review": rates(pos_any, neg_any, review_at),
               "before": {"flag_at": base.flag_at, "review_at": base.review_at}, "warnings": warnings}
     return policy, report

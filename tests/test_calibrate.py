@@ -115,3 +115,13 @@ def test_calibrate_without_negatives_is_a_clear_error(fresh_index: Path, refs_di
                               "--negatives", str(empty), "-q"])
     assert res.exit_code == 2
     assert "0 negative(s)" in res.output and "Traceback" not in res.output
+
+
+def test_flag_rate_bounds_what_precision_alone_allows() -> None:
+    # nine copies to one negative: precision 0.99 would flag the three strongest negatives
+    pos = np.r_[10.0 ** np.linspace(-14, -3, 1000), [INF] * 800]
+    neg = np.r_[[1e-4, 2e-4, 3e-4], [INF] * 197]
+    assert pol.threshold_for_precision(pos, neg, 0.99) > 3e-4
+    policy, report = pol.calibrate(pos, neg, pos, neg, target_precision=0.99, max_flag_rate=0.01)
+    assert policy.flag_at < 3e-4  # two of 200 negatives may be flagged, not three
+    assert report["flag"]["negatives_called"] <= 2 and report["max_flag_rate"] == 0.01

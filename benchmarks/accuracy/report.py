@@ -72,7 +72,7 @@ def markdown(rep: dict[str, Any]) -> str:
     cal = rep.get("calibration")
     if cal:
         lines += ["", f"Calibrated on this half's labels (`likeness calibrate`'s function, precision 0.99, at most "
-                      f"5% of negatives to review): flag at expected <= {cal['flag_at']:.2g} (recall "
+                      f"1% of negatives flagged and 5% sent to review): flag at expected <= {cal['flag_at']:.2g} (recall "
                       f"{_f(cal['flag']['recall'])}, {cal['flag']['negatives_called']} of {cal['negatives']} "
                       f"negatives), review at <= {cal['review_at']:.2g}."]
     ac = rep.get("at_tune_calibration")

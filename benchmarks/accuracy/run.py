@@ -270,7 +270,7 @@ def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, arg
 
 
 def calibrate_on(rep: dict[str, Any]) -> dict[str, Any]:
-    """Thresholds for precision 0.99 and at most 5% of negatives to review, from one half's results.
+    """Thresholds for precision 0.99, at most 1% of negatives flagged and 5% sent to review, from one half's results.
 
     The same function as ``likeness calibrate`` (:func:`scanner.policy.calibrate`),
     fed the scans already made instead of scanning again.
@@ -281,7 +281,8 @@ def calibrate_on(rep: dict[str, Any]) -> dict[str, Any]:
     truth = rep["_truth"]
     pos = np.array([e for p, e in best.items() if truth.get(p) is not None])
     neg = np.array([e for p, e in best.items() if p in truth and truth[p] is None])
-    policy, cal = pol.calibrate(pos, neg, pos, neg, target_precision=0.99, max_review_rate=0.05)
+    policy, cal = pol.calibrate(pos, neg, pos, neg, target_precision=0.99, max_flag_rate=0.01,
+                                max_review_rate=0.05)
     return {**cal, "flag_at": policy.flag_at, "review_at": policy.review_at}
 
 
