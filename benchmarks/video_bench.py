@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -134,7 +135,7 @@ def recall(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Path]:
     ref_pics = sorted(p for f in ref_folders for p in f.rglob("*.png"))
     neg_pics = sorted(p for f in neg_folders for p in f.rglob("*.png"))
     ref_pics = rng.sample(ref_pics, args.refs)
-    neg_pics = rng.sample(neg_pics, 400)
+    neg_pics = rng.sample(neg_pics, min(len(neg_pics), max(400, 8 * (args.clips + args.negatives))))
     import soundfile as sf
 
     # tracks long enough for a 10 s excerpt anywhere in them (the short stingers are not)
@@ -170,7 +171,7 @@ def recall(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Path]:
         shutil.rmtree(clips)
     clips.mkdir()
     truth: dict[str, dict[str, Any]] = {}
-    neg_iter = iter(neg_pics)
+    neg_iter = itertools.cycle(neg_pics)
     music_cache: dict[Path, np.ndarray] = {}
 
     def music(p: Path) -> np.ndarray:
