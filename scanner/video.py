@@ -107,6 +107,23 @@ class Keyframe:
     reason: str
 
 
+def _check_complete(path: Path, what: str, reached: float, length: float | None, max_seconds: float,
+                    last: float) -> None:
+    """Raise when a stream ended well before the length its header gives (a truncated or garbled file).
+
+    Demuxers resynchronise over damage silently, or stop at it: a file cut at a
+    fifth would otherwise be judged on its first fifth. ``reached`` is where
+    the last decoded frame starts, ``last`` its own duration (seconds); up to
+    1 s or 1% short is allowed (headers round, and soundtracks end early).
+    """
+    if not length or length <= 0:
+        return
+    expected = min(float(length), max_seconds)
+    if reached + last < expected - max(1.0, 0.01 * expected):
+        raise DecodeError(path, f"truncated or corrupt {what} (decoded {timecode(reached + last)} of "
+                                f"{timecode(expected)})")
+
+
 def _changed(a: np.ndarray, b: np.ndarray) -> float:
     """Share of thumbnail pixels whose grey level moved by more than :data:`_PIXEL_CHANGE`."""
     return float(np.mean(np.abs(a - b) > _PIXEL_CHANGE * 255))
@@ -228,6 +245,7 @@ class Video:
                 base = float(stream.time_base) if stream.time_base else 0.0
                 origin = stream.start_time * base if stream.start_time is not None else None
                 next_look = 0.0
+                reached = 0.0  # time of the latest frame decoded
                 last_probe: np.ndarray | None = None  # the last keyframe's
                 prev_probe: np.ndarray | None = None  # the last looked-at frame's
                 motion = 0.0  # running share of pixels changed between looked-at frames
@@ -243,6 +261,7 @@ class Video:
                         t = (self.frames_decoded - 1) / (self.fps or 25.0)
                     if t > self.max_seconds:
                         break
+                    reached = max(reached, t)
                     if t + 1e-6 < next_look:
                         continue
                     next_look = t + step
@@ -269,6 +288,8 @@ class Video:
                     last_probe, last_time = probe, t
                     image = frame.to_image(width=out_w, height=out_h)
                     yield Keyframe(round(t, 3), image if image.mode == "RGB" else image.convert("RGB"), reason)
+                length = stream.duration * base if stream.duration and base else self.duration
+                _check_complete(self.path, "video", reached, length, self.max_seconds, 1.0 / (self.fps or 25.0))
         except DecodeError:
             raise
         except av.FFmpegError as exc:
@@ -351,13 +372,15 @@ class _Soundtrack(media.Audio):
                 parts: list[np.ndarray] = []
                 held = 0
                 bad = 0
+                total = 0  # samples yielded so far, at the source rate
                 for packet in container.demux(stream):
                     try:
                         decoded = packet.decode()
                     except av.error.InvalidDataError as exc:
                         bad += 1
                         if bad > MAX_BAD_PACKETS:
-                            raise DecodeError(self.path, f"truncated or corrupt soundtrack ({_reason(exc)})") from None
+                            raise DecodeError(self.path, f"truncated or corrupt soundtrack ({bad} bad packets; "
+                                                         f"last: {_reason(exc)})") from None
                         continue
                     for frame in decoded:
                         for out in resampler.resample(frame):
@@ -366,12 +389,20 @@ class _Soundtrack(media.Audio):
                             held += a.shape[1]
                     if held >= block:
                         yield np.concatenate(parts)
+                        total += held
                         parts, held = [], 0
                 for out in resampler.resample(None):
                     a = out.to_ndarray()
                     parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
                 if parts:
                     yield np.concatenate(parts)
+                total += sum(len(p) for p in parts)
+                # the stream's own length; the container's only when nothing else is in it
+                # (a soundtrack may legitimately end before the picture)
+                base = float(stream.time_base) if stream.time_base else 0.0
+                length = stream.duration * base if stream.duration and base else (
+                    self.duration if len(container.streams) == 1 else None)
+                _check_complete(self.path, "soundtrack", total / self.source_sr, length, self.max_seconds, 0.0)
         except DecodeError:
             raise
         except av.FFmpegError as exc:

@@ -267,3 +267,26 @@ def test_frame_at_seeks(setup):
     key = next(k for k in clip.keyframes(max_side=80) if k.time >= 3.0)
     diff = lambda a, b: float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())  # noqa: E731
     assert diff(inside, key.image) < 8 < diff(before, key.image)
+
+
+def test_garbled_streams_name_the_problem_and_a_few_bad_packets_pass(setup, tmp_path):
+    """Garbage over parts of a clip: a few bad packets are passed over, many make an error line."""
+    data = bytearray((setup / "clips" / "sound.mkv").read_bytes())
+    rng = np.random.default_rng(0)
+    light = bytearray(data)
+    light[len(data) // 2: len(data) // 2 + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    (tmp_path / "light.mkv").write_bytes(light)
+    heavy = bytearray(data)
+    for frac in np.linspace(0.2, 0.95, 40):
+        i = int(len(data) * frac)
+        heavy[i:i + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
+    (tmp_path / "heavy.mkv").write_bytes(heavy)
+    scanner = pipeline.Scanner(setup / "index")
+    try:
+        light_r, heavy_r = scanner.judge([pipeline._prepare_one(media.Input(tmp_path / n, "video"), scanner.featurizers)
+                                          for n in ("light.mkv", "heavy.mkv")])
+    finally:
+        scanner.close()
+    assert light_r.verdict != "error", light_r.error
+    assert heavy_r.verdict == "error" and "heavy.mkv" not in heavy_r.error and heavy_r.error.startswith(
+        ("truncated or corrupt", "not a recognised")), heavy_r.error
