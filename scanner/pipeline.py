@@ -255,7 +255,8 @@ def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: 
             out.parts.append(part)
         out.thumb = out.thumb or first
     if audio_feats and clip.has_audio:
-        part = Prepared(media.Input(out.item.path, "audio"), timecode=0.0)
+        # its times are from its first sample: ``timecode`` puts that on the picture's timeline
+        part = Prepared(media.Input(out.item.path, "audio"), timecode=clip.audio_offset)
         _prepare_audio(part, audio_feats, reference, clip.soundtrack())
         part.thumb = part.thumb_meta = None
         out.parts.append(part)
@@ -851,6 +852,10 @@ class Scanner:
                                        "score": round(float(pol.strength(np.array([x]), self.policy)[0]), 4)})
                     gathered.add(scaled, keyframe=numbers[id(q)])
                 else:
+                    if q.timecode:  # a soundtrack that starts apart from the picture
+                        ev = [{**m, "locator": {**m["locator"], "query_start": round(m["locator"]["query_start"]
+                                                                                   + q.timecode, 3)}}
+                              if (m.get("locator") or {}).get("query_start") is not None else m for m in ev]
                     gathered.add(ev)
         result = self._result(p, gathered.best(), fuse=False)
         if p.error is None:

@@ -107,6 +107,30 @@ class Keyframe:
     reason: str
 
 
+def _stream_length(container, stream) -> float | None:
+    """Seconds one stream lasts per the file's headers, or ``None`` when they do not say.
+
+    The stream's own duration (mp4), else its ``DURATION`` tag (Matroska: the
+    stream's end time), else the container's when the stream is alone in it:
+    streams may legitimately end apart, so another stream's length is no
+    measure of this one.
+    """
+    base = float(stream.time_base) if stream.time_base else 0.0
+    start = stream.start_time * base if stream.start_time is not None and base else 0.0
+    if stream.duration and base:
+        return float(stream.duration * base)
+    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
+    if tag:
+        try:
+            h, m, sec = str(tag).split(":")
+            return max(int(h) * 3600 + int(m) * 60 + float(sec) - start, 0.0)
+        except ValueError:
+            pass
+    if len(container.streams) == 1 and container.duration:
+        return max(container.duration / 1e6 - start, 0.0)
+    return None
+
+
 def _check_complete(path: Path, what: str, reached: float, length: float | None, max_seconds: float,
                     last: float) -> None:
     """Raise when a stream ended well before the length its header gives (a truncated or garbled file).
@@ -151,6 +175,7 @@ class Video:
     has_video, has_audio : bool, whether a decodable stream of that kind exists
     width, height : int, the video stream's size in pixels (0 without video)
     fps : float or None, average frame rate
+    audio_offset : float, seconds of the picture's timeline at which the soundtrack starts
     codec : str, the video codec's name ("" without video)
     frames_decoded : int, frames decoded by the last :meth:`keyframes` pass
     frames_looked_at : int, frames compared for cuts by that pass
@@ -174,6 +199,8 @@ class Video:
         self.frames_decoded = 0
         self.frames_looked_at = 0
         self.bad_packets = 0
+        #: seconds from the first frame to the first sound (streams of a container may start apart)
+        self.audio_offset = 0.0
         #: positions of the chosen streams among the container's video / audio streams
         self._video_stream = 0
         self._audio_stream = 0
@@ -288,8 +315,8 @@ class Video:
                     last_probe, last_time = probe, t
                     image = frame.to_image(width=out_w, height=out_h)
                     yield Keyframe(round(t, 3), image if image.mode == "RGB" else image.convert("RGB"), reason)
-                length = stream.duration * base if stream.duration and base else self.duration
-                _check_complete(self.path, "video", reached, length, self.max_seconds, 1.0 / (self.fps or 25.0))
+                _check_complete(self.path, "video", reached, _stream_length(container, stream), self.max_seconds,
+                                1.0 / (self.fps or 25.0))
         except DecodeError:
             raise
         except av.FFmpegError as exc:
@@ -397,12 +424,8 @@ class _Soundtrack(media.Audio):
                 if parts:
                     yield np.concatenate(parts)
                 total += sum(len(p) for p in parts)
-                # the stream's own length; the container's only when nothing else is in it
-                # (a soundtrack may legitimately end before the picture)
-                base = float(stream.time_base) if stream.time_base else 0.0
-                length = stream.duration * base if stream.duration and base else (
-                    self.duration if len(container.streams) == 1 else None)
-                _check_complete(self.path, "soundtrack", total / self.source_sr, length, self.max_seconds, 0.0)
+                _check_complete(self.path, "soundtrack", total / self.source_sr, _stream_length(container, stream),
+                                self.max_seconds, 0.0)
         except DecodeError:
             raise
         except av.FFmpegError as exc:
@@ -528,6 +551,8 @@ def open_video(path: str | Path, *, max_seconds: float = media.DEFAULT_MAX_SECON
                           channels=int(aus.codec_context.layout.nb_channels) if aus is not None else 0,
                           max_seconds=max_seconds)
             video._video_stream, video._audio_stream = vpos or 0, apos or 0
+            if vs is not None and aus is not None and vs.start_time is not None and aus.start_time is not None:
+                video.audio_offset = round(float(aus.start_time * aus.time_base - vs.start_time * vs.time_base), 3)
             return video
     except DecodeError:
         raise

@@ -290,3 +290,26 @@ def test_garbled_streams_name_the_problem_and_a_few_bad_packets_pass(setup, tmp_
     assert light_r.verdict != "error", light_r.error
     assert heavy_r.verdict == "error" and "heavy.mkv" not in heavy_r.error and heavy_r.error.startswith(
         ("truncated or corrupt", "not a recognised")), heavy_r.error
+
+
+def test_soundtrack_that_starts_late_is_placed_on_the_picture_timeline(setup, tmp_path):
+    """Streams of a container may start apart: a soundtrack match is given in the picture's time."""
+    import av
+
+    shifted = tmp_path / "late.mkv"
+    with av.open(str(setup / "clips" / "sound.mkv")) as src, av.open(str(shifted), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.size == 0:  # the demuxer's flush packets
+                continue
+            if packet.stream.type == "audio":  # the sound 1.5 s later than the picture
+                delay = int(round(1.5 / packet.time_base))
+                packet.pts += delay
+                packet.dts = None if packet.dts is None else packet.dts + delay
+            packet.stream = streams[packet.stream.index]
+            dst.mux(packet)
+    assert video.open_video(shifted).audio_offset == pytest.approx(1.5, abs=0.05)
+    result, _ = pipeline.check(shifted, setup / "index")
+    loc = next(m["locator"] for m in result.matches if m["feature"] == "audio-fingerprint")
+    # the recording's 4.0 s is now heard at 3.5 s of the picture
+    assert abs((loc["ref_start"] - loc["query_start"]) - 0.5) <= 0.15, loc
