@@ -402,7 +402,7 @@ def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
     Parameters
     ----------
     views : uint8 ``[shape=(n,)]`` each keypoint's view
-    per_view : most voters per view
+    per_view : most voters per view (a third of it for each tile, views 2 and up)
 
     Returns
     -------
@@ -411,8 +411,10 @@ def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
     out = []
     for view in np.unique(views):
         rows = np.flatnonzero(views == view)
+        # a tile repeats part of the whole view's picture: a third of the voters finds its work
+        budget = per_view if view <= MIRRORED_VIEW else max(1, per_view // 3)
         if len(rows):
-            out.append(rows[::max(1, -(-len(rows) // per_view))])
+            out.append(rows[::max(1, -(-len(rows) // budget))])
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
