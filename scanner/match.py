@@ -179,6 +179,10 @@ def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.nda
     first[:, 1:] &= w[:, 1:] != w[:, :-1]
     weight = 1.0 / np.maximum(first.sum(axis=1), 1)  # an inverse document frequency
     v = np.zeros(len(w), np.int64) if views is None else np.asarray(views, np.int64)
+    # views vote with different numbers of keypoints (tiles with fewer): a (work, view)
+    # pair is ranked by the share of its view's voters it won, not their count
+    _, view_of, per_view = np.unique(v, return_inverse=True, return_counts=True)
+    weight = weight / per_view[view_of] * len(v)
     keys = (w * MAX_VIEWS + v[:, None])[first]
     pairs, inv = np.unique(keys, return_inverse=True)
     votes = np.bincount(inv, weights=np.broadcast_to(weight[:, None], w.shape)[first], minlength=len(pairs))
