@@ -235,3 +235,28 @@ def test_heat_grid_marks_the_cells_where_points_lie() -> None:
     assert len(grid) == 64 and grid[0] == "9" and grid[4 * 8 + 7] == "5"
     assert grid.count("0") == 62
     assert heat_grid(np.zeros((0, 2))) == "0" * 64
+
+
+def test_an_inverted_file_keeps_its_codes_memory_mapped_beside_it(tmp_path: Path) -> None:
+    """Reading codes back out of an inverted file walks every list (a second per
+    million codes); the store keeps a plain copy that opens memory-mapped."""
+    rng = np.random.default_rng(1)
+    n = store.IVF_FROM + 500
+    codes = rng.integers(0, 256, (n, 32), dtype=np.uint8)
+    identity = make("image-local").identity()
+    path = tmp_path / "index"
+    with store.IndexWriter(path, create=True) as w:
+        wid = w.add_work(path="w.png", sha256="0" * 64, modality="image")
+        w.add_vectors(identity, codes, np.full(n, wid), extra={"xy": np.zeros((n, 2), np.float32),
+                                                                "size": np.ones((n, 2), np.float32)})
+    with store.open_index(path) as idx:
+        got = idx.codes("image-local")
+        assert isinstance(got, np.memmap) and np.array_equal(got, codes)
+        assert "image-local.codes.npy" in idx.manifest["files"]  # checksummed with the rest
+    store.verify_index(path)
+    # a modified copy is refused like any index file
+    with open(path / "image-local.codes.npy", "r+b") as fh:
+        fh.seek(-1, 2)
+        fh.write(b"\x00" if codes[-1, -1] else b"\x01")
+    with pytest.raises(Exception, match="codes.npy"):
+        store.verify_index(path)

@@ -328,7 +328,16 @@ class Index:
 
     def codes(self, feature: str) -> np.ndarray:
         """Packed codes of a binary or landmark feature, uint8 ``[shape=(n, dim // 8)]``
-        (a view, no copy, for a flat index)."""
+        (a view, no copy, for a flat index; memory-mapped from ``<feature>.codes.npy``
+        for an inverted file, whose own copy would take a second per million codes to
+        read back)."""
+        name = f"{feature}.codes.npy"
+        if name in self.manifest["files"]:
+            path = self._file(name)
+            try:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:
+                raise IndexError_(f"cannot read {path}: {exc}") from None
         return binary_codes(self.faiss_index(feature))
 
     def landmarks(self, feature: str) -> dict[str, np.ndarray]:
@@ -899,6 +908,16 @@ class IndexWriter:
             with open(tmpe, "wb") as fh:  # a file object: np.savez would append .npz to a name
                 np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in self.extras(name).items()})
             os.replace(tmpe, epath)
+            # an inverted file gives its codes back only by walking every list: keep a
+            # plain copy that opens memory-mapped (verification reads a work's keypoints)
+            cpath = self.staging / f"{name}.codes.npy"
+            if isinstance(index, faiss.IndexBinaryIVF):
+                tmpc = cpath.with_name(cpath.name + ".new")
+                with open(tmpc, "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(vecs, np.uint8), allow_pickle=False)
+                os.replace(tmpc, cpath)
+            else:
+                cpath.unlink(missing_ok=True)
         os.replace(tmpf, fpath)
         os.replace(tmpr, rpath)
         spec["count"] = int(index.ntotal)
