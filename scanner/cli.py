@@ -268,9 +268,10 @@ def check_cmd(file: Path = typer.Argument(..., help="One asset to check."), inde
     else:
         print_check(out, line, run)
     if html is not None:
-        from scanner.thumbs import from_file
+        from scanner.report.html import output_thumbnail
 
-        own = None if no_thumbnails else {f"o{line['sha256']}": from_file(file)}
+        found = None if no_thumbnails else output_thumbnail({**line, "path": str(file)})
+        own = None if found is None else {f"o{line['sha256']}": found[0]}
         write_html([line], run, html, index_dir=index, single=True, thumbnails=not no_thumbnails,
                    own_thumbs={k: v for k, v in (own or {}).items() if v is not None})
         err.print(f"one-asset page: {html}", highlight=False)

@@ -345,25 +345,32 @@ def output_thumbnails(results: Iterable[Mapping[str, Any]], folder: str | Path) 
             continue
         if thumbs.load(folder, sha) is not None:
             continue
-        if r.get("modality") == "audio":
-            found = thumbs.audio_strip(r.get("path") or "")
-        elif r.get("modality") == "video":
-            from scanner.video import soundtrack_strip, thumbnail_at
-
-            # the strongest match decides: its soundtrack's strip, or its frame (else the first)
-            best = ((r.get("matches") or [{}])[0].get("locator")) or {}
-            found = soundtrack_strip(r.get("path") or "") if best.get("query_start") is not None else None
-            if found is None:
-                at = float(best.get("timecode") or 0.0)
-                data = thumbnail_at(r.get("path") or "", at)
-                found = (data, {"timecode": at}) if data is not None else None
-        else:
-            data = thumbs.from_file(r.get("path") or "")
-            found = (data, {}) if data is not None else None
+        found = output_thumbnail(r)
         if found is not None:
             thumbs.save(folder, sha, *found)
             n += 1
     return n
+
+
+def output_thumbnail(r: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]] | None:
+    """One output's thumbnail and its sidecar, from its file: a picture, an audio strip
+    (``{"duration": s}``), or for a video the frame of its strongest picture match
+    (``{"timecode": s}``) or its soundtrack's strip; ``None`` if the file does not decode."""
+    if r.get("modality") == "audio":
+        return thumbs.audio_strip(r.get("path") or "")
+    if r.get("modality") == "video":
+        from scanner.video import soundtrack_strip, thumbnail_at
+
+        # the strongest match decides: its soundtrack's strip, or its frame (else the first)
+        best = ((r.get("matches") or [{}])[0].get("locator")) or {}
+        found = soundtrack_strip(r.get("path") or "") if best.get("query_start") is not None else None
+        if found is None:
+            at = float(best.get("timecode") or 0.0)
+            data = thumbnail_at(r.get("path") or "", at)
+            found = (data, {"timecode": at}) if data is not None else None
+        return found
+    data = thumbs.from_file(r.get("path") or "")
+    return (data, {}) if data is not None else None
 
 
 def rebuild(results_path: str | Path, out: str | Path, *, index_dir: str | Path | None = None,
