@@ -102,7 +102,7 @@ LANDMARK_VOTE_MARGIN = 6
 #: Neighbours searched per query keypoint.
 LANDMARK_K = 8
 #: Keypoints per view of a query that are searched and vote (all are verified).
-LANDMARK_VOTERS = 150
+LANDMARK_VOTERS = 100
 #: Best-voted (work, view) pairs verified geometrically per query.
 LANDMARK_TOP = 6
 #: Views a query may have (as given, mirrored, tiles): keys of (work, view) votes.
