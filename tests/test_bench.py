@@ -90,7 +90,7 @@ def test_bench_search_postings_runs_the_scan_lookup() -> None:
 
 
 def test_cli_postings_json_has_its_limit() -> None:
-    res = CliRunner().invoke(app, ["bench", "search", "--kind", "postings", "--refs", "5000", "--queries", "50",
+    res = CliRunner().invoke(app, ["bench", "search", "--kind", "postings", "--refs", "5000", "--queries", "2000",
                                    "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout.strip().splitlines()[-1])
