@@ -388,15 +388,42 @@ def load_image(
     raise DecodeError(path, reason) from None
 
 
-def _load_image(path: Path, max_pixels: int, max_side: int | None) -> Image.Image:
-    info = os.stat(path)
+def regular_file(path: Path) -> os.stat_result:
+    """Check that ``path`` is a non-empty regular file this process can read.
+
+    Returns
+    -------
+    os.stat_result
+
+    Raises
+    ------
+    DecodeError
+        "no such file", "permission denied", "symbolic link loop", "read error (...)", "is a directory",
+        "not a regular file" (opening a FIFO would block forever), "zero-byte file".
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeError(path, "no such file") from None
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DecodeError(path, "symbolic link loop") from None
+        raise DecodeError(path, f"read error ({exc.strerror})") from None
     if stat.S_ISDIR(info.st_mode):
         raise DecodeError(path, "is a directory")
     if not stat.S_ISREG(info.st_mode):
-        # Opening a FIFO would block forever.
         raise DecodeError(path, "not a regular file")
     if info.st_size == 0:
         raise DecodeError(path, "zero-byte file")
+    if not os.access(path, os.R_OK):
+        raise DecodeError(path, "permission denied")
+    return info
+
+
+def _load_image(path: Path, max_pixels: int, max_side: int | None) -> Image.Image:
+    regular_file(path)
     with open(path, "rb") as f, Image.open(f) as im:
         width, height = im.size
         if width * height > max_pixels:
@@ -811,22 +838,7 @@ def open_audio(path: str | Path, *, sr: int = ANALYSIS_SR,
     if not max_seconds > 0:
         raise ParameterError(f"max_seconds must be positive, given max_seconds={max_seconds!r}")
     path = Path(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise DecodeError(path, "no such file") from None
-    except PermissionError:
-        raise DecodeError(path, "permission denied") from None
-    except OSError as exc:
-        raise DecodeError(path, f"read error ({exc.strerror})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise DecodeError(path, "is a directory")
-    if not stat.S_ISREG(info.st_mode):
-        raise DecodeError(path, "not a regular file")
-    if info.st_size == 0:
-        raise DecodeError(path, "zero-byte file")
-    if not os.access(path, os.R_OK):
-        raise DecodeError(path, "permission denied")
+    regular_file(path)
     kwargs = dict(sr=sr, max_seconds=max_seconds)
     if path.suffix.lower() not in _FFMPEG_ONLY:
         import soundfile as sf

@@ -19,8 +19,6 @@ Nothing here knows about features, indexes or reports.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -500,22 +498,7 @@ def open_video(path: str | Path, *, max_seconds: float = media.DEFAULT_MAX_SECON
     if not max_seconds > 0:
         raise ParameterError(f"max_seconds must be positive, given max_seconds={max_seconds!r}")
     path = Path(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise DecodeError(path, "no such file") from None
-    except PermissionError:
-        raise DecodeError(path, "permission denied") from None
-    except OSError as exc:
-        raise DecodeError(path, f"read error ({exc.strerror})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise DecodeError(path, "is a directory")
-    if not stat.S_ISREG(info.st_mode):
-        raise DecodeError(path, "not a regular file")  # opening a FIFO would block
-    if info.st_size == 0:
-        raise DecodeError(path, "zero-byte file")
-    if not os.access(path, os.R_OK):
-        raise DecodeError(path, "permission denied")
+    media.regular_file(path)
     try:
         av = _av()
     except ImportError:
