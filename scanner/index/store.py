@@ -58,8 +58,11 @@ THUMBS = "thumbs"
 #: Landmark descriptors from this many rows on are searched through an inverted
 #: file (exact flat search below).
 IVF_FROM = 32768
-#: Inverted lists probed per query descriptor.
-IVF_NPROBE = 6
+#: Inverted lists probed per query descriptor (applied when an index is opened, so
+#: indexes built before a change follow it). Voting needs a work's keypoints to find
+#: their own, not every exact nearest descriptor: at 8.3M descriptors, 4 probes cost
+#: about half of 6 and agree on the nearest one for 90% of descriptors.
+IVF_NPROBE = 4
 
 
 def _is_binary(kind: str) -> bool:
@@ -320,6 +323,8 @@ class Index:
             try:
                 if _is_binary(self.features[feature]["kind"]):
                     self._faiss[feature] = faiss.read_index_binary(str(path), flags)
+                    if isinstance(self._faiss[feature], faiss.IndexBinaryIVF):
+                        self._faiss[feature].nprobe = IVF_NPROBE
                 else:
                     self._faiss[feature] = faiss.read_index(str(path), flags)
             except RuntimeError as exc:
