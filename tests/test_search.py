@@ -207,3 +207,21 @@ def test_postings_edges() -> None:
     assert q.tolist() == [7] * 4 and r.tolist() == [3, 4, 5, 6]
     with pytest.raises(ParameterError):
         search.key_directory(np.zeros((2, 2), np.uint32))
+
+
+def test_a_few_queries_on_a_flat_index_give_what_faiss_gives() -> None:
+    """Below SMALL_BATCH queries the flat dense path is a BLAS product (faiss would scan on
+    one thread); the neighbours are the same."""
+    import faiss
+
+    rng = np.random.default_rng(7)
+    refs = rng.normal(size=(5000, 64)).astype(np.float32)
+    refs /= np.linalg.norm(refs, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(64)
+    index.add(refs)
+    q = refs[[3, 4000]] + 0.01 * rng.normal(size=(2, 64)).astype(np.float32)
+    assert len(q) < search.SMALL_BATCH
+    D, I = search.knn(index, q, 10)
+    Df, If = search.searcher_for(index, backend="faiss").search(q, 10)
+    assert np.array_equal(I, If) and np.allclose(D, Df, atol=1e-5)
+    assert I[0, 0] == 3 and I[1, 0] == 4000

@@ -63,6 +63,8 @@ QUERY_BLOCK = 4096
 #: waking an OpenMP team costs more than it saves, and its spinning threads
 #: take the cores the decode workers need.
 PARALLEL_WORK = 1 << 24
+#: Fewer queries than this against a flat dense index are searched with numpy (BLAS).
+SMALL_BATCH = 4
 #: Index sizes from which :func:`build_faiss_index` builds IVF instead of flat.
 IVF_MIN_ROWS = 1 << 20
 
@@ -1181,4 +1183,9 @@ def knn(index: Any, queries: np.ndarray, k: int, *, backend: str = "faiss", devi
     n = len(queries)
     if n == 0 or index.ntotal == 0:
         return _empty(n, k, binary)
+    if backend == "faiss" and device == "cpu" and n < SMALL_BATCH and type(index) in (faiss.IndexFlatIP,
+                                                                                       faiss.IndexFlat):
+        # a few queries: faiss scans the references on one thread, a BLAS product reads them
+        # on every core (3x the queries/s at 10k-1M references, benchmarks/README.md sweep)
+        backend = "numpy"
     return searcher_for(index, backend=backend, device=device, precision=precision).search(queries, k)
