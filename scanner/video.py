@@ -19,6 +19,7 @@ Nothing here knows about features, indexes or reports.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,20 @@ def _reason(exc: BaseException) -> str:
     return media._detail(exc)
 
 
+@contextlib.contextmanager
+def _decoding(path: Path, what: str) -> Iterator[None]:
+    """Map what PyAV raises while decoding ``what`` ("video", "soundtrack") to a DecodeError naming the file."""
+    av = _av()
+    try:
+        yield
+    except DecodeError:
+        raise
+    except av.FFmpegError as exc:
+        raise DecodeError(path, f"truncated or corrupt {what} ({_reason(exc)})") from None
+    except MemoryError:
+        raise DecodeError(path, f"not enough memory to decode the {what}") from None
+
+
 class Video:
     """An opened video file. Use :func:`open_video`.
 
@@ -261,66 +276,59 @@ class Video:
         scale = min(1.0, max_side / max(self.width, self.height, 1))
         out_w, out_h = max(1, round(self.width * scale)), max(1, round(self.height * scale))
         gap = self.min_gap()
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[self._video_stream]
-                stream.thread_type = "AUTO"  # slice/frame threads inside libavcodec, outside the GIL
-                if skip_b_frames or (skip_b_frames is None and (self.fps or 0.0) * step >= 4):
-                    stream.codec_context.skip_frame = "BIDIR"
-                base = float(stream.time_base) if stream.time_base else 0.0
-                origin = stream.start_time * base if stream.start_time is not None else None
-                next_look = 0.0
-                reached = 0.0  # time of the latest frame decoded
-                last_probe: np.ndarray | None = None  # the last keyframe's
-                prev_probe: np.ndarray | None = None  # the last looked-at frame's
-                motion = 0.0  # running share of pixels changed between looked-at frames
-                pending = False  # an abrupt change came inside the gap
-                last_time = -np.inf
-                for frame in self._frames(container, stream):
-                    self.frames_decoded += 1
-                    if frame.pts is not None and base:
-                        t = frame.pts * base
-                        origin = t if origin is None else origin
-                        t -= origin
-                    else:  # no timestamps: count frames
-                        t = (self.frames_decoded - 1) / (self.fps or 25.0)
-                    if t > self.max_seconds:
-                        break
-                    reached = max(reached, t)
-                    if t + 1e-6 < next_look:
-                        continue
-                    next_look = t + step
-                    self.frames_looked_at += 1
-                    probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray",
-                                             interpolation="AREA").astype(np.float32)  # the fastest, and averages
-                    if prev_probe is not None:
-                        step_share = _changed(probe, prev_probe)
-                        pending |= step_share >= max(ABRUPT_SHARE, ABRUPT_OVER_MOTION * motion)
-                        motion = 0.7 * motion + 0.3 * step_share
-                    prev_probe = probe
-                    reason = None
-                    if last_probe is None:
-                        reason = "first"
-                    elif t - last_time >= gap - 1e-6:
-                        share = _changed(probe, last_probe)
-                        if share >= CUT_SHARE or (pending and share >= ABRUPT_SHARE):
-                            reason = "cut"
-                        elif t - last_time >= LONG_SHOT and share >= DRIFT_SHARE:
-                            reason = "long shot"
-                        pending = False if reason else pending
-                    if reason is None:
-                        continue
-                    last_probe, last_time = probe, t
-                    image = frame.to_image(width=out_w, height=out_h)
-                    yield Keyframe(round(t, 3), image if image.mode == "RGB" else image.convert("RGB"), reason)
-                _check_complete(self.path, "video", reached, _stream_length(container, stream), self.max_seconds,
-                                1.0 / (self.fps or 25.0))
-        except DecodeError:
-            raise
-        except av.FFmpegError as exc:
-            raise DecodeError(self.path, f"truncated or corrupt video ({_reason(exc)})") from None
-        except MemoryError:
-            raise DecodeError(self.path, "not enough memory to decode the video") from None
+        with _decoding(self.path, "video"), av.open(str(self.path)) as container:
+            stream = container.streams.video[self._video_stream]
+            stream.thread_type = "AUTO"  # slice/frame threads inside libavcodec, outside the GIL
+            if skip_b_frames or (skip_b_frames is None and (self.fps or 0.0) * step >= 4):
+                stream.codec_context.skip_frame = "BIDIR"
+            base = float(stream.time_base) if stream.time_base else 0.0
+            origin = stream.start_time * base if stream.start_time is not None else None
+            next_look = 0.0
+            reached = 0.0  # time of the latest frame decoded
+            last_probe: np.ndarray | None = None  # the last keyframe's
+            prev_probe: np.ndarray | None = None  # the last looked-at frame's
+            motion = 0.0  # running share of pixels changed between looked-at frames
+            pending = False  # an abrupt change came inside the gap
+            last_time = -np.inf
+            for frame in self._frames(container, stream):
+                self.frames_decoded += 1
+                if frame.pts is not None and base:
+                    t = frame.pts * base
+                    origin = t if origin is None else origin
+                    t -= origin
+                else:  # no timestamps: count frames
+                    t = (self.frames_decoded - 1) / (self.fps or 25.0)
+                if t > self.max_seconds:
+                    break
+                reached = max(reached, t)
+                if t + 1e-6 < next_look:
+                    continue
+                next_look = t + step
+                self.frames_looked_at += 1
+                probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray",
+                                         interpolation="AREA").astype(np.float32)  # the fastest, and averages
+                if prev_probe is not None:
+                    step_share = _changed(probe, prev_probe)
+                    pending |= step_share >= max(ABRUPT_SHARE, ABRUPT_OVER_MOTION * motion)
+                    motion = 0.7 * motion + 0.3 * step_share
+                prev_probe = probe
+                reason = None
+                if last_probe is None:
+                    reason = "first"
+                elif t - last_time >= gap - 1e-6:
+                    share = _changed(probe, last_probe)
+                    if share >= CUT_SHARE or (pending and share >= ABRUPT_SHARE):
+                        reason = "cut"
+                    elif t - last_time >= LONG_SHOT and share >= DRIFT_SHARE:
+                        reason = "long shot"
+                    pending = False if reason else pending
+                if reason is None:
+                    continue
+                last_probe, last_time = probe, t
+                image = frame.to_image(width=out_w, height=out_h)
+                yield Keyframe(round(t, 3), image if image.mode == "RGB" else image.convert("RGB"), reason)
+            _check_complete(self.path, "video", reached, _stream_length(container, stream), self.max_seconds,
+                            1.0 / (self.fps or 25.0))
 
     def frame_at(self, seconds: float, *, max_side: int = 512) -> Image.Image:
         """The frame shown at ``seconds`` (from the video stream's start), as RGB, longer side at most ``max_side``.
@@ -388,48 +396,41 @@ class _Soundtrack(media.Audio):
 
     def _blocks(self, block: int) -> Iterator[np.ndarray]:
         av = _av()
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.audio[self._stream]
-                # planar float at the stream's own rate and layout: channels are
-                # averaged here as libsndfile blocks are, and soxr resamples
-                resampler = av.AudioResampler(format="fltp")
-                parts: list[np.ndarray] = []
-                held = 0
-                bad = 0
-                total = 0  # samples yielded so far, at the source rate
-                for packet in container.demux(stream):
-                    try:
-                        decoded = packet.decode()
-                    except av.error.InvalidDataError as exc:
-                        bad += 1
-                        if bad > MAX_BAD_PACKETS:
-                            raise DecodeError(self.path, f"truncated or corrupt soundtrack ({bad} bad packets; "
-                                                         f"last: {_reason(exc)})") from None
-                        continue
-                    for frame in decoded:
-                        for out in resampler.resample(frame):
-                            a = out.to_ndarray()
-                            parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
-                            held += a.shape[1]
-                    if held >= block:
-                        yield np.concatenate(parts)
-                        total += held
-                        parts, held = [], 0
-                for out in resampler.resample(None):
-                    a = out.to_ndarray()
-                    parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
-                if parts:
+        with _decoding(self.path, "soundtrack"), av.open(str(self.path)) as container:
+            stream = container.streams.audio[self._stream]
+            # planar float at the stream's own rate and layout: channels are
+            # averaged here as libsndfile blocks are, and soxr resamples
+            resampler = av.AudioResampler(format="fltp")
+            parts: list[np.ndarray] = []
+            held = 0
+            bad = 0
+            total = 0  # samples yielded so far, at the source rate
+            for packet in container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError as exc:
+                    bad += 1
+                    if bad > MAX_BAD_PACKETS:
+                        raise DecodeError(self.path, f"truncated or corrupt soundtrack ({bad} bad packets; "
+                                                     f"last: {_reason(exc)})") from None
+                    continue
+                for frame in decoded:
+                    for out in resampler.resample(frame):
+                        a = out.to_ndarray()
+                        parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
+                        held += a.shape[1]
+                if held >= block:
                     yield np.concatenate(parts)
-                total += sum(len(p) for p in parts)
-                _check_complete(self.path, "soundtrack", total / self.source_sr, _stream_length(container, stream),
-                                self.max_seconds, 0.0)
-        except DecodeError:
-            raise
-        except av.FFmpegError as exc:
-            raise DecodeError(self.path, f"truncated or corrupt soundtrack ({_reason(exc)})") from None
-        except MemoryError:
-            raise DecodeError(self.path, "not enough memory to decode the soundtrack") from None
+                    total += held
+                    parts, held = [], 0
+            for out in resampler.resample(None):
+                a = out.to_ndarray()
+                parts.append(a.mean(axis=0, dtype=np.float32) if a.shape[0] > 1 else a[0])
+            if parts:
+                yield np.concatenate(parts)
+            total += sum(len(p) for p in parts)
+            _check_complete(self.path, "soundtrack", total / self.source_sr, _stream_length(container, stream),
+                            self.max_seconds, 0.0)
 
 
 def thumbnail_at(path: str | Path, seconds: float) -> bytes | None:
