@@ -52,6 +52,11 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+if __package__ in (None, ""):  # run as a script: make ``scanner`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scanner.demo import random_melody  # noqa: E402
+
 MUSIC = Path("/usr/share/games/wesnoth/1.16/data/core/music")
 ROOT = Path(__file__).resolve().parent.parent
 LIKENESS = [sys.executable, "-m", "scanner.cli"]
@@ -63,14 +68,6 @@ PROGRESSION = [(48, 52, 55), (43, 47, 50), (45, 48, 52), (41, 45, 48)]
 TICKS = 480  # per beat
 
 
-def generate_melody(rng: np.random.Generator, n: int = 48) -> list[tuple[int, float]]:
-    """A melody: (MIDI pitch, beats) of a random walk on the C-major scale."""
-    scale = np.array([0, 2, 4, 5, 7, 9, 11])
-    degree, out = 7, []
-    for _ in range(n):
-        degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3, -3]), 0, 14))
-        out.append((60 + 12 * (degree // 7) + int(scale[degree % 7]), float(rng.choice([0.5, 1, 1, 1, 2]))))
-    return out
 
 
 def _varlen(n: int) -> bytes:
@@ -174,7 +171,7 @@ def main() -> int:
     t0 = time.perf_counter()
     queries: dict[str, dict[str, Any]] = {}
     n = args.melodies
-    melodies = [generate_melody(rng) for _ in range(2 * n)]
+    melodies = [random_melody(rng) for _ in range(2 * n)]
     names = list(QUERY_INSTRUMENTS)
     for i, mel in enumerate(melodies):
         ref = i < n

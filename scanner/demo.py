@@ -21,6 +21,26 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from scanner.pipeline import FeatureOptions, Progress, ScanSummary, build_index, read_results, scan
 
 
+def random_melody(rng: np.random.Generator, n: int = 48) -> list[tuple[int, float]]:
+    """A melody made by code: a random walk on the C-major scale from middle C.
+
+    Parameters
+    ----------
+    rng : random generator (the melody is a function of its state)
+    n : number of notes
+
+    Returns
+    -------
+    list of (MIDI pitch, length in beats)
+    """
+    scale = np.array([0, 2, 4, 5, 7, 9, 11])
+    degree, out = 7, []
+    for _ in range(n):
+        degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3, -3]), 0, 14))
+        out.append((60 + 12 * (degree // 7) + int(scale[degree % 7]), float(rng.choice([0.5, 1, 1, 1, 2]))))
+    return out
+
+
 def synthetic_picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     """A distinctive RGB picture: a gradient ground with random shapes.
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from scanner import policy as pol
 from scanner.cli import app
+from scanner.demo import random_melody
 from scanner.features.melody import REF_HOP, SEGMENT_DTYPE, Melody, melody_segments
 from scanner.media import AudioChunk
 
@@ -29,13 +30,7 @@ HOLLOW = {"partials": (1.0, 0.0, 0.6, 0.0, 0.4, 0.0, 0.2), "attack": 0.06, "deca
 
 def notes(seed: int, n: int = 40) -> list[tuple[int, float]]:
     """A random walk on a major scale: (MIDI pitch, beats)."""
-    rng = np.random.default_rng(seed)
-    scale = np.array([0, 2, 4, 5, 7, 9, 11])
-    degree, out = 7, []
-    for _ in range(n):
-        degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3, -3]), 0, 14))
-        out.append((60 + 12 * (degree // 7) + int(scale[degree % 7]), float(rng.choice([0.5, 1, 1, 1, 2]))))
-    return out
+    return random_melody(np.random.default_rng(seed), n)
 
 
 def render(melody: list[tuple[int, float]], *, bpm: float = 100.0, transpose: int = 0,
