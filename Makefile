@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test install dev clean chromium
+.PHONY: demo test install dev clean chromium ffmpeg
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,24 @@ dev: $(STAMP_DEV)
 demo: $(STAMP_RUN)
 	$(BIN)/likeness demo --out demo-out
 
-test: $(STAMP_DEV) chromium
+test: $(STAMP_DEV) chromium ffmpeg
 	$(BIN)/python -m pytest -rs
 
 # The report's real-browser tests (tests/test_browser.py) drive headless Chromium. Installed
 # here when absent and we can (root with apt); otherwise those tests skip, and we say so loudly.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then 	    echo "installing chromium (apt-get) for the report's browser tests"; 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } || true; 	  fi; 	  command -v chromium >/dev/null 2>&1 || echo "*** WARNING: no chromium and it could not be installed: the real-browser tests of the HTML report (tests/test_browser.py) will be SKIPPED ***" >&2; }
+
+# ffmpeg encodes the truncated OGG/MP3 and the m4a inputs of the audio tests (likeness itself
+# reads m4a/aac through it). Installed the same way when absent; otherwise those tests skip.
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing ffmpeg (apt-get) for the audio tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q ffmpeg >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ffmpeg >/dev/null 2>&1; } || true; \
+	  fi; \
+	  command -v ffmpeg >/dev/null 2>&1 || echo "*** WARNING: no ffmpeg and it could not be installed: the m4a and truncated OGG/MP3 audio tests will be SKIPPED ***" >&2; }
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
