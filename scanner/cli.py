@@ -39,6 +39,12 @@ ClipModelOpt = typer.Option(None, "--clip-model", help="open_clip model name or 
 ClipPretrainedOpt = typer.Option(None, "--clip-pretrained", help="Pretrained tag or checkpoint path "
                                  "(default laion2b_s34b_b79k, from models/).")
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Checkpoint folder (default models/ or LIKENESS_MODELS_DIR).")
+EngineOpt = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
+                         "pip install 'likeness-scanner[ray]').")
+AddressOpt = typer.Option(None, "--address", help="With --engine ray: auto (the cluster started here with "
+                          "`ray start`) or HOST:PORT; default: a private cluster on this machine for this run.")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="With --engine ray: decode workers at most "
+                          "(default: every CPU the other stages leave).")
 NoThumbsOpt = typer.Option(False, "--no-thumbnails", help="Keep and embed no picture of the outputs "
                            "(for outputs that must not leave the scan).")
 
@@ -99,6 +105,22 @@ def _options(features: Optional[str], clip_model: Optional[str], clip_pretrained
                           models_dir=models_dir, device=device)
 
 
+@contextlib.contextmanager
+def _engine(name: str, address: Optional[str], workers: Optional[int]) -> Iterator[Any]:
+    """The engine a build or scan runs on (``None``: the local one)."""
+    if name == "local":
+        if address is not None or workers is not None:
+            _fail("--address and --workers go with --engine ray")
+        yield None
+        return
+    if name != "ray":
+        _fail(f"--engine must be local or ray, given {name!r}")
+    from scanner.engine_ray import RayEngine
+
+    with RayEngine(address, workers=workers) as engine:
+        yield engine
+
+
 def _key(path: Optional[Path]) -> bytes | None:
     from scanner.index.store import load_hmac_key
 
@@ -131,13 +153,15 @@ def index_build(refs: List[Path] = typer.Argument(..., help="Reference files or 
                                                         "rights_holder, licence, notes, licensed."),
                 clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
                 models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+                engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
                 quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Build a new index from reference works (replaces any index at --index, atomically)."""
     from scanner.pipeline import build_index
 
-    with progress_bar(not quiet) as prog:
+    with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
         summary = build_index(refs, index, options=_options(features, clip_model, clip_pretrained, models_dir),
-                              metadata=metadata, create=True, hmac_key=_key(hmac_key_file), progress=prog)
+                              metadata=metadata, create=True, hmac_key=_key(hmac_key_file), progress=prog,
+                              engine=eng)
     _print_build(summary, "indexed")
     if summary.added == 0:
         _fail("no reference work could be indexed")
@@ -150,13 +174,15 @@ def index_add(refs: List[Path] = typer.Argument(..., help="Reference files or fo
               metadata: Optional[Path] = typer.Option(None, "--metadata"),
               clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
               models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+              engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
               quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Add reference works to an existing index (with the index's own features)."""
     from scanner.pipeline import build_index
 
-    with progress_bar(not quiet) as prog:
+    with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
         summary = build_index(refs, index, options=_options(None, clip_model, clip_pretrained, models_dir),
-                              metadata=metadata, create=False, hmac_key=_key(hmac_key_file), progress=prog)
+                              metadata=metadata, create=False, hmac_key=_key(hmac_key_file), progress=prog,
+                              engine=eng)
     _print_build(summary, "added")
 
 
@@ -226,6 +252,7 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
              no_thumbnails: bool = NoThumbsOpt,
+             engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Scan outputs against an index; one verdict per input."""
     from scanner.pipeline import scan
@@ -235,11 +262,11 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
         _fail(f"--device must be auto, cpu or cuda, given {device!r}")
     if resume and out_dir is None:
         _fail("--resume needs --out (the folder whose results.jsonl to continue)")
-    with progress_bar(not quiet) as prog:
+    with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
         summary = scan(inputs, index, out_dir=out_dir, resume=resume,
                        options=_options(None, clip_model, clip_pretrained, models_dir, device),
                        hmac_key=_key(hmac_key_file), progress=prog, candidates=candidates,
-                       thumbnails=not no_thumbnails)
+                       thumbnails=not no_thumbnails, engine=eng)
     out.print(summary_table(summary.counts, skipped=summary.skipped, resumed=summary.resumed))
     if out_dir is not None:
         out.print(f"results: {out_dir / 'results.jsonl'}, {out_dir / 'results.csv'}, "

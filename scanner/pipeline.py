@@ -164,6 +164,9 @@ class Prepared:
     parts: list[Prepared] | None = None
     timecode: float | None = None
     video: dict[str, Any] | None = None
+    #: rows already embedded by a featurizer with a model (:func:`embed_ahead`), by name:
+    #: float32 ``[shape=(codes_per_item, dim)]``
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
@@ -401,7 +404,34 @@ def _embed(feat: Featurizer, batch: Sequence[Prepared]) -> tuple[list[int], np.n
     pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
     if not pos:
         return [], np.zeros((0, 0))
+    if all(feat.name in batch[i].vectors for i in pos):  # embedded ahead, on another worker
+        return pos, np.concatenate([batch[i].vectors[feat.name] for i in pos])
     return pos, feat.embed([batch[i].prepared[feat.name] for i in pos])
+
+
+def has_model(feat: Featurizer) -> bool:
+    """Whether ``feat`` embeds through a model (an accelerator's work), not by hashing."""
+    return feat.name not in WEIGHT_FREE and feat.kind not in ("landmark", "postings") and bool(feat.codes_per_item)
+
+
+def embed_ahead(batch: Sequence[Prepared], featurizers: Sequence[Featurizer]) -> None:
+    """Embed the model features of a batch now, keeping each item's rows in :attr:`Prepared.vectors`.
+
+    A distributed engine runs this on GPU workers between decoding and
+    judging; :meth:`Scanner.judge` and :func:`build_index` then use the rows
+    instead of embedding again. A video's keyframes are embedded
+    :data:`BATCH` at a time.
+    """
+    flat = [q for p in batch for q in (p.parts if p.parts is not None else [p])]
+    for feat in featurizers:
+        if not has_model(feat):
+            continue
+        m = feat.codes_per_item
+        for lo in range(0, len(flat), BATCH):
+            chunk = flat[lo:lo + BATCH]
+            pos, vecs = _embed(feat, chunk)
+            for j, i in enumerate(pos):
+                chunk[i].vectors[feat.name] = vecs[j * m:(j + 1) * m]
 
 
 # --- building ----------------------------------------------------------------------------
@@ -553,7 +583,8 @@ def _ones(codes: np.ndarray) -> np.ndarray:
 
 def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: FeatureOptions | None = None,
                 metadata: str | Path | None = None, create: bool = True, policy: pol.Policy | None = None,
-                hmac_key: bytes | None = None, progress: Progress | None = None) -> BuildSummary:
+                hmac_key: bytes | None = None, progress: Progress | None = None,
+                engine: Engine | None = None) -> BuildSummary:
     """Build (``create=True``) or extend an index of protected reference works.
 
     Parameters
@@ -563,6 +594,9 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
     options : which featurizers; when extending, the index's own are used
     metadata : CSV/JSON sidecar with title, rights_holder, licence, notes, licensed
     policy : thresholds to store in the manifest (defaults when building)
+    engine : where references are decoded and featurized (:class:`LocalEngine`
+        by default; ``scanner.engine_ray.RayEngine`` on a cluster); the index is
+        written here, by this process, either way
 
     Returns
     -------
@@ -597,7 +631,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                 items.append(found)
         progress.start(len(items), "indexing references")
         seen: dict[str, str] = {}
-        for batch in _batches(prepare_stream(items, featurizers, reference=True), BATCH):
+        for batch in _batches((engine or LocalEngine()).prepare(items, featurizers, reference=True), BATCH):
             work_ids = []
             for p in batch:
                 wid = None
@@ -680,7 +714,7 @@ def _add_video_rows(writer: store.IndexWriter, featurizers: Sequence[Featurizer]
             continue
         m = max(feat.codes_per_item, 1)
         for lo in range(0, len(have), BATCH):
-            vecs = feat.embed([q.prepared[feat.name] for q in have[lo:lo + BATCH]])
+            vecs = _embed(feat, have[lo:lo + BATCH])[1]
             locators = np.repeat(ms[lo:lo + BATCH] * m, m) + np.tile(np.arange(m), len(vecs) // m)
             writer.add_vectors(feat.identity(), vecs, np.full(len(vecs), wid, np.int32), locators.astype(np.int32))
 
@@ -748,6 +782,21 @@ class Result:
         return line
 
 
+def provenance(index: store.Index, policy: pol.Policy | None = None) -> dict[str, Any]:
+    """What a scan's results were judged against, for ``run.json`` and report headers.
+
+    From the manifest alone (no model is loaded): the featurizers a scan uses
+    are the index's own (:func:`features_for_index` refuses any other).
+    """
+    policy = policy or pol.Policy.from_params(index.policy)
+    # a feature's manifest entry is its featurizer's identity plus what the store adds
+    features = [{k: v for k, v in spec.items() if k not in store.FEATURE_STORAGE_KEYS}
+                for spec in index.features.values()]
+    return {"tool": "likeness", "tool_version": __version__, "index_id": index.index_id,
+            "index_path": str(index.path), "n_works": index.n_works,
+            "features": features, "policy": policy.get_params()}
+
+
 class Scanner:
     """An opened index with its featurizers, ready to judge batches of inputs.
 
@@ -802,9 +851,7 @@ class Scanner:
 
     def describe(self) -> dict[str, Any]:
         """Provenance for ``run.json`` and report headers."""
-        return {"tool": "likeness", "tool_version": __version__, "index_id": self.index.index_id,
-                "index_path": str(self.index.path), "n_works": self.index.n_works,
-                "features": [f.identity() for f in self.featurizers], "policy": self.policy.get_params()}
+        return provenance(self.index, self.policy)
 
     def judge(self, batch: Sequence[Prepared]) -> list[Result]:
         """Embed, search, match and decide one batch of prepared inputs.
@@ -1083,6 +1130,42 @@ class Scanner:
         self.index.close()
 
 
+class Engine(Protocol):
+    """Where the work of a build or a scan runs; results and index writes stay in this process."""
+
+    name: str
+
+    def prepare(self, items: Sequence[media.Input], featurizers: Sequence[Featurizer], *,
+                reference: bool = False) -> Iterator[Prepared]:
+        """Decoded and featurized items, in order (``reference``: works being indexed)."""
+        ...
+
+    def scanner(self, index_dir: str | Path, **kwargs: Any) -> Any:
+        """An opened scanner: ``describe()``, ``check_paths(items)`` yielding one
+        :class:`Result` per item (any order), ``close()``; ``kwargs`` as :class:`Scanner`'s."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's provenance for ``run.json``."""
+        ...
+
+
+class LocalEngine:
+    """The default engine: decoding in this machine's worker processes, judging in this process."""
+
+    name = "local"
+
+    def prepare(self, items: Sequence[media.Input], featurizers: Sequence[Featurizer], *,
+                reference: bool = False) -> Iterator[Prepared]:
+        return prepare_stream(items, featurizers, reference=reference)
+
+    def scanner(self, index_dir: str | Path, **kwargs: Any) -> Scanner:
+        return Scanner(index_dir, **kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
 @dataclass
 class ScanSummary:
     """Counts of a scan (every verdict, errors and skips) and where results went."""
@@ -1124,7 +1207,8 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | Path | None = None,
          resume: bool = False, options: FeatureOptions | None = None, policy: pol.Policy | None = None,
          hmac_key: bytes | None = None, progress: Progress | None = None, candidates: int = 0,
-         on_result: Callable[[Result], None] | None = None, thumbnails: bool = True) -> ScanSummary:
+         on_result: Callable[[Result], None] | None = None, thumbnails: bool = True,
+         engine: Engine | None = None) -> ScanSummary:
     """Scan inputs against an index, streaming one result line per input.
 
     Parameters
@@ -1139,6 +1223,9 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     thumbnails : keep small thumbnails of flagged, review and licensed outputs in
         ``out_dir/thumbs/`` for the report (``False``: no picture of an output
         is kept or embedded)
+    engine : where inputs are decoded, embedded and judged (:class:`LocalEngine`
+        by default; ``scanner.engine_ray.RayEngine`` on a cluster); results are
+        written here, by this process, either way
 
     Returns
     -------
@@ -1147,7 +1234,8 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     progress = progress or _NoProgress()
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
-    scanner = Scanner(index_dir, options=options, policy=policy, hmac_key=hmac_key, candidates=candidates)
+    engine = engine or LocalEngine()
+    scanner = engine.scanner(index_dir, options=options, policy=policy, hmac_key=hmac_key, candidates=candidates)
     summary = ScanSummary(out_dir=str(out_dir) if out_dir else None)
     items = []
     for found in media.discover([Path(i) for i in inputs]):
@@ -1189,7 +1277,7 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
             "ended_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3), "inputs": [str(i) for i in inputs],
             "counts": {v: summary.counts[v] for v in pol.VERDICTS}, "skipped": summary.skipped,
-            "resumed": summary.resumed,
+            "resumed": summary.resumed, "engine": engine.describe(),
         }
         scanner.close()
         if out_dir is not None:

@@ -518,3 +518,34 @@ def test_degenerate_checkpoint_is_refused_at_build(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="degenerate|mean"):
         build_index([refs], tmp_path / "index", options=opts)
     assert not (tmp_path / "index").exists()
+
+
+def test_embedding_ahead_gives_the_same_results(tmp_path: Path) -> None:
+    """A distributed engine embeds on GPU workers before judging: same results as embedding in judge."""
+    from scanner import media
+    from scanner.demo import MILD_TRANSFORMS, synthetic_picture
+    from scanner.pipeline import FeatureOptions, Scanner, build_index, embed_ahead, prepare_stream
+
+    config, ckpt = make_tiny_checkpoint(tmp_path / "m", seed=0)
+    refs, outs = tmp_path / "refs", tmp_path / "outs"
+    refs.mkdir()
+    outs.mkdir()
+    for s in range(6):
+        synthetic_picture(s).save(refs / f"r{s}.png")
+        MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(s)).save(outs / f"c{s}.png")
+        synthetic_picture(50 + s).save(outs / f"n{s}.png")
+    opts = FeatureOptions(names=["image-phash", "image-clip"], clip_model=str(config), clip_pretrained=str(ckpt),
+                          models_dir=str(tmp_path / "models"))
+    build_index([refs], tmp_path / "index", options=opts)
+    scanner = Scanner(tmp_path / "index", options=opts, candidates=3)
+    items = [media.Input(p, "image") for p in sorted(outs.iterdir())]
+    plain = scanner.judge(list(prepare_stream(items, scanner.featurizers)))
+    ahead = list(prepare_stream(items, scanner.featurizers))
+    embed_ahead(ahead, scanner.featurizers)
+    assert all(p.vectors["image-clip"].shape == (1, 32) for p in ahead)
+    early = scanner.judge(ahead)
+    assert [r.verdict for r in early] == [r.verdict for r in plain]
+    for a, b in zip(early, plain):
+        assert [(c["feature"], c["work_id"]) for c in a.candidates] == [(c["feature"], c["work_id"]) for c in b.candidates]
+        np.testing.assert_allclose([c["score"] for c in a.candidates], [c["score"] for c in b.candidates], rtol=1e-5)
+    assert any(c["feature"] == "image-clip" for r in early for c in r.candidates)

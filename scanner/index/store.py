@@ -48,6 +48,8 @@ FORMAT = "likeness-index"
 FORMAT_VERSION = 1
 CATALOG_SCHEMA = 1
 CHUNK_SIZE = 16 << 20
+#: Keys the store adds to a feature's manifest entry beside its featurizer's identity.
+FEATURE_STORAGE_KEYS = ("count", "index")
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 CATALOG = "catalog.sqlite"
