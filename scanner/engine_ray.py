@@ -51,6 +51,8 @@ from scanner.index import store
 
 #: Items decoded per task (as the local engine's decode chunks).
 DECODE_BATCH = 16
+#: Items per embed and judge batch when the inputs include videos.
+VIDEO_BATCH = 4
 #: Test hook: ``stage:marker`` kills (SIGKILL) the worker of that stage
 #: (``decode``, ``embed`` or ``judge``) on its first batch, once: the marker
 #: file, created then, stops it from firing again after the restart.
@@ -117,7 +119,7 @@ class _Embed:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _kill_once("embed")
-        prepared = list(batch["prepared"])
+        prepared = _unwrap(batch["prepared"])
         pipeline.embed_ahead(prepared, self.featurizers)
         return {"i": batch["i"], "prepared": _objects(prepared)}
 
@@ -131,14 +133,35 @@ class _Judge:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _kill_once("judge")
-        results = self.scanner.judge(list(batch["prepared"]))
+        results = self.scanner.judge(_unwrap(batch["prepared"]))
         return {"i": batch["i"], "result": _objects(results)}
+
+
+class _Cargo:
+    """One item between stages, with a constant repr.
+
+    Ray Data formats a column of Python objects as text while converting it
+    (``str`` of the whole array, every dataclass and array in it): ten times
+    the decoding's own CPU time. The wrapper keeps that text short.
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __repr__(self) -> str:
+        return "<likeness item>"
 
 
 def _objects(items: Sequence[Any]) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
-    out[:] = items
+    out[:] = [_Cargo(x) for x in items]
     return out
+
+
+def _unwrap(column: np.ndarray) -> list[Any]:
+    return [c.obj for c in column]
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -269,6 +292,10 @@ class RayEngine:
                      runtime_env=runtime_env)
         if not ray.is_initialized():
             if self._private is not None:
+                # Ray lowers its workers' priority (nice 15) below its own daemons; on a
+                # shared machine they would then wait behind every other job, while the
+                # local engine's workers do not: a private cluster's workers are this scan's
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 spill = Path(scratch) if scratch is not None else self._private / "spill"
                 spill.mkdir(parents=True, exist_ok=True)
                 self._spill = spill
@@ -372,30 +399,33 @@ class RayEngine:
         rows = [{"i": i, "path": os.fsencode(str(it.path)), "modality": it.modality} for i, it in enumerate(items)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // DECODE_BATCH, 4096)))
         share = plan["share"]
+        # a video carries up to 2,000 keyframes' features: few travel together
+        videos = any(it.modality == "video" for it in items)
+        decode_batch, batch = (1, VIDEO_BATCH) if videos else (DECODE_BATCH, pipeline.BATCH)
         ds = ds.map_batches(_Decode, fn_constructor_kwargs=dict(how=how, reference=reference, version=__version__),
-                            batch_size=DECODE_BATCH, concurrency=(1, plan["workers"]), num_cpus=share,
+                            batch_size=decode_batch, concurrency=(1, plan["workers"]), num_cpus=share,
                             batch_format="numpy", zero_copy_batch=True)
         if with_embed:
             gpu = {"num_gpus": 1} if plan["gpus"] else {"num_cpus": share}
             ds = ds.map_batches(_Embed, fn_constructor_kwargs=dict(how=how, version=__version__),
-                                batch_size=pipeline.BATCH, concurrency=plan["embeds"], batch_format="numpy",
+                                batch_size=batch, concurrency=plan["embeds"], batch_format="numpy",
                                 zero_copy_batch=True, **gpu)
         column = "prepared"
         if judge is not None:
             # Ray Data spreads actors over the nodes: each node's page cache holds the index once
             ds = ds.map_batches(_Judge, fn_constructor_kwargs=dict(index_dir=judge[0], scanner_kwargs=judge[1],
                                                                   version=__version__),
-                                batch_size=pipeline.BATCH, concurrency=plan["judges"], num_cpus=share,
+                                batch_size=batch, concurrency=plan["judges"], num_cpus=share,
                                 batch_format="numpy", zero_copy_batch=True)
             column = "result"
         done = np.zeros(len(items), bool)
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                for i, obj in zip(batch["i"], batch[column]):
+                for i, cargo in zip(batch["i"], batch[column]):
                     if done[i]:  # a retried batch whose first run was also delivered: once only
                         continue
                     done[i] = True
-                    yield int(i), obj
+                    yield int(i), cargo.obj
         except ray.exceptions.RayError as exc:
             cause = _cause(exc)
             if isinstance(cause, LikenessError):

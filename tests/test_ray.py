@@ -234,6 +234,35 @@ def test_clip_features_are_embedded_on_their_own_workers(media: dict[str, Path],
     assert json.loads((tmp_path / "ray" / "run.json").read_text())["engine"]["embeds"] == 1
 
 
+def test_videos_travel_in_small_batches_with_the_local_verdicts(cluster: str, tmp_path: Path) -> None:
+    from scanner import video
+
+    refs, outs = tmp_path / "refs", tmp_path / "outputs"
+    refs.mkdir()
+    outs.mkdir()
+    for i in range(3):
+        synthetic_picture(200 + i).save(refs / f"work{i}.png")
+    video.write_clip(refs / "trailer.mp4", [(synthetic_picture(240), 2.0), (synthetic_picture(241), 2.0)], fps=10)
+    video.write_clip(outs / "recut.mp4", [(synthetic_picture(300), 1.0), (synthetic_picture(241), 2.0)], fps=10)
+    video.write_clip(outs / "still.mp4", [(synthetic_picture(301), 1.0), (synthetic_picture(201), 2.0)], fps=10)
+    video.write_clip(outs / "other.mp4", [(synthetic_picture(302), 1.5), (synthetic_picture(303), 1.5)], fps=10)
+    synthetic_picture(202).save(outs / "copy.png")
+    index = tmp_path / "index"
+    built = likeness("index", "build", str(refs), "--index", str(index), "--features", "image-phash,image-local", "-q")
+    assert built.returncode == 0, built.stdout + built.stderr
+    for engine in ("local", "ray"):
+        where = ["--address", cluster] if engine == "ray" else []
+        run = likeness("scan", str(outs), "--index", str(index), "--out", str(tmp_path / engine),
+                       "--engine", engine, *where, "-q")
+        assert run.returncode == 1, run.stdout + run.stderr
+    assert_same(tmp_path / "ray", tmp_path / "local")
+    ray, local = by_path(tmp_path / "ray"), by_path(tmp_path / "local")
+    verdicts = {Path(p).name: r["verdict"] for p, r in ray.items()}
+    assert verdicts == {"recut.mp4": "flagged", "still.mp4": "flagged", "other.mp4": "clear", "copy.png": "flagged"}
+    for path, r in local.items():
+        assert ray[path].get("video") == r.get("video"), path  # keyframes, timeline with timecodes
+
+
 def test_engine_options_are_checked(media: dict[str, Path]) -> None:
     run = likeness("scan", str(media["outputs"]), "--index", str(media["index"]), "--workers", "2")
     assert run.returncode == 2 and "--engine ray" in run.stderr
