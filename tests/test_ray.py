@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -261,6 +262,23 @@ def test_videos_travel_in_small_batches_with_the_local_verdicts(cluster: str, tm
     assert verdicts == {"recut.mp4": "flagged", "still.mp4": "flagged", "other.mp4": "clear", "copy.png": "flagged"}
     for path, r in local.items():
         assert ray[path].get("video") == r.get("video"), path  # keyframes, timeline with timecodes
+
+
+def test_ray_index_add_extends_the_index(media: dict[str, Path], cluster: str, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    shutil.copytree(media["index"], index)
+    new = tmp_path / "new"
+    new.mkdir()
+    for i in range(2):
+        synthetic_picture(700 + i).save(new / f"late{i}.png")
+    run = likeness("index", "add", str(new), "--index", str(index), "--engine", "ray", "--address", cluster, "-q")
+    assert run.returncode == 0, run.stdout + run.stderr
+    said = " ".join(run.stdout.split())  # the console wraps long lines
+    assert "added 2 work(s)" in said and "now holds 12 work(s)" in said
+    assert likeness("index", "verify", "--index", str(index)).returncode == 0
+    synthetic_picture(701).save(tmp_path / "copy.png")
+    found = likeness("check", str(tmp_path / "copy.png"), "--index", str(index))
+    assert found.returncode == 1 and "late1.png" in " ".join(found.stdout.split()), found.stdout
 
 
 def test_engine_options_are_checked(media: dict[str, Path]) -> None:
