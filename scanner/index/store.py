@@ -35,6 +35,7 @@ import signal
 import sqlite3
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -405,12 +406,17 @@ class Index:
     def works(self) -> dict[int, Work]:
         """Every work in the catalog, by id."""
         if self._works is None:
-            cur = self.catalog().execute(
-                "SELECT id, path, sha256, modality, title, rights_holder, licence, notes, licensed,"
-                " added_at, featureless FROM works ORDER BY id")
-            self._works = {r[0]: Work(*r[:8], licensed=bool(r[8]), added_at=r[9], featureless=r[10])
-                           for r in cur}
+            cur = self.catalog().execute(f"SELECT {_WORK_COLUMNS} FROM works ORDER BY id")
+            self._works = {r[0]: _work(r) for r in cur}
         return self._works
+
+    def work_lookup(self) -> "WorkLookup":
+        """Works by id, each read from the catalog when first asked for.
+
+        For a scan: it needs the works that matched, not a million of them read
+        at start (12.5 s at 1M works with :meth:`works`).
+        """
+        return WorkLookup(self)
 
     def close(self) -> None:
         if self._catalog is not None:
@@ -422,6 +428,39 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_WORK_COLUMNS = ("id, path, sha256, modality, title, rights_holder, licence, notes, licensed, added_at,"
+                 " featureless")
+
+
+def _work(row: Sequence[Any]) -> Work:
+    return Work(*row[:8], licensed=bool(row[8]), added_at=row[9], featureless=row[10])
+
+
+class WorkLookup(Mapping[int, Work]):
+    """A read-only mapping of work id to :class:`Work` over an index's catalog, read on demand and kept."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._seen: dict[int, Work | None] = {}
+
+    def __getitem__(self, work_id: int) -> Work:
+        try:
+            work = self._seen[work_id]
+        except KeyError:
+            row = self._index.catalog().execute(f"SELECT {_WORK_COLUMNS} FROM works WHERE id = ?",
+                                                (int(work_id),)).fetchone()
+            work = self._seen[work_id] = _work(row) if row is not None else None
+        if work is None:
+            raise KeyError(work_id)
+        return work
+
+    def __iter__(self) -> Iterator[int]:
+        return (r[0] for r in self._index.catalog().execute("SELECT id FROM works ORDER BY id"))
+
+    def __len__(self) -> int:
+        return self._index.n_works
 
 
 def _read_manifest(path: Path, *, hmac_key: bytes | None) -> dict[str, Any]:
