@@ -135,15 +135,50 @@ class LandmarkTable:
     xy: np.ndarray
     size: np.ndarray
     _by_work: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _spans: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def work_rows(self, work_id: int) -> np.ndarray:
         """Row numbers of one work's keypoints, int64."""
-        if not self._by_work:
-            order = np.argsort(self.rows[:, 0], kind="stable")
-            works, starts = np.unique(self.rows[order, 0], return_index=True)
-            for w, part in zip(works, np.split(order, starts[1:])):
-                self._by_work[int(w)] = part
+        if self._spans is None and not self._by_work:
+            object.__setattr__(self, "_spans", _work_spans(self.rows[:, 0]))  # a cache on a frozen table
+            if self._spans is None:  # rows out of work order (works removed and re-added): a map
+                order = np.argsort(self.rows[:, 0], kind="stable")
+                works, starts = np.unique(self.rows[order, 0], return_index=True)
+                for w, part in zip(works, np.split(order, starts[1:])):
+                    self._by_work[int(w)] = part
+        if self._spans is not None:
+            works, bounds = self._spans
+            at = int(np.searchsorted(works, work_id))
+            if at < len(works) and works[at] == work_id:
+                return np.arange(bounds[at], bounds[at + 1], dtype=np.int64)
         return self._by_work.get(int(work_id), np.zeros(0, np.int64))
+
+
+def _work_spans(work_of_row: np.ndarray, block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each work's rows start and end, when rows are in work order (as an index writes them).
+
+    Returns the works (sorted) and their bounds (``bounds[i]:bounds[i + 1]``
+    are the rows of ``works[i]``), or ``None`` when the rows are out of
+    order. Read in blocks: the row map may be a memory-mapped file of
+    billions of rows, and only ``O(works)`` is kept.
+    """
+    works: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    last = None
+    for lo in range(0, len(work_of_row), block):
+        col = np.asarray(work_of_row[lo:lo + block])
+        if np.any(col[1:] < col[:-1]) or (last is not None and col[0] < last):
+            return None
+        cut = np.flatnonzero(col[1:] != col[:-1]) + 1
+        if last is None or col[0] != last:
+            cut = np.concatenate([[0], cut])
+        works.append(col[cut])
+        starts.append(cut + lo)
+        last = col[-1]
+    if not works:
+        return np.zeros(0, np.int64), np.zeros(1, np.int64)
+    return (np.concatenate(works).astype(np.int64),
+            np.concatenate([*starts, [len(work_of_row)]]).astype(np.int64))
 
 
 def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.ndarray | None = None, *,

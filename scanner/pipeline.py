@@ -819,6 +819,7 @@ class Scanner:
         self.options = options or FeatureOptions()
         self.policy = policy or pol.Policy.from_params(self.index.policy)
         self.featurizers = features_for_index(self.index, self.options)
+        self.index.catalog()  # verified now, with every other file, before the first result
         self.works = self.index.work_lookup()  # read as matches need them
         self.candidates = candidates
         self.decisions = ledger.load(index_dir)  # people's decisions are honoured, not re-escalated

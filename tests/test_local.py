@@ -260,3 +260,27 @@ def test_an_inverted_file_keeps_its_codes_memory_mapped_beside_it(tmp_path: Path
         fh.write(b"\x00" if codes[-1, -1] else b"\x01")
     with pytest.raises(Exception, match="codes.npy"):
         store.verify_index(path)
+
+
+def test_work_rows_from_spans_and_from_a_map() -> None:
+    """A work's keypoint rows: spans when rows are in work order (read in blocks), a map otherwise."""
+    from scanner.match import LandmarkTable, _work_spans
+
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        n = int(rng.integers(0, 80))
+        col = np.sort(rng.integers(0, 12, n)).astype(np.int32)
+        if trial % 3 == 0 and n > 2:
+            col = rng.permutation(col)  # works removed and added again
+        rows = np.stack([col, np.arange(n, dtype=np.int32)], axis=1)
+        table = LandmarkTable(rows, np.zeros((n, 32), np.uint8), np.zeros((n, 2), np.float32),
+                              np.zeros((n, 2), np.float32))
+        for w in range(-1, 14):
+            np.testing.assert_array_equal(np.sort(table.work_rows(w)), np.flatnonzero(col == w))
+        spans = _work_spans(col, block=int(rng.integers(1, 9)))
+        assert (spans is None) == bool(np.any(np.diff(col) < 0))
+        if spans is not None:
+            works, bounds = spans
+            assert len(np.unique(works)) == len(works)
+            for w, lo, hi in zip(works, bounds[:-1], bounds[1:]):
+                assert hi > lo and np.all(col[lo:hi] == w)
