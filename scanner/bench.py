@@ -18,6 +18,13 @@ Every figure is measured in the same process as the limit it is compared with:
 For ``binary`` and ``postings`` the ``gflops`` and ``peak_gflops`` keys carry those
 GB/s figures (``unit`` says which), so every result has the same keys; ``load1``
 is the 1-minute load average when the run ended (the machine may be shared).
+int8 on the CPU counts integer operations the same way (``2·N·Q·D``) against an
+int8 ``torch._int_mm`` of the same size. ``build_s`` is the time to build the
+searcher from the fp32 rows (a copy, quantisation, an IVF or an HNSW graph) and
+``index_mb`` how much the process's resident memory grew meanwhile (what the
+searcher holds); HNSW rows (:class:`HnswSearcher`, the ``ann`` extra) have no
+``gflops``: the distances a graph walk computes are not counted.
+:func:`bench_compare` runs several paths on the same data, timed in turns.
 
 Recall@k is measured against exact fp32 search (faiss flat on the CPU, plain
 fp32 torch on CUDA) on the first ``recall_queries`` queries.
@@ -40,7 +47,7 @@ LOG = logging.getLogger(__name__)
 
 #: The JSON keys of every result, in order.
 KEYS = ("qps", "gflops", "peak_gflops", "ratio", "recall", "rss_mb", "backend", "precision",
-        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms")
+        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms", "build_s", "index_mb")
 KINDS = ("dense", "binary", "postings")
 
 
@@ -200,8 +207,9 @@ def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None 
 
     Parameters
     ----------
-    precision : {"fp32", "bf16", "fp16", "int8"}; int8 storage is computed in bf16
-        (CPU) or fp16 (CUDA), so its peak is theirs
+    precision : {"fp32", "bf16", "fp16", "int8"}; int8 is an int8 x int8 -> int32
+        ``torch._int_mm`` on the CPU (the kernel the int8 search runs; GOP/s) and fp16 on
+        CUDA (int8 rows widen to fp16 there), so its peak is that GEMM's
     device : {"cpu", "cuda"}
     size : int, default 4096 on the CPU, 8192 on CUDA
     repeat : int, timed runs after a warm-up (the best counts)
@@ -216,13 +224,19 @@ def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None 
     cuda = device.startswith("cuda")
     size = size or (8192 if cuda else 4096)
     _, dtype = search._torch_dtype(precision, device)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    if dtype == torch.int8:
+        a = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
+        b = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
+        product = lambda: torch._int_mm(a, b.T)  # noqa: E731  (the search's layout: rows x codes.T)
+    else:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        product = lambda: a @ b  # noqa: E731
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, not TF32
     try:
-        t = _best_time(lambda: a @ b, repeat, sync)
+        t = _best_time(product, repeat, sync)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     flops = 2 * size**3 / t / 1e9
@@ -302,6 +316,146 @@ def plain_torch_knn(refs: np.ndarray, queries: np.ndarray, k: int, *, device: st
     return np.concatenate(out_d), np.concatenate(out_i)
 
 
+#: Graph (HNSW) libraries ``bench search`` compares when installed (the ``ann`` extra).
+ANN_BACKENDS = ("hnswlib", "usearch")
+#: HNSW graph parameters used for both libraries: links per node, build beam width.
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 128
+#: Recall@10 the search beam (``ef``) of a graph index is tuned to, as IVF's nprobe is.
+ANN_TARGET_RECALL = 0.95
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB (``/proc/self/statm``; 0 where absent)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class HnswSearcher(search.Searcher):
+    """An HNSW graph from ``hnswlib`` or ``usearch`` behind the :class:`~scanner.index.search.Searcher` interface.
+
+    For comparison in ``bench search`` only (the ``ann`` extra): an HNSW graph cannot
+    remove a vector, so the scanner's own indexes are flat or IVF. Both libraries get
+    the same graph (``M`` links per node, beam ``ef_construction`` while building);
+    ``ef`` (the search beam) is set afterwards, see :func:`tune_ef`.
+
+    Parameters
+    ----------
+    refs : float32 ``[shape=(N, d)]``, L2-normalised
+    library : {"hnswlib", "usearch"}
+    precision : {"fp32", "bf16", "fp16", "int8"}; usearch stores the vectors in it, hnswlib
+        only in fp32
+    M, ef_construction : int > 0
+    threads : int or None, build and search threads (default: the CPUs this process may use)
+    """
+
+    def __init__(self, refs: np.ndarray, *, library: str = "hnswlib", precision: str = "fp32", M: int = HNSW_M,
+                 ef_construction: int = HNSW_EF_CONSTRUCTION, threads: int | None = None):
+        if library not in ANN_BACKENDS:
+            raise ParameterError(f"library must be one of {ANN_BACKENDS}, given library={library!r}")
+        dtypes = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "i8"}
+        if precision not in dtypes or (library == "hnswlib" and precision != "fp32"):
+            raise ParameterError(f"{library} stores fp32{', bf16, fp16 or int8' if library == 'usearch' else ''} "
+                                 f"vectors, given precision={precision!r}")
+        refs = search._check_refs(refs, "ip")
+        self.library, self.M, self.ef_construction = library, M, ef_construction
+        self.threads = threads or max(1, len(os.sched_getaffinity(0)))
+        self.ntotal, self.dim = refs.shape
+        self.ef = 0
+        ids = np.arange(self.ntotal, dtype=np.int64)
+        if library == "hnswlib":
+            try:
+                import hnswlib
+            except ImportError:
+                raise ParameterError("hnswlib is not installed (pip install 'likeness-scanner[ann]')") from None
+            self.index = hnswlib.Index(space="ip", dim=self.dim)
+            self.index.init_index(max_elements=max(1, self.ntotal), ef_construction=ef_construction, M=M)
+            self.index.set_num_threads(self.threads)
+            self.index.add_items(refs, ids)
+            self.nbytes = self.ntotal * (4 * self.dim + 8 * M + 16)     # vectors + level-0 links + labels
+        else:
+            try:
+                from usearch.index import Index
+            except ImportError:
+                raise ParameterError("usearch is not installed (pip install 'likeness-scanner[ann]')") from None
+            self.index = Index(ndim=self.dim, metric="ip", dtype=dtypes[precision], connectivity=M,
+                               expansion_add=ef_construction)
+            self.index.add(ids, refs, threads=self.threads)
+            self.nbytes = int(self.index.memory_usage)
+        self.set_ef(64)
+
+    def set_ef(self, ef: int) -> None:
+        """Search beam width: more finds more true neighbours, slower."""
+        self.ef = int(ef)
+        if self.library == "hnswlib":
+            self.index.set_ef(self.ef)
+        else:
+            self.index.expansion_search = self.ef
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.library == "hnswlib":
+            if self.ef < k:
+                self.index.set_ef(k)                # hnswlib refuses a beam narrower than k
+            labels, dist = self.index.knn_query(queries, k=k, num_threads=self.threads)
+            self.index.set_ef(self.ef)
+            return (1.0 - dist).astype(np.float32), labels.astype(np.int64)
+        found = self.index.search(queries, k, threads=self.threads)
+        keys = np.asarray(found.keys, np.int64).reshape(len(queries), -1)
+        dist = np.asarray(found.distances, np.float32).reshape(len(queries), -1)
+        ok = np.arange(keys.shape[1]) < np.asarray(found.counts).reshape(-1, 1)
+        return np.where(ok, 1.0 - dist, -np.finfo(np.float32).max).astype(np.float32), np.where(ok, keys, -1)
+
+
+def tune_ef(searcher: HnswSearcher, queries: np.ndarray, truth: np.ndarray, *,
+            target: float = ANN_TARGET_RECALL) -> tuple[int, float]:
+    """Smallest power-of-two ``ef`` (16 to 1024) whose recall@k on ``queries`` reaches ``target``.
+
+    Returns
+    -------
+    ef : int, set on ``searcher``
+    recall : float, measured at that ``ef``
+    """
+    k = truth.shape[1]
+    ef, recall = 16, 0.0
+    while True:
+        searcher.set_ef(ef)
+        recall = search.recall_at_k(searcher.search(queries, k)[1], truth)
+        if recall >= target or ef >= 1024:
+            return ef, recall
+        ef *= 2
+
+
+def _dataset(kind: str, n_refs: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "binary":
+        codes = synthetic_codes(n_refs + n_queries, dim, seed=seed)
+        return codes[:n_refs], codes[n_refs:]
+    mix = GaussianMixture(dim, seed=seed)
+    return mix.sample(n_refs, seed=seed + 1), mix.sample(n_queries, seed=seed + 2)
+
+
+def _tuning_queries(kind: str, dim: int, seed: int, n: int = 200) -> np.ndarray:
+    """Queries that tune a graph's ``ef``: fresh draws, not the queries whose recall is reported."""
+    return GaussianMixture(dim, seed=seed).sample(n, seed=seed + 3)
+
+
+def _parse_entry(entry: str, default_precision: str) -> tuple[str, str, str]:
+    """``backend[:precision]`` (``faiss-ivf`` for faiss's IVF) → (backend, precision, index)."""
+    backend, _, precision = entry.strip().partition(":")
+    index = "flat"
+    if backend == "faiss-ivf":
+        backend, index = "faiss", "ivf"
+    return backend, precision or default_precision, index
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, v in sizes.items():
+        if v < 1:
+            raise ParameterError(f"{name} must be >= 1, given {name}={v}")
+
+
 def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int = 10, backend: str = "auto",
                  precision: str = "fp32", device: str = "cpu", kind: str = "dense", recall_queries: int = 1000,
                  repeat: int = 1, seed: int = 0, measure_peak: bool = True, index: str = "flat",
@@ -314,9 +468,11 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
         (a multiple of 8, e.g. 64 or 256); for ``kind="postings"`` ``n_refs`` is
         postings, ``n_queries`` query hashes, and ``dim`` and ``k`` are unused
         (see :func:`bench_postings`)
-    backend : {"faiss", "torch", "numpy", "torch-plain", "auto"}; ``torch-plain`` is the
-        naive fp32 ``matmul`` + ``topk`` baseline (:func:`plain_torch_knn`); ``auto``
-        is faiss for dense and binary, numpy for postings
+    backend : {"faiss", "torch", "numpy", "torch-plain", "hnswlib", "usearch", "auto"};
+        ``torch-plain`` is the naive fp32 ``matmul`` + ``topk`` baseline
+        (:func:`plain_torch_knn`); ``hnswlib`` and ``usearch`` build an HNSW graph
+        (:class:`HnswSearcher`, the ``ann`` extra) whose ``ef`` is tuned to recall@10
+        >= 0.95 on separate queries; ``auto`` is faiss for dense and binary, numpy for postings
     precision : {"fp32", "bf16", "fp16", "int8"}
     device : {"cpu", "cuda", "auto"}
     kind : {"dense", "binary", "postings"}
@@ -338,9 +494,7 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     """
     if kind not in KINDS:
         raise ParameterError(f"kind must be one of {KINDS}, given kind={kind!r}")
-    for name, v in (("n_refs", n_refs), ("dim", dim), ("n_queries", n_queries), ("k", k), ("repeat", repeat)):
-        if v < 1:
-            raise ParameterError(f"{name} must be >= 1, given {name}={v}")
+    _check_sizes(n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, repeat=repeat)
     if backend == "auto":
         backend = "numpy" if kind == "postings" else "faiss"
     if kind == "postings":
@@ -348,101 +502,177 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
             raise ParameterError("kind='postings' is a CPU lookup of uint32 keys: use --precision fp32 --device cpu")
         return bench_postings(n_postings=n_refs, n_hashes=n_queries, backend=backend, repeat=repeat, seed=seed,
                               recall_hashes=min(recall_queries, n_queries), measure_peak=measure_peak)
+    return bench_compare([f"{backend}:{precision}"], n_refs=n_refs, dim=dim, n_queries=n_queries, k=k,
+                         device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed,
+                         measure_peak=measure_peak, index=index, single=single, options=options)[0]
+
+
+def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int = 10,
+                  device: str = "cpu", kind: str = "dense", recall_queries: int = 1000, repeat: int = 1,
+                  seed: int = 0, measure_peak: bool = True, index: str = "flat", single: bool = False,
+                  options: dict[str, Any] | None = None, turns: int | None = 2048,
+                  skipped: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Several search paths on the same data, timed in turns, one row each.
+
+    The references and queries are generated once and every path is built; then the
+    paths take turns on slices of ``turns`` queries (path 1 on slice 1, path 2 on
+    slice 1, ..., path 1 on slice 2, ...), so load from other work on a shared machine
+    falls on all of them alike; each path's time is the sum over its slices, the
+    fastest of ``repeat`` such rounds. Recall is against one exact search of the
+    first ``recall_queries`` queries, and each precision's peak is measured once.
+
+    Parameters
+    ----------
+    entries : list of ``backend[:precision]``, e.g. ``["faiss", "torch:int8", "hnswlib",
+        "usearch:int8"]``; ``faiss-ivf`` is faiss's IVF (see :func:`bench_search` for the
+        backends). ``hnswlib`` and ``usearch`` entries are left out when the library is
+        not installed, with a line through ``skipped``
+    turns : int or None, queries per slice in batch mode (None: all queries in one call;
+        every backend blocks queries by 1024 to 4096 itself, so slices of 2048 keep its shape)
+    skipped : callable or None, told ``"<backend>: <reason>"`` for each path left out
+    (other parameters as :func:`bench_search`; ``index`` applies to every entry, so a list
+    mixing faiss's IVF with other backends names it as ``faiss-ivf`` instead)
+
+    Returns
+    -------
+    rows : list of dicts with exactly :data:`KEYS`, in the order of ``entries``
+    """
+    if kind not in ("dense", "binary"):
+        raise ParameterError(f"kind must be dense or binary here, given kind={kind!r}")
+    _check_sizes(n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, repeat=repeat)
     device = search.resolve_device(device)
     cuda = device.startswith("cuda")
     metric = "hamming" if kind == "binary" else "ip"
-    LOG.info("bench: %s %s %s on %s, %d refs x %d, %d queries, k=%d", kind, backend, precision, device,
-             n_refs, dim, n_queries, k)
-    if kind == "binary":
-        codes = synthetic_codes(n_refs + n_queries, dim, seed=seed)
-        refs, queries = codes[:n_refs], codes[n_refs:]
-    else:
-        mix = GaussianMixture(dim, seed=seed)
-        refs, queries = mix.sample(n_refs, seed=seed + 1), mix.sample(n_queries, seed=seed + 2)
-
-    if index != "flat" and (backend != "faiss" or kind != "dense"):
-        raise ParameterError(f"index={index!r} is for --backend faiss --kind dense only")
-    built = None
-    if backend == "torch-plain":
-        if precision != "fp32" or kind != "dense":
+    paths = []
+    for entry in entries:
+        backend, precision, path_index = _parse_entry(entry, "fp32")
+        if path_index == "flat":
+            path_index = index
+        if backend in search.PRECISIONS or precision not in search.PRECISIONS:
+            raise ParameterError(f"an entry is backend[:precision], given {entry!r}")
+        if path_index != "flat" and (backend != "faiss" or kind != "dense"):
+            raise ParameterError(f"index={path_index!r} is for --backend faiss --kind dense only")
+        if backend in ANN_BACKENDS:
+            if kind != "dense":
+                raise ParameterError(f"{backend} searches dense vectors only")
+            try:
+                __import__(backend)
+            except ImportError:
+                if skipped is not None:
+                    skipped(f"{backend}: not installed (pip install 'likeness-scanner[ann]'), left out")
+                continue
+        elif backend == "torch-plain" and (precision != "fp32" or kind != "dense"):
             raise ParameterError("backend='torch-plain' is the dense fp32 baseline only")
-        run = lambda: plain_torch_knn(refs, queries, k, device=device)  # noqa: E731
-    elif index != "flat":
-        t0 = time.perf_counter()
-        built, params = search.build_faiss_index(refs, "ip", kind=index, seed=seed)
-        LOG.info("bench: built %s in %.1f s", params, time.perf_counter() - t0)
-        searcher = search.FaissSearcher(built, **(options or {}))
-        run = lambda: searcher.search(queries, k)  # noqa: E731
-    else:
-        searcher = search.make_searcher(refs, metric=metric, backend=backend, device=device,
-                                        precision=precision, **(options or {}))
-        run = lambda: searcher.search(queries, k)  # noqa: E731
+        elif backend not in ANN_BACKENDS + ("torch-plain",) + search.BACKENDS:
+            raise ParameterError(f"backend must be one of {search.BACKENDS + ('torch-plain',) + ANN_BACKENDS}, "
+                                 f"given backend={backend!r}")
+        paths.append((backend, precision, path_index))
+    LOG.info("bench: %s %s on %s, %d refs x %d, %d queries, k=%d", kind, entries, device, n_refs, dim,
+             n_queries, k)
+    refs, queries = _dataset(kind, n_refs, dim, n_queries, seed)
+    m = min(recall_queries, n_queries)
+    truth = None
+    if m and kind == "dense":
+        truth = exact_knn(refs, queries[:m], k, metric=metric, device=device)
+
+    built = []
+    for backend, precision, path_index in paths:
+        # libraries load before the clock and the memory count start: index_mb is the index's own
+        __import__("torch" if backend.startswith("torch") else backend)
+        rss0, t0 = current_rss_mb(), time.perf_counter()
+        label, visited, searcher = path_index, 1.0, None
+        if backend == "torch-plain":
+            run = lambda q: plain_torch_knn(refs, q, k, device=device)  # noqa: E731
+        else:
+            if backend in ANN_BACKENDS:
+                searcher = HnswSearcher(refs, library=backend, precision=precision, **(options or {}))
+            elif path_index != "flat":
+                ivf, params = search.build_faiss_index(refs, "ip", kind=path_index, seed=seed)
+                searcher = search.FaissSearcher(ivf, **(options or {}))
+                label = f"ivf{ivf.nlist},nprobe{ivf.nprobe}"
+                # an inverted file computes only the lists it probes: count those flops, not N's
+                visited = searcher.visited / n_refs
+            else:
+                searcher = search.make_searcher(refs, metric=metric, backend=backend, device=device,
+                                                precision=precision, **(options or {}))
+            run = lambda q, s=searcher: s.search(q, k)  # noqa: E731
+        build_s = time.perf_counter() - t0
+        if isinstance(searcher, HnswSearcher):
+            tq = _tuning_queries(kind, dim, seed)
+            ef, tuned = tune_ef(searcher, tq, exact_knn(refs, tq, k, metric=metric, device=device))
+            label = f"hnsw M{searcher.M} efc{searcher.ef_construction} ef{ef}"
+            visited = None                                   # distances computed: not known
+            LOG.info("bench: %s ef %d reaches recall %.3f on tuning queries", backend, ef, tuned)
+        built.append({"run": run, "searcher": searcher, "label": label, "visited": visited,
+                      "build_s": build_s, "index_mb": current_rss_mb() - rss0})
+
+    sync: Callable[[], None] = (lambda: None)
     if cuda:
         import torch
-        sync: Callable[[], None] = torch.cuda.synchronize
-    else:
-        sync = lambda: None  # noqa: E731
-    best, found, p50 = float("inf"), None, None
-    if single:
-        one = (lambda q: plain_torch_knn(refs, q, k, device=device)) if backend == "torch-plain" else (
-            lambda q: searcher.search(q, k))
-        one(queries[:1])                                    # warm-up
-        lat, parts = [], []
-        for _ in range(repeat):
-            for i in range(n_queries):
+        sync = torch.cuda.synchronize
+    for b in built:                                          # warm-up: first-touch, autotune, caches
+        b["run"](queries[:1] if single else queries[:min(len(queries), 64)])
+        b.update(best=float("inf"), found=None, lat=[])
+    # the paths take turns slice by slice (one query at a time with ``single``), so a load
+    # that comes and goes on a shared machine falls on every path alike; a path's time is
+    # the sum over its slices, the fastest of ``repeat`` rounds (single: the median latency)
+    step = 1 if single else max(1, turns or n_queries)
+    for _ in range(repeat):
+        for b in built:
+            b["took"], b["parts"] = 0.0, []
+        for s0 in range(0, n_queries, step):
+            for b in built:
                 sync()
                 t0 = time.perf_counter()
-                parts.append(one(queries[i:i + 1]))
+                b["parts"].append(b["run"](queries[s0:s0 + step]))
                 sync()
-                lat.append(time.perf_counter() - t0)
-        parts = parts[:n_queries]
-        found = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-        p50 = float(np.median(lat))
-        best = p50 * n_queries
-    else:
-        for _ in range(repeat):
-            sync()
-            t0 = time.perf_counter()
-            found = run()
-            sync()
-            best = min(best, time.perf_counter() - t0)
+                dt = time.perf_counter() - t0
+                b["took"] += dt
+                b["lat"].append(dt)
+        for b in built:
+            took = float(np.median(b["lat"])) * n_queries if single else b["took"]
+            if took < b["best"] or single:
+                b["best"] = took
+                b["found"] = (np.concatenate([p[0] for p in b["parts"]]), np.concatenate([p[1] for p in b["parts"]]))
 
-    recall = None
-    if recall_queries:
-        m = min(recall_queries, n_queries)
-        if kind == "binary":
+    peaks: dict[str, float | None] = {}
+    rows = []
+    for (backend, precision, _), b in zip(paths, built):
+        best, found = b["best"], b["found"]
+        recall = None
+        if m and kind == "binary":
             # Hamming distances tie a lot: a found row counts when it is as near as the k-th true one
-            exact = searcher if backend == "faiss" else search.make_searcher(refs, metric="hamming",
-                                                                              backend=_exact_backend())
+            exact = b["searcher"] if backend == "faiss" else search.make_searcher(refs, metric="hamming",
+                                                                                   backend=_exact_backend())
             td, _ = exact.search(queries[:m], k)
             recall = round(float((found[0][:m] <= td[:, -1:]).mean()), 5)
-        else:
-            truth = exact_knn(refs, queries[:m], k, metric=metric, device=device)
+        elif m:
             recall = round(search.recall_at_k(found[1][:m], truth), 5)
+        if kind == "binary":
+            achieved = n_refs * n_queries * (dim // 8) / best / 1e9          # GB/s of codes scanned
+            key = "bandwidth"
+        else:
+            achieved = None if b["visited"] is None else 2.0 * n_refs * n_queries * dim / best / 1e9 * b["visited"]
+            key = precision if backend in ("faiss", "torch", "numpy", "torch-plain") else None
+        if measure_peak and key is not None and key not in peaks:
+            peaks[key] = memory_bandwidth(device) if key == "bandwidth" else gemm_peak(precision, device)
+        rows.append(_result(qps=n_queries / best, achieved=achieved, peak=peaks.get(key), recall=recall,
+                            backend=backend, precision=precision, n_refs=n_refs, dim=dim, n_queries=n_queries,
+                            k=k, kind=kind, index=b["label"],
+                            p50_ms=float(np.median(b["lat"])) * 1e3 if single else None,
+                            build_s=b["build_s"], index_mb=b["index_mb"]))
+    return rows
 
-    if kind == "binary":
-        achieved = n_refs * n_queries * (dim // 8) / best / 1e9          # GB/s of codes scanned
-        peak = memory_bandwidth(device) if measure_peak else None
-    else:
-        achieved = 2.0 * n_refs * n_queries * dim / best / 1e9
-        peak = gemm_peak(precision, device) if measure_peak else None
-    if built is not None:
-        # an inverted file computes only the lists it probes: count those flops, not N's
-        achieved *= searcher.visited / n_refs
-    return _result(qps=n_queries / best, achieved=achieved, peak=peak, recall=recall, backend=backend,
-                   precision=precision, n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, kind=kind,
-                   index=index if built is None else f"ivf{built.nlist},nprobe{built.nprobe}",
-                   p50_ms=None if p50 is None else p50 * 1e3)
 
-
-def _result(*, qps: float, achieved: float, peak: float | None, recall: float | None, backend: str,
+def _result(*, qps: float, achieved: float | None, peak: float | None, recall: float | None, backend: str,
             precision: str, n_refs: int, dim: int, n_queries: int, k: int, kind: str, index: str = "flat",
-            p50_ms: float | None = None) -> dict[str, Any]:
+            p50_ms: float | None = None, build_s: float | None = None,
+            index_mb: float | None = None) -> dict[str, Any]:
     result = {
         "qps": round(qps, 2),
-        "gflops": round(achieved, 2),
+        "gflops": None if achieved is None else round(achieved, 2),
         "peak_gflops": None if peak is None else round(peak, 2),
-        "ratio": None if peak is None else round(achieved / peak, 4),
+        "ratio": None if peak is None or achieved is None else round(achieved / peak, 4),
         "recall": recall,
         "rss_mb": round(rss_mb(), 1),
         "backend": backend,
@@ -456,6 +686,8 @@ def _result(*, qps: float, achieved: float, peak: float | None, recall: float | 
         "load1": load1(),
         "index": index if kind == "dense" else kind,
         "p50_ms": None if p50_ms is None else round(p50_ms, 3),
+        "build_s": None if build_s is None else round(build_s, 3),
+        "index_mb": None if index_mb is None else round(index_mb, 1),
     }
     return {key: result[key] for key in KEYS}
 

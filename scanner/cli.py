@@ -492,10 +492,37 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
                                                          "makes (dense, faiss)."),
                      single: bool = typer.Option(False, "--single",
                                                  help="Latency mode: one query per search; reports p50_ms."),
-                     as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+                     compare: str = typer.Option("", "--compare",
+                                                 help="Several paths on the same data, timed in turns, e.g. "
+                                                      "faiss,torch:int8,torch:bf16,numpy,hnswlib,usearch:int8 "
+                                                      "(backend[:precision]; faiss-ivf for faiss's IVF); hnswlib "
+                                                      "and usearch are left out when not installed."),
+                     as_json: bool = typer.Option(False, "--json",
+                                                  help="Print one JSON object (a list with --compare).")) -> None:
     """Batched top-k search throughput vs the machine's GEMM peak (or memory bandwidth for binary/postings)."""
-    from scanner.bench import bench_search
+    from scanner.bench import bench_compare, bench_search
 
+    if compare:
+        rows = bench_compare([e for e in compare.split(",") if e.strip()], n_refs=refs, dim=dim, n_queries=queries,
+                             k=k, device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed,
+                             index=index_kind, single=single,
+                             skipped=lambda line: err.print(f"bench: {line}", highlight=False))
+        if not rows:
+            raise typer.BadParameter(f"--compare {compare!r}: every path was left out")
+        if as_json:
+            print(json.dumps(rows))
+            return
+        base = rows[0]["qps"]
+        out.print(f"{kind}: {refs} refs x {dim}, {queries} queries, k={k}, load average "
+                  f"{rows[-1]['load1']}", highlight=False)
+        fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
+        for r in rows:
+            out.print(f"  {r['backend']} {r['precision']} ({r['index']}): {r['qps']:.1f} queries/s "
+                      f"({r['qps'] / base:.2f}x the first), {fmt(r['ratio'], '.0%')} of peak, recall "
+                      f"{fmt(r['recall'], '.4f')}, built in {fmt(r['build_s'], '.1f')} s, index "
+                      f"{fmt(r['index_mb'], '.0f')} MB" + (f", p50 {r['p50_ms']:.2f} ms" if single else ""),
+                      highlight=False)
+        return
     result = bench_search(n_refs=refs, dim=dim, n_queries=queries, k=k, backend=backend, precision=precision,
                           device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed,
                           index=index_kind, single=single)
@@ -505,9 +532,11 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
     unit = result["unit"]
     out.print(f"{result['backend']} {result['precision']} {kind}: {result['n_refs']} refs x {result['dim']}, "
               f"{result['n_queries']} queries, k={result['k']}", highlight=False)
-    out.print(f"  {result['qps']:.1f} queries/s, {result['gflops']:.1f} {unit} of {result['peak_gflops']:.1f} "
-              f"peak ({result['ratio']:.0%}), recall {result['recall']}, peak RSS {result['rss_mb']:.0f} MB, "
-              f"load average {result['load1']}", highlight=False)
+    speed = ("" if result["gflops"] is None or result["peak_gflops"] is None else
+             f"{result['gflops']:.1f} {unit} of {result['peak_gflops']:.1f} peak ({result['ratio']:.0%}), ")
+    held = "" if result["index_mb"] is None else f"index {result['index_mb']:.0f} MB, "
+    out.print(f"  {result['qps']:.1f} queries/s, {speed}recall {result['recall']}, {held}peak RSS "
+              f"{result['rss_mb']:.0f} MB, load average {result['load1']}", highlight=False)
     if result["p50_ms"] is not None:
         out.print(f"  one query at a time ({result['index']}): p50 {result['p50_ms']:.2f} ms", highlight=False)
 

@@ -123,3 +123,51 @@ def test_single_query_ivf_through_build_faiss_index() -> None:
     assert flat["index"] == "flat" and flat["recall"] == 1.0 and flat["p50_ms"] > 0
     with pytest.raises(ParameterError):
         bench.bench_search(n_refs=100, dim=8, n_queries=1, index="ivf", backend="numpy")
+
+
+def test_int8_peak_is_an_int8_gemm() -> None:
+    pytest.importorskip("torch")
+    assert bench.gemm_peak("int8", size=256, repeat=1) > 0
+    r = bench.bench_search(n_refs=3000, dim=64, n_queries=40, k=5, backend="torch", precision="int8",
+                           measure_peak=False)
+    assert r["recall"] >= 0.99 and r["index_mb"] is not None and r["build_s"] >= 0
+
+
+def test_compare_runs_paths_on_the_same_data_and_skips_absent_libraries(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_usearch(name, *args, **kwargs):
+        if name == "usearch" or name.startswith("usearch."):
+            raise ImportError("hidden for the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_usearch)
+    told: list[str] = []
+    rows = bench.bench_compare(["faiss", "numpy", "usearch"], n_refs=2000, dim=16, n_queries=30, k=5,
+                               repeat=2, measure_peak=False, skipped=told.append)
+    assert [r["backend"] for r in rows] == ["faiss", "numpy"] and all(tuple(r) == bench.KEYS for r in rows)
+    assert rows[0]["recall"] == rows[1]["recall"] == 1.0
+    assert len(told) == 1 and told[0].startswith("usearch: not installed")
+    with pytest.raises(ParameterError):
+        bench.bench_compare(["faiss:int4"], n_refs=100, dim=8, n_queries=2)
+
+
+@pytest.mark.parametrize("library", ["hnswlib", "usearch"])
+def test_hnsw_libraries_side_by_side(library: str) -> None:
+    pytest.importorskip(library)
+    rows = bench.bench_compare(["faiss", library], n_refs=3000, dim=32, n_queries=60, k=10,
+                               measure_peak=False)
+    flat, graph = rows
+    assert graph["backend"] == library and graph["index"].startswith("hnsw M16")
+    assert graph["recall"] >= 0.9 and graph["gflops"] is None and graph["build_s"] > 0
+    assert flat["recall"] == 1.0
+
+
+def test_cli_compare_prints_a_json_list() -> None:
+    res = CliRunner().invoke(app, ["bench", "search", "--refs", "1000", "--dim", "16", "--queries", "20", "--k", "3",
+                                   "--compare", "faiss,numpy", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert [r["backend"] for r in doc] == ["faiss", "numpy"] and list(doc[0]) == list(bench.KEYS)
