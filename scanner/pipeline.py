@@ -27,9 +27,10 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import (CHAIN_TOLERANCE, LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence,
-                           landmark_null_scores, segment_chains)
+from scanner.match import LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence, landmark_null_scores
 from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
+from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
+from scanner.match_melody import expected_chance as melody_expected
 
 #: Longest side images are decoded to; every image featurizer works below it.
 DECODE_SIDE = 512
@@ -475,6 +476,9 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
             nulls[name] = _fit_landmark_null(name, vecs, rows, writer.extras(name), writer.landmark_index(name),
                                              featureless, chance_pairs)
             continue
+        if name in WEIGHT_FREE and writer.feature_kind(name) == "dense" and not make(name).codes_per_item:
+            nulls[name] = _fit_melody_null(name, vecs, rows, featureless)
+            continue
         keep = ~np.isin(rows[:, 0], featureless)
         if name in WEIGHT_FREE:
             keep &= make(name).informative(vecs)
@@ -492,6 +496,31 @@ def _fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
             nulls[name] = pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
     writer.set("fusion", _fit_fusion(writer, nulls, chance_pairs))
     return nulls
+
+
+def _fit_melody_null(name: str, vecs: np.ndarray, rows: np.ndarray, featureless: np.ndarray) -> dict[str, Any]:
+    """A melody feature's null: reference excerpts aligned against the other works, as a scan would
+    (:func:`scanner.match_melody.melody_null_scores`), searched in an index of the rows to be written."""
+    if not len(vecs):
+        return fit_melody_null({}, 0)
+    index, _ = search.build_faiss_index(np.ascontiguousarray(vecs, np.float32), "ip")
+    frames = WorkFrames(rows, lambda ids: vecs[ids])
+    scores, works = melody_null_scores(rows, frames, lambda q: search.knn(index, q, K), feature=name,
+                                       skip=[int(w) for w in featureless])
+    return fit_melody_null(scores, works)
+
+
+def _reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
+    """Stored vectors of a dense faiss index by row number, float32 ``[shape=(len(ids), d)]``
+    (an inverted file gets its id map built on first use)."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, np.int64)
+    try:
+        return index.reconstruct_batch(ids)
+    except RuntimeError:
+        faiss.extract_index_ivf(index).make_direct_map()
+        return index.reconstruct_batch(ids)
 
 
 def _fit_fusion(writer: store.IndexWriter, nulls: dict[str, Any],
@@ -826,6 +855,7 @@ class Scanner:
         self._ones: dict[str, np.ndarray] = {}
         self._tables: dict[str, LandmarkTable] = {}
         self._postings: dict[str, PostingsTable] = {}
+        self._frames: dict[str, WorkFrames] = {}
         for feat in self.featurizers:  # load and verify everything before the first result
             if feat.kind == "postings":
                 extra = self.index.landmarks(feat.name)
@@ -969,13 +999,13 @@ class Scanner:
 
     def _judge_segments(self, feat: Featurizer, batch: Sequence[Prepared],
                         evidence: list[list[dict[str, Any]]]) -> None:
-        """Dense windows, any number per item (audio-melody): chains aligned in time per work.
+        """Dense windows, any number per item (audio-melody): chroma frames aligned in time per work.
 
-        Every window is searched like any dense row; a work's evidence is its
-        best chain of windows agreeing on one shift and offset
-        (:func:`scanner.match.segment_chains`), whose chance is the product of
-        the windows' chance rates under the feature's dense null, times the
-        comparisons of one window (index rows x query rows).
+        Every window is searched like any dense row; the hits vote for lines
+        (work, transposition, tempo ratio, offset) and the best lines are
+        scored frame by frame against the works' frames
+        (:func:`scanner.match_melody.melody_evidence`); the chance of each
+        score comes from the null fitted on the same statistic at build time.
         """
         pos = [i for i, p in enumerate(batch)
                if p.error is None and feat.name in p.prepared and len(p.prepared[feat.name])]
@@ -985,24 +1015,28 @@ class Scanner:
         vecs = feat.embed(items)
         D, I = search.knn(self.index.faiss_index(feat.name), vecs, K, device=self.options.device)
         I[~feat.informative(vecs)] = -1  # silent windows are no evidence
-        rows = np.asarray(self.index.rows(feat.name))
-        log_rate = np.log(pol.pair_rate(1.0 - D, self.index.null[feat.name]))
-        window, ref_hop, query_hop = feat.window, feat.ref_hop, feat.query_hop  # type: ignore[attr-defined]
-        # a further window of a chain could have picked any reference window within
-        # the offset tolerance, and any query window within one window's length
-        log_choices = float(np.log((2 * CHAIN_TOLERANCE / ref_hop + 1) * (window / query_hop)))
+        rows = self.index.rows(feat.name)
+        frames = self._work_frames(feat.name)
+        null = self.index.null[feat.name]
         end = np.cumsum([len(p) for p in items])
+        spans = [float(k) for k in null["spans"]]
         for i, item, hi in zip(pos, items, end):
             lo = hi - len(item)
-            found = segment_chains(D[lo:hi], I[lo:hi], log_rate[lo:hi], rows, item["start"], item["shift"],
-                                   feature=feat.name, ref_hop=ref_hop, window=window, log_choices=log_choices)
+            seconds = float(item["start"].max()) + feat.window  # type: ignore[attr-defined]
+            span = span_for(seconds, spans)
+            found = melody_evidence(D[lo:hi], I[lo:hi], rows, item, frames, feature=feat.name, span=span)
             if not found:
                 continue
-            log_comparisons = np.log(max(len(rows) * len(item), 1))
-            expected = np.exp(np.maximum([t + log_comparisons for _, t in found], np.log(pol.MIN_RATE)))
+            expected = melody_expected(found, null, span=span, query_seconds=seconds)
             strength = pol.strength(expected, self.policy)
-            evidence[i].extend(self._match(feat, e, float(x), float(s))
-                               for (e, _), x, s in zip(found, expected, strength))
+            evidence[i].extend(self._match(feat, e, float(x), float(s)) for e, x, s in zip(found, expected, strength))
+
+    def _work_frames(self, feature: str) -> WorkFrames:
+        """Reference frames of a melody feature, read back from its faiss index as matches need them."""
+        if feature not in self._frames:
+            self._frames[feature] = WorkFrames(self.index.rows(feature),
+                                               lambda ids: _reconstruct(self.index.faiss_index(feature), ids))
+        return self._frames[feature]
 
     def _judge_postings(self, feat: Featurizer, batch: Sequence[Prepared],
                         evidence: list[list[dict[str, Any]]]) -> None:

@@ -375,6 +375,54 @@ def expected_inliers(inliers: np.ndarray | float, null: dict[str, Any]) -> np.nd
     return np.clip(rate, MIN_RATE, 1.0) * max(int(null["candidates"]), 1)
 
 
+#: Fewer chance scores than this and :func:`fit_score_null` keeps its prior.
+MIN_SCORE_SAMPLES = 50
+
+
+def fit_score_null(scores: np.ndarray, *, prior: tuple[float, float]) -> dict[str, Any]:
+    """Fit a null model of a score that is itself a best chance match (larger = closer).
+
+    ``scores`` are the best chance matches of reference excerpts queried like
+    a scan against the rest of the index (the statistic that is scored, after
+    the maximum over candidates and alignments). The model is a normal upper
+    tail: centred on their median, with the wider of the spreads their 90th
+    and 99th percentiles imply, so a tail heavier than normal in the sample
+    widens it and a lighter one does not narrow it below the 90th
+    percentile's. No further widening: the maximum the scan takes is already
+    in the sample.
+
+    Parameters
+    ----------
+    scores : ``[shape=(m,)]`` best chance scores, one per sampled excerpt
+    prior : (centre, spread) used with fewer than :data:`MIN_SCORE_SAMPLES` scores
+
+    Returns
+    -------
+    dict
+        JSON-serialisable model for :func:`score_rate`: ``centre``, ``spread``,
+        ``samples``, ``quantiles`` (50/90/99th) and ``max``, or ``prior``.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if len(x) < MIN_SCORE_SAMPLES:
+        return {"kind": "score", "centre": float(prior[0]), "spread": float(prior[1]), "samples": int(len(x)),
+                "prior": True}
+    q50, q90, q99 = np.quantile(x, [0.5, 0.9, 0.99])
+    spread = max((q90 - q50) / 1.2816, (q99 - q50) / 2.3263, 1e-6)
+    return {"kind": "score", "centre": float(q50), "spread": float(spread), "samples": int(len(x)),
+            "quantiles": [float(q50), float(q90), float(q99)], "max": float(x.max())}
+
+
+def score_rate(score: np.ndarray | float, null: dict[str, Any]) -> np.ndarray:
+    """Chance that a best chance match scores at least ``score``, under :func:`fit_score_null`'s model.
+
+    Returns
+    -------
+    float64 ``[shape=score.shape]`` in ``[MIN_RATE, 1]``
+    """
+    z = (np.asarray(score, dtype=np.float64) - null["centre"]) / null["spread"]
+    return np.clip(0.5 * _erfc(z / np.sqrt(2)), MIN_RATE, 1.0)
+
+
 def strength(expected: np.ndarray | float, policy: Policy) -> np.ndarray:
     """A 0–1 strength for display: 0 at chance level, 0.5 at review, 0.8 at flag, 1 at 1e-12.
 

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 from scanner import policy as pol
 from scanner.cli import app
 from scanner.demo import random_melody
-from scanner.features.melody import REF_HOP, SEGMENT_DTYPE, Melody, melody_segments
+from scanner.features.melody import (FRAME, REF_HOP, SEGMENT_DTYPE, Melody, melody_segments, normalise_frames,
+                                     segments)
+from scanner.match_melody import SPANS, line_score, span_for, work_frames
 from scanner.media import AudioChunk
 
 SR = 11025
@@ -126,10 +128,151 @@ def test_scan_finds_the_melody_at_review(melody_index: Path) -> None:
     m = again["matches"][0]
     assert Path(m["ref_path"]).name == "song11.wav" and m["feature"] == "audio-melody"
     loc = m["locator"]
-    assert {"query_start", "ref_start", "duration", "segment_score"} <= set(loc)
-    assert loc["transpose"] == -2 and loc["segments"] >= 2
-    # the query starts 2 s into the song (about 2.1 s of the song, played 4% faster)
-    assert abs((loc["ref_start"] - loc["query_start"] * 1.04) - 2.1) <= REF_HOP
+    assert {"query_start", "ref_start", "duration", "segment_score", "aligned_frames", "rate"} <= set(loc)
+    assert loc["transpose"] == -2 and abs(loc["rate"] - 1.04) <= 0.03
+    # the query starts 2 s into the song (2.08 s of the song, played 4% faster)
+    assert abs((loc["ref_start"] - loc["query_start"] * 1.04) - 2.08) <= 0.5
     assert lines["unrelated.wav"]["verdict"] == "clear"
     assert lines["noise.wav"]["verdict"] == "clear"
     assert all(x["verdict"] != "flagged" for x in lines.values())
+
+
+# --- melodies over a shared stock progression -------------------------------------------
+
+#: I-V-vi-IV in C (root-position triads below middle C), one chord per two beats.
+PROGRESSION = [(48, 52, 55), (43, 47, 50), (45, 48, 52), (41, 45, 48)]
+#: Accompaniment timbres: a sustained pad for the references, a plucked one for re-performances.
+PAD = {"partials": (1.0, 0.6, 0.4, 0.3, 0.2), "attack": 0.2, "decay": 0.3}
+PLUCKED_CHORDS = {"partials": (1.0, 0.4, 0.2), "attack": 0.01, "decay": 2.5}
+
+
+def render_song(melody: list[tuple[int, float]], *, bpm: float = 100.0, transpose: int = 0,
+                voice: dict, chords: dict, accompaniment: float = 1.0) -> np.ndarray:
+    """A melody over the stock progression: melody and chords rendered apart and mixed.
+
+    ``accompaniment`` scales the chords (1.0: as loud as the melody).
+    """
+    lead = render(melody, bpm=bpm, transpose=transpose, **voice)
+    beats = sum(d for _, d in melody)
+    notes_ = [(p, 2.0) for k in range(int(np.ceil(beats / 2))) for p in PROGRESSION[k % 4][:1]]
+    y = np.zeros_like(lead)
+    for voice_ in range(3):  # each chord tone as its own line of two-beat notes
+        line = [(PROGRESSION[k % 4][voice_], 2.0) for k in range(len(notes_))]
+        part = render(line, bpm=bpm, transpose=transpose, **chords)
+        n = min(len(part), len(y))
+        y[:n] += part[:n]
+    y = lead + accompaniment * 0.5 * y / max(np.abs(y).max(), 1e-9)
+    return (0.5 * y / np.abs(y).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def progression_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twelve melodies over one progression (enough works for a fitted null), queries over it too."""
+    root = tmp_path_factory.mktemp("progression")
+    (root / "refs").mkdir()
+    (root / "outs").mkdir()
+    for seed in range(20, 32):
+        sf.write(root / "refs" / f"song{seed}.wav", render_song(notes(seed, 48), voice=PLUCK, chords=PAD), SR)
+    # re-performed: 3 semitones up, another lead and accompaniment, 4% faster, 3 s cut from the start
+    again = render_song(notes(23, 48), bpm=104, transpose=3, voice=HOLLOW, chords=PLUCKED_CHORDS)[3 * SR:]
+    sf.write(root / "outs" / "again.wav", again, SR)
+    # another melody over the same progression, rendered like the re-performance
+    other = render_song(notes(77, 48), bpm=104, transpose=3, voice=HOLLOW, chords=PLUCKED_CHORDS)[3 * SR:]
+    sf.write(root / "outs" / "other.wav", other, SR)
+    r = CliRunner().invoke(app, ["index", "build", str(root / "refs"), "--index", str(root / "index"),
+                                 "--features", "audio-melody", "-q"])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def test_null_is_fitted_on_aligned_frames(progression_index: Path) -> None:
+    """Twelve works: the null is the scored statistic's own, per span, not the prior."""
+    null = json.loads((progression_index / "index" / "manifest.json").read_text())["null"]["audio-melody"]
+    assert null["kind"] == "aligned-frames" and null["works"] == 12
+    for span, model in null["spans"].items():
+        assert not model.get("prior") and model["samples"] >= 50
+        assert 0 < model["centre"] < float(span) / FRAME and model["spread"] > 0
+
+
+def test_reperformed_melody_over_the_same_chords(progression_index: Path) -> None:
+    """Transposed, another timbre and accompaniment, 4% faster: review with the right work and span;
+    another melody over the same chords is clear."""
+    root = progression_index
+    r = CliRunner().invoke(app, ["scan", str(root / "outs"), "--index", str(root / "index"),
+                                 "--out", str(root / "scan"), "--candidates", "1"])
+    assert r.exit_code == 4, r.output
+    lines = {Path(x["path"]).name: x for x in map(json.loads, (root / "scan" / "results.jsonl").open())}
+    again = lines["again.wav"]
+    assert again["verdict"] == "review", again
+    m = again["matches"][0]
+    assert Path(m["ref_path"]).name == "song23.wav" and m["expected"] <= 0.02
+    loc = m["locator"]
+    assert loc["transpose"] == 3 and abs(loc["rate"] - 1.04) <= 0.03
+    # 3 s into the 104-bpm rendition is 3.12 s into the song
+    assert abs(loc["ref_start"] - (3.12 + 1.04 * loc["query_start"])) <= 0.5
+    assert loc["duration"] >= 20.0
+    other = lines["other.wav"]
+    assert other["verdict"] == "clear", other
+    assert all(x["verdict"] != "flagged" for x in lines.values())
+
+
+# --- the pieces: frames back from rows, lines, the null model --------------------------------
+
+def test_frames_come_back_from_window_rows() -> None:
+    """A work's frames, put back together from its reference rows, are the frames the rows were cut from."""
+    rng = np.random.default_rng(0)
+    frames = normalise_frames(rng.random((12, 90)).astype(np.float32))
+    frames[:, 40:44] = 0.0  # a short silence stays silent
+    rows = segments(frames, hop=REF_HOP)
+    back = work_frames(rows["start"], rows["v"])
+    n = min(back.shape[1], frames.shape[1])
+    assert n >= 88 - 4  # all but the frames after the last window
+    assert np.allclose(back[:, :n], frames[:, :n], atol=1e-5)
+
+
+def test_line_score_finds_rate_offset_and_shift() -> None:
+    """A sequence of notes played 6% faster and 5 semitones up lines up at its rate, offset and shift."""
+    rng = np.random.default_rng(1)
+    pcs = rng.integers(0, 12, 200)
+    ref = np.zeros((12, 200 * 3), np.float32)
+    ref[np.repeat(pcs, 3), np.arange(600)] = 1.0  # notes of 3 frames
+    ref = normalise_frames(ref + 0.05)
+    start, rate = 100, 1.06  # the query starts at reference frame 100 and runs 6% faster
+    t = np.arange(120)
+    query = np.roll(ref[:, np.rint(start + rate * t).astype(int)], 5, axis=0)  # 5 semitones up
+    found = line_score(query, ref, shift=(-5) % 12, rate=1.04, offset=start * FRAME + 0.6, spans=(30.0,))[30.0]
+    assert found["rate"] == pytest.approx(1.06) and abs(found["offset"] - start * FRAME) <= FRAME
+    assert found["mean"] > 0.95 and found["frames"] == 120
+    wrong = line_score(query, ref, shift=0, rate=1.04, offset=start * FRAME, spans=(30.0,))[30.0]
+    assert wrong["score"] < 0.5 * found["score"]
+
+
+def test_span_for_query_lengths() -> None:
+    assert span_for(5.0) == min(SPANS) and span_for(25.0) == 20.0 and span_for(300.0) == max(SPANS)
+
+
+def test_score_null_fit_and_rate() -> None:
+    """The score null: a normal upper tail from the median, at least as wide as the sample's 99th percentile."""
+    x = np.random.default_rng(2).normal(40.0, 5.0, 2000)
+    null = pol.fit_score_null(x, prior=(0.0, 1.0))
+    assert null["centre"] == pytest.approx(40.0, abs=0.5) and null["spread"] == pytest.approx(5.0, rel=0.15)
+    assert pol.score_rate(40.0, null) == pytest.approx(0.5, abs=0.05)
+    assert float(pol.score_rate(60.0, null)) < 1e-3 < float(pol.score_rate(52.0, null))
+    heavy = np.concatenate([x, np.full(40, 80.0)])  # a related pair or two in the sample widen the tail
+    assert pol.fit_score_null(heavy, prior=(0.0, 1.0))["spread"] > 1.5 * null["spread"]
+    prior = pol.fit_score_null(x[:10], prior=(44.0, 8.0))
+    assert prior["prior"] and prior["centre"] == 44.0 and prior["spread"] == 8.0
+
+
+def test_reference_frames_read_back_from_an_inverted_file() -> None:
+    """Reference vectors come back from an IVF index too (its id map built on first use)."""
+    from scanner.index.search import build_faiss_index
+    from scanner.pipeline import _reconstruct
+
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((3000, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    for kind in ("flat", "ivf"):
+        index, _ = build_faiss_index(v, "ip", kind=kind, nlist=16)
+        ids = np.array([0, 5, 2999])
+        assert np.allclose(_reconstruct(index, ids), v[ids], atol=1e-6)
