@@ -43,7 +43,7 @@ RATES = tuple(np.round(np.arange(0.90, 1.1001, 0.02), 4))
 #: fills (a longer span holds more evidence; the null is fitted for each).
 SPANS = (10.0, 20.0, 30.0)
 #: Works whose best line is scored per query.
-MELODY_TOP = 8
+MELODY_TOP = 16
 #: Lines scored per work (its best-voted (shift, rate, offset) cells).
 LINES_PER_WORK = 2
 #: Offset cells of the vote (seconds of reference time at query time 0): a

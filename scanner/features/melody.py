@@ -9,7 +9,8 @@ a semitone), pools them into frames of :data:`FRAME` seconds, compresses them
 of the repeating background (:func:`foreground`: REPET, the median of the
 frames whole repetition periods away, found from the beat spectrum by
 :func:`repeating_period`), plus :data:`BACKGROUND_KEPT` of the whole. The
-result, folded into 12 pitch classes, centred and scaled to unit length per
+result, its harmonics summed onto each pitch (:func:`harmonic_salience`, so
+that the instrument's partials weigh less) and folded into 12 pitch classes, centred and scaled to unit length per
 frame (:func:`normalise_frames`), is cut into windows of :data:`WINDOW`
 seconds: each window, scaled to unit length, is one dense float32 row
 ``[shape=(12 * WINDOW / FRAME,)]``; inner product = mean frame cosine.
@@ -69,6 +70,10 @@ PERIOD_BLOCK = 10.0
 #: Share of the whole (compressed) spectrum added back to the foreground: a
 #: melody that repeats with its accompaniment is not lost altogether.
 BACKGROUND_KEPT = 0.1
+#: Harmonic summation before folding (:func:`harmonic_salience`): partials summed,
+#: and the weight of each further partial relative to the one before.
+HARMONICS = 4
+HARMONIC_WEIGHT = 0.8
 #: Chroma frames whose energy is below this share of the loudest frame are silence.
 SILENT_FRAME = 1e-3
 #: A window with fewer sounding frames than this share carries no melody (a zero row).
@@ -241,6 +246,34 @@ def foreground(level_db: np.ndarray, *, targets: slice, period: int, span: int,
     return (np.maximum(here - back, 0.0) + kept * here).astype(np.float32)
 
 
+def harmonic_salience(bins: np.ndarray, *, harmonics: int = HARMONICS, weight: float = HARMONIC_WEIGHT) -> np.ndarray:
+    """Pitch salience by harmonic summation: each bin plus its harmonics' bins, ``weight`` less each.
+
+    A note's partials (its octave, twelfth, double octave...) fold into other
+    pitch classes than its own: a clarinet's strong odd partials put a fifth
+    above every note, a flute's few partials do not. Summing each bin's
+    harmonics onto it (``sum_h weight ** (h - 1) * bins[k + 36 log2 h]``) puts
+    most of a note's weight on its fundamental whatever the instrument
+    (Klapuri, "Multiple fundamental frequency estimation by summing harmonic
+    amplitudes", ISMIR 2006).
+
+    Parameters
+    ----------
+    bins : np.ndarray [shape=(N_BINS, t)], constant-Q bins (3 per semitone), non-negative
+    harmonics : int > 0, partials summed
+    weight : float in (0, 1], weight of each further partial relative to the one before
+
+    Returns
+    -------
+    np.ndarray [shape=(N_BINS, t)] float32
+    """
+    out = np.zeros_like(bins, dtype=np.float32)
+    for h in range(1, harmonics + 1):
+        k = int(round(BINS_PER_OCTAVE * np.log2(h)))
+        out[:N_BINS - k] += weight ** (h - 1) * bins[k:]
+    return out
+
+
 def normalise_frames(pooled: np.ndarray) -> np.ndarray:
     """Per-frame centring and L2 normalisation of pooled chroma; silent frames become zero.
 
@@ -355,7 +388,8 @@ class Melody(AudioFeaturizer):
 
     @property
     def version(self) -> str:
-        return f"fg-chroma-cqt-{BINS_PER_OCTAVE}x{N_OCTAVES}-repet{REPEAT_SPAN:g}-f{FRAME}-w{WINDOW}-h{REF_HOP}-2"
+        return (f"fg-chroma-cqt-{BINS_PER_OCTAVE}x{N_OCTAVES}-repet{REPEAT_SPAN:g}-harm{HARMONICS}-f{FRAME}"
+                f"-w{WINDOW}-h{REF_HOP}-3")
 
     @property
     def dim(self) -> int:
@@ -423,8 +457,7 @@ class Melody(AudioFeaturizer):
             run = compressed[:, lo - p0:hi - p0]
             period = repeating_period(run, shortest=shortest, longest=longest)
             fg = foreground(run, targets=slice(b0 - lo, b1 - lo), period=period, span=span)
-            out = fold_chroma(fg)
-            state["chroma"].append(out)
+            state["chroma"].append(fold_chroma(harmonic_salience(fg)))
             state["done"] = b1
         drop = max(0, state["done"] - 2 * span - p0)
         state["pooled"], state["pooled_first"] = pooled[:, drop:], p0 + drop
