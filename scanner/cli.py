@@ -204,7 +204,8 @@ def index_remove(work_ids: List[int] = typer.Argument(..., help="Work ids (see `
 @handled
 def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json"),
                hmac_key_file: Optional[Path] = HmacOpt) -> None:
-    """Describe an index: id, works, features, models, thresholds."""
+    """Describe an index: id, works, features, models, thresholds, search structure and its recall."""
+    from scanner.index.search import describe_index
     from scanner.index.store import open_index
 
     with open_index(index, hmac_key=_key(hmac_key_file)) as idx:
@@ -221,7 +222,7 @@ def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--js
     for name, spec in info["features"].items():
         out.print(f"  {name}: {spec['count']} vectors, {spec['kind']} dim {spec['dim']}, "
                   f"version {spec['version']}" + (f", model {spec['model']}" if spec.get("model") else "")
-                  + (f", search {spec['index']}" if spec.get("index") else ""), highlight=False)
+                  + (f", search: {describe_index(spec['index'])}" if spec.get("index") else ""), highlight=False)
     out.print(f"  thresholds (expected chance matches): {info['policy']}", highlight=False)
     out.print(f"  size: {info['size_bytes'] / 1e6:.1f} MB; updated {info['updated_at']}", highlight=False)
 

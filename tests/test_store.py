@@ -158,3 +158,75 @@ def test_metadata_sidecar_json_and_csv(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("file,title\na.png,A\n")
     with pytest.raises(Exception, match="no 'path' column"):
         store.read_metadata(tmp_path / "m.csv")
+
+
+def _dense_identity(dim: int) -> dict:
+    return {"name": "synthetic-dense", "version": "1", "modality": "image", "kind": "dense", "metric": "ip",
+            "dim": dim, "codes_per_item": 0, "model": None}
+
+
+def test_streamed_ivfpq_is_written_opened_mapped_and_extended_without_decoding(tmp_path: Path, monkeypatch) -> None:
+    """A dense feature from a vector stream past the size threshold: IVF-PQ, recall in the manifest,
+    memory-mapped on open; adding and removing works keeps the codes (no rebuild from decoded rows)."""
+    import faiss
+    from typer.testing import CliRunner
+
+    from scanner.bench import GaussianMixture
+    from scanner.cli import app
+    from scanner.index import search
+
+    monkeypatch.setattr(search, "IVFPQ_MIN_BYTES", 1 << 16)
+    monkeypatch.setattr(search, "IVFPQ_MAX_LISTS", 16)
+    monkeypatch.setattr(search, "IVFPQ_CODE_BYTES", 16)
+    monkeypatch.setattr(store, "CHUNK_SIZE", 1 << 16)
+    mix = GaussianMixture(32, n_clusters=16, seed=4)
+    vecs = mix.sample(4000, seed=1)
+    blocks_read = []
+
+    def blocks():
+        for s in range(0, len(vecs), 1000):
+            blocks_read.append(s)
+            yield vecs[s:s + 1000]
+
+    stream = search.VectorStream(len(vecs), 32, blocks, lambda size, seed: mix.sample(size, seed=seed + 100))
+    path = tmp_path / "big"
+    with store.IndexWriter(path, create=True) as w:
+        ids = [w.add_work(path=f"w{i}.png", sha256=f"{i:064x}", modality="image") for i in range(40)]
+        w.add_vector_stream(_dense_identity(32), stream, np.repeat(ids, 100), np.tile(np.arange(100), 40))
+        with pytest.raises(Exception):
+            w.vectors("synthetic-dense")                   # a stream's rows are not held
+    assert blocks_read == [0, 1000, 2000, 3000]             # one pass
+    with store.open_index(path) as idx:
+        spec = idx.features["synthetic-dense"]
+        assert spec["count"] == 4000 and spec["index"]["type"] == "ivfpq"
+        assert 0 < spec["index"]["recall_at_10"] <= 1 and spec["index"]["probe_queries"] == search.PROBE_QUERIES
+        index = idx.faiss_index("synthetic-dense")
+        assert isinstance(index, faiss.IndexIVFPQ) and index.nprobe == spec["index"]["nprobe"]
+        _, I = search.knn(index, vecs[:50], 5, device="auto")
+        assert (I[:, 0] == np.arange(50)).mean() > 0.5      # a stored row finds itself
+    res = CliRunner().invoke(app, ["index", "info", "--index", str(path)])
+    assert res.exit_code == 0 and "IVF-PQ" in res.stdout and "recall@10" in res.stdout
+    store.verify_index(path)
+    # memory-mapped when large: the codes stay in the file
+    monkeypatch.setattr(store, "MMAP_FROM", 0)
+    with store.open_index(path) as idx:
+        idx.faiss_index("synthetic-dense")
+        assert any(str(path / "synthetic-dense.faiss") in line for line in open("/proc/self/maps"))
+
+    extra = mix.sample(300, seed=7)
+    with store.IndexWriter(path) as w:
+        new = w.add_work(path="new.png", sha256="f" * 64, modality="image")
+        w.add_vectors(_dense_identity(32), extra, np.full(300, new))
+        assert w.remove_works([ids[0], ids[5]]) == [ids[0], ids[5]]
+    with store.open_index(path) as idx:
+        rows = idx.rows("synthetic-dense")
+        index = idx.faiss_index("synthetic-dense")
+        assert len(rows) == index.ntotal == 4000 - 200 + 300 == idx.features["synthetic-dense"]["count"]
+        assert idx.features["synthetic-dense"]["index"]["rows_since_recall"] == 300
+        assert not set(rows[:, 0]) & {ids[0], ids[5]}
+        # rows renumbered in order: a kept row and a new row each find their own row number
+        _, I = search.knn(index, np.concatenate([vecs[150:200], extra[:50]]), 1)
+        want = np.concatenate([np.arange(50, 100), np.arange(3800, 3850)])
+        assert (I[:, 0] == want).mean() > 0.5
+        assert (rows[want[(I[:, 0] == want)]][:, 0] != ids[0]).all()
+    store.verify_index(path)

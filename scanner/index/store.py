@@ -67,6 +67,9 @@ IVF_FROM = 32768
 #: their own, not every exact nearest descriptor: at 8.3M descriptors, 4 probes cost
 #: about half of 6 and agree on the nearest one for 90% of descriptors.
 IVF_NPROBE = 4
+#: faiss files from this size on open memory-mapped: pages are read as searches touch
+#: them (an IVF-PQ reads only the lists it probes) and stay in the page cache, shared.
+MMAP_FROM = 256 << 20
 
 
 def _is_binary(kind: str) -> bool:
@@ -323,7 +326,7 @@ class Index:
             import faiss
 
             path = self._file(f"{feature}.faiss")
-            flags = faiss.IO_FLAG_MMAP if path.stat().st_size > (256 << 20) else 0
+            flags = faiss.IO_FLAG_MMAP if path.stat().st_size > MMAP_FROM else 0
             try:
                 if _is_binary(self.features[feature]["kind"]):
                     self._faiss[feature] = faiss.read_index_binary(str(path), flags)
@@ -706,6 +709,8 @@ class IndexWriter:
         self._final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._final_extra: dict[str, dict[str, np.ndarray]] = {}
         self._final_index: dict[str, Any] = {}
+        # dense features given as a VectorStream (more rows than memory): identity, stream, rows
+        self._streams: dict[str, tuple[dict[str, Any], Any, np.ndarray]] = {}
         self._committed = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -842,6 +847,33 @@ class IndexWriter:
         data.rows.append(np.stack([np.asarray(work_ids, np.int32), loc], axis=1))
         data.extra.append(extra)
 
+    def add_vector_stream(self, identity: dict[str, Any], stream: Any, work_ids: np.ndarray,
+                          locators: np.ndarray | None = None) -> None:
+        """Queue a dense feature whose vectors are read block by block at commit.
+
+        For sets larger than memory (10M x 512 fp32 is 20 GB): the index is built by
+        :func:`scanner.index.search.build_faiss_index` in one pass over the stream
+        (IVF-PQ past :data:`scanner.index.search.IVFPQ_MIN_BYTES`) and written like any
+        other feature (staged, hashed into the manifest, swapped in).
+
+        Parameters
+        ----------
+        identity : featurizer identity of a ``dense`` feature this index does not hold yet
+        stream : :class:`scanner.index.search.VectorStream` of ``identity["dim"]``-d rows
+        work_ids : int ``[shape=(stream.n,)]``
+        locators : int ``[shape=(stream.n,)]``, optional (0 by default)
+        """
+        name = identity["name"]
+        if identity.get("kind") != "dense" or stream.dim != identity.get("dim"):
+            raise ParameterError(f"{name}: a vector stream is for dense features of the identity's dim, given "
+                                 f"kind {identity.get('kind')!r}, dim {identity.get('dim')} and a {stream.dim}-d stream")
+        if name in self.manifest["features"] or name in self._features or name in self._streams:
+            raise ParameterError(f"{name}: a vector stream builds a feature new to the index, as its only vectors")
+        if len(work_ids) != stream.n:
+            raise ParameterError(f"{stream.n} vectors but {len(work_ids)} work ids")
+        loc = np.zeros(stream.n, np.int32) if locators is None else np.asarray(locators, np.int32)
+        self._streams[name] = (identity, stream, np.stack([np.asarray(work_ids, np.int32), loc], axis=1))
+
     def add_thumbnail(self, work_id: int, data: bytes, meta: dict[str, Any] | None = None) -> None:
         """Keep a work's thumbnail (WebP bytes, see :mod:`scanner.thumbs`) in the staged ``thumbs/``."""
         from scanner import thumbs
@@ -893,6 +925,8 @@ class IndexWriter:
         """
         if name in self._final:
             return self._final[name]
+        if name in self._streams:
+            raise ParameterError(f"{name} was given as a vector stream: its vectors are not held in memory")
         import faiss
 
         assert self.staging is not None
@@ -952,22 +986,74 @@ class IndexWriter:
 
     def feature_kind(self, name: str) -> str:
         """``dense``, ``binary``, ``landmark`` or ``postings``."""
-        return (self.manifest["features"].get(name) or self._features[name].identity)["kind"]
+        return self._identity(name)["kind"]
+
+    def _identity(self, name: str) -> dict[str, Any]:
+        if name in self._streams:
+            return self._streams[name][0]
+        return self.manifest["features"].get(name) or self._features[name].identity
 
     def feature_names(self) -> list[str]:
         """Features the committed index will hold."""
-        return sorted(set(self.manifest["features"]) | set(self._features))
+        return sorted(set(self.manifest["features"]) | set(self._features) | set(self._streams))
+
+    def _extend_compressed(self, name: str, spec: dict[str, Any]) -> tuple[Any, np.ndarray]:
+        """An IVF-PQ feature with removed works dropped and new vectors added, codes kept.
+
+        Compressed codes cannot be decoded back to the rows they came from, so the
+        index is never rebuilt from its own reconstruction: the trained index is read,
+        the removed rows' codes are deleted and the rest renumbered in row order, and new
+        rows are encoded with the same lists and codebooks. The recall measured at build
+        stays in the manifest, with the rows added since.
+        """
+        import faiss
+
+        assert self.staging is not None
+        index = faiss.read_index(str(self.staging / f"{name}.faiss"))   # the codes: code_bytes + 8 a row
+        rows = np.load(self.staging / f"{name}.rows.npy", allow_pickle=False)
+        if self._removed and len(rows):
+            keep = ~np.isin(rows[:, 0], np.fromiter(self._removed, np.int32))
+            if not keep.all():
+                index.remove_ids(np.flatnonzero(~keep).astype(np.int64))
+                renumber = np.cumsum(keep) - 1                             # old row -> new row
+                lists = index.invlists
+                for lst in range(index.nlist):
+                    size = lists.list_size(lst)
+                    if size:
+                        ids = faiss.rev_swig_ptr(lists.get_ids(lst), size)
+                        ids[:] = renumber[ids]
+                rows = rows[keep]
+        new = self._features.get(name)
+        added = 0
+        if new is not None:
+            for part in new.vectors:
+                index.add(np.ascontiguousarray(part, np.float32))      # ids continue from ntotal
+                added += len(part)
+            rows = np.concatenate([rows] + new.rows) if new.rows else rows
+        spec["index"] = dict(spec["index"], rows_since_recall=int(spec["index"].get("rows_since_recall", 0)) + added)
+        return index, rows
 
     def _write_feature(self, name: str) -> None:
         import faiss
 
         assert self.staging is not None
-        spec = dict(self.manifest["features"].get(name) or self._features[name].identity)
-        vecs, rows = self.vectors(name)
+        spec = dict(self._identity(name))
+        index, vecs = None, None
+        if name in self._streams:
+            from scanner.index.search import build_faiss_index
+
+            _, stream, rows = self._streams[name]
+            index, spec["index"] = build_faiss_index(stream, "ip")
+        elif (spec.get("index") or {}).get("type") == "ivfpq":
+            index, rows = self._extend_compressed(name, spec)
+        else:
+            vecs, rows = self.vectors(name)
         if spec["kind"] == "postings":
             self._write_postings(name, spec, vecs, rows)
             return
-        if spec["kind"] == "landmark":
+        if index is not None:
+            pass
+        elif spec["kind"] == "landmark":
             index = self.landmark_index(name)
         elif spec["kind"] == "binary":
             index = faiss.IndexBinaryFlat(spec["dim"])
@@ -1025,7 +1111,7 @@ class IndexWriter:
     def commit(self) -> None:
         """Write data files and the manifest into the staging copy, then swap it in."""
         assert self.staging is not None and self._db is not None
-        names = set(self._features) | (set(self.manifest["features"]) if self._removed else set())
+        names = set(self._features) | set(self._streams) | (set(self.manifest["features"]) if self._removed else set())
         for name in sorted(names):
             self._write_feature(name)
         counts = dict(self._db.execute("SELECT modality, COUNT(*) FROM works GROUP BY modality").fetchall())
