@@ -290,32 +290,36 @@ class RayEngine:
         runtime_env = {"env_vars": env} if env else None
         quiet = dict(log_to_driver=False, configure_logging=True, logging_level=logging.ERROR,
                      runtime_env=runtime_env)
-        if not ray.is_initialized():
-            if self._private is not None:
-                # Ray lowers its workers' priority (nice 15) below its own daemons; on a
-                # shared machine they would then wait behind every other job, while the
-                # local engine's workers do not: a private cluster's workers are this scan's
-                os.environ.setdefault("RAY_worker_niceness", "0")
-                spill = Path(scratch) if scratch is not None else self._private / "spill"
-                spill.mkdir(parents=True, exist_ok=True)
-                self._spill = spill
-                try:
-                    ray.init(address="local", num_cpus=num_cpus or len(os.sched_getaffinity(0)), num_gpus=None,
-                             include_dashboard=False, _temp_dir=str(self._private / "tmp"),
-                             object_spilling_directory=str(spill), **quiet)
-                except (OSError, RuntimeError, ValueError) as exc:
-                    self.close()
-                    raise ParameterError(f"cannot start a Ray cluster here: {str(exc).splitlines()[0]}") from None
-            else:
-                _reachable(address)
-                try:
-                    ray.init(address=address, **quiet)
-                except (ConnectionError, RuntimeError, ValueError) as exc:
-                    raise ParameterError(f"cannot join the Ray cluster at {address}: "
-                                         f"{str(exc).splitlines()[0]}") from None
-            self._owns = True
-        self._quiet()
-        self._check_usage_stats()
+        try:  # a failed start leaves nothing behind: its log, temporary folder, descriptor 2
+            if not ray.is_initialized():
+                if self._private is not None:
+                    # Ray lowers its workers' priority (nice 15) below its own daemons; on a
+                    # shared machine they would then wait behind every other job, while the
+                    # local engine's workers do not: a private cluster's workers are this scan's
+                    os.environ.setdefault("RAY_worker_niceness", "0")
+                    spill = Path(scratch) if scratch is not None else self._private / "spill"
+                    spill.mkdir(parents=True, exist_ok=True)
+                    self._spill = spill
+                    try:
+                        ray.init(address="local", num_cpus=num_cpus or len(os.sched_getaffinity(0)),
+                                 include_dashboard=False, _temp_dir=str(self._private / "tmp"),
+                                 object_spilling_directory=str(spill), **quiet)
+                    except (OSError, RuntimeError, ValueError) as exc:
+                        first = str(exc).splitlines()[0]
+                        raise ParameterError(f"cannot start a Ray cluster here: {first}") from None
+                else:
+                    _reachable(address)
+                    try:
+                        ray.init(address=address, **quiet)
+                    except (ConnectionError, RuntimeError, ValueError) as exc:
+                        raise ParameterError(f"cannot join the Ray cluster at {address}: "
+                                             f"{str(exc).splitlines()[0]}") from None
+                self._owns = True
+            self._quiet()
+            self._check_usage_stats()
+        except BaseException:
+            self.close()
+            raise
 
     # -- cluster -----------------------------------------------------------------------
     def _quiet(self) -> None:

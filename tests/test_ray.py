@@ -301,7 +301,10 @@ def test_unreachable_cluster_is_a_clear_error(media: dict[str, Path]) -> None:
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
+    scratch = Path(tempfile.mkdtemp(prefix="lk-"))
     run = likeness("scan", str(media["outputs"]), "--index", str(media["index"]), "--engine", "ray",
-                   "--address", f"127.0.0.1:{port}", "-q", timeout=120)
+                   "--address", f"127.0.0.1:{port}", "-q", timeout=120, env={"TMPDIR": str(scratch)})
     assert run.returncode == 2 and "cannot join the Ray cluster" in run.stderr
     assert "Traceback" not in run.stderr
+    assert list(scratch.iterdir()) == [], "a failed start left files behind"
+    scratch.rmdir()
