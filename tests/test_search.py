@@ -227,14 +227,16 @@ def test_a_few_queries_on_a_flat_index_give_what_faiss_gives() -> None:
     assert I[0, 0] == 3 and I[1, 0] == 4000
 
 
-def test_int8_on_the_cpu_finds_the_exact_neighbours() -> None:
+def test_int8_on_the_cpu_finds_the_exact_neighbours(monkeypatch) -> None:
     """int8 GEMM candidates, re-scored against the fp32 rows: the exact neighbours and scores."""
     from scanner.bench import GaussianMixture
 
     mix = GaussianMixture(64, n_clusters=32, seed=3)
     refs, queries = mix.sample(20000, seed=1), mix.sample(150, seed=2)
     D0, I0 = search.make_searcher(refs, backend="numpy").search(queries, 10)
-    # ragged blocks: heaps carried across reference chunks and query blocks
+    # ragged blocks: group maxima merged every 2 tiles of 3008 rows (7 tiles, the last one
+    # padded), query blocks of 64
+    monkeypatch.setattr(search, "INT8_MERGE_TILES", 2)
     s = search.make_searcher(refs, backend="torch", precision="int8", ref_block=3000, query_block=64)
     assert s.int8_gemm and s.refs.dtype.itemsize == 1 and s.nbytes == refs.size   # a quarter of fp32
     D, I = s.search(queries, 10)
@@ -242,6 +244,8 @@ def test_int8_on_the_cpu_finds_the_exact_neighbours() -> None:
     assert np.allclose(D, D0, atol=1e-5)                       # exact fp32 scores of the rows found
     D1, I1 = s.search(queries[:1], 3)                          # one query, the single-asset check
     assert np.array_equal(I1[0], I[0, :3]) and np.allclose(D1[0], D[0, :3])
+    tiny = search.make_searcher(refs[:5], backend="torch", precision="int8").search(queries[:4], 10)[1]
+    assert np.array_equal(np.sort(tiny[:, :5], 1), np.tile(np.arange(5), (4, 1))) and (tiny[:, 5:] == -1).all()
     # without the fp32 re-score of a shortlist (oversample 1) int8 rounding alone loses neighbours
     Dr, Ir = search.make_searcher(refs, backend="torch", precision="int8", oversample=1).search(queries, 10)
     assert search.recall_at_k(Ir, I0) < search.recall_at_k(I, I0)
