@@ -6,7 +6,7 @@ copy of the rows is ever held in memory or written to disk (10M x 512 fp32 is 20
 The index is built the way ``likeness index build`` writes any feature: through
 :class:`scanner.index.store.IndexWriter` (staged, hashed into the manifest, swapped in
 by rename), here from a :class:`scanner.index.search.VectorStream`; past
-``search.IVFPQ_MIN_BYTES`` of fp32 rows that is an IVF-PQ whose recall@10 against
+``search.COMPRESSED_MIN_BYTES`` of fp32 rows that is an IVF of SQ8 codes whose recall@10 against
 exact search is measured on held-out queries during the same pass and kept in the
 manifest (``likeness index info`` prints it).
 
@@ -151,7 +151,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/likeness-large", help="folder for the index (deleted unless --keep)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--ivfpq", action="store_true", help="IVF-PQ whatever the size (small dry runs)")
+    ap.add_argument("--compressed", action="store_true", help="compressed IVF whatever the size (small dry runs)")
+    ap.add_argument("--codec", choices=("sq8", "pq"), default=search.COMPRESSED_CODEC)
     ap.add_argument("--search-only", action="store_true", help=argparse.SUPPRESS)   # the child process
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -159,8 +160,9 @@ def main() -> None:
         searcher(args)
         return
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    if args.ivfpq:
-        search.IVFPQ_MIN_BYTES = 0
+    if args.compressed:
+        search.COMPRESSED_MIN_BYTES = 0
+    search.COMPRESSED_CODEC = args.codec
     t0 = time.perf_counter()
     result = {"machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs",
               "rows": args.rows, "dim": args.dim, "queries": args.queries}

@@ -251,27 +251,34 @@ def test_int8_on_the_cpu_finds_the_exact_neighbours(monkeypatch) -> None:
     assert search.recall_at_k(Ir, I0) < search.recall_at_k(I, I0)
 
 
-def test_ivfpq_from_a_stream_by_size(monkeypatch) -> None:
-    """Past the size threshold: IVF-PQ built in one pass over blocks, recall measured against exact search."""
+@pytest.mark.parametrize("codec", ["sq8", "pq"])
+def test_compressed_ivf_from_a_stream_by_size(monkeypatch, codec: str) -> None:
+    """Past the size threshold: a compressed IVF built in one pass over blocks, recall measured against exact search."""
     import faiss
 
     from scanner.bench import GaussianMixture
 
     mix = GaussianMixture(32, n_clusters=16, seed=5)
     vecs = mix.sample(5000, seed=1)
-    monkeypatch.setattr(search, "IVFPQ_MAX_LISTS", 16)
+    monkeypatch.setattr(search, "COMPRESSED_MAX_LISTS", 16)
+    monkeypatch.setattr(search, "COMPRESSED_CODEC", codec)
     index, params = search.build_faiss_index(vecs, "ip", code_bytes=16)
     assert params["type"] == "flat"                                    # small: exact
-    monkeypatch.setattr(search, "IVFPQ_MIN_BYTES", vecs.nbytes)
+    monkeypatch.setattr(search, "COMPRESSED_MIN_BYTES", vecs.nbytes)
     a, pa = search.build_faiss_index(vecs, "ip", code_bytes=16)
     b, pb = search.build_faiss_index(search.VectorStream.of(vecs, block=999), "ip", code_bytes=16)
-    assert pa == pb and pa["type"] == "ivfpq" and pa["nlist"] == 16 and pa["code_bytes"] == 16
-    assert isinstance(a, faiss.IndexIVFPQ) and a.ntotal == b.ntotal == 5000 and a.nprobe == pa["nprobe"]
+    assert pa == pb and pa["type"] == f"ivf{codec}" and pa["nlist"] == 16
+    assert pa["code_bytes"] == (32 if codec == "sq8" else 16)
+    kind = faiss.IndexIVFScalarQuantizer if codec == "sq8" else faiss.IndexIVFPQ
+    assert isinstance(a, kind) and a.ntotal == b.ntotal == 5000 and a.nprobe == pa["nprobe"]
     curve = list(pa["recall_by_nprobe"].values())
     assert curve[-1] == pa["recall_at_10"] and curve == sorted(curve) and 0.3 < curve[-1] <= 1
+    if codec == "sq8":
+        assert pa["recall_at_10"] >= 0.9                               # 8 bits a dimension: near exact
     q = mix.sample(40, seed=9)
     assert np.array_equal(search.knn(a, q, 5)[1], search.knn(b, q, 5)[1])
-    # an IVF-PQ is searched by faiss as built, whatever backend is asked for
+    # compressed codes are searched by faiss as built, whatever backend is asked for
     assert np.array_equal(search.knn(a, q, 5, backend="torch", precision="int8")[1], search.knn(a, q, 5)[1])
+    assert "recall@10" in search.describe_index(pa) and f"IVF-{codec.upper()}" in search.describe_index(pa)
     with pytest.raises(ParameterError):
         search.build_faiss_index(vecs, "ip", kind="ivfpq", code_bytes=7)   # 7 does not divide 32

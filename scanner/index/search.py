@@ -69,18 +69,22 @@ PARALLEL_WORK = 1 << 24
 SMALL_BATCH = 4
 #: Index sizes from which :func:`build_faiss_index` builds IVF instead of flat.
 IVF_MIN_ROWS = 1 << 20
-#: fp32 sizes (rows x dim x 4 bytes) from which it builds IVF-PQ: compressed codes of
-#: :data:`IVFPQ_CODE_BYTES` bytes a vector (+ an 8-byte id), memory-mapped when opened, so
-#: a 10M x 512 index (20 GB of fp32 rows) is searched from a file of about 2.6 GB.
-IVFPQ_MIN_BYTES = 4 << 30
-#: Inverted lists of an IVF-PQ at most: assigning N vectors costs N·nlist·d multiply-adds
-#: (10M x 4096 x 512 is minutes on two cores), and lists of ~2k rows keep a probe cheap.
-IVFPQ_MAX_LISTS = 4096
+#: fp32 sizes (rows x dim x 4 bytes) from which it builds an IVF of compressed codes
+#: (:func:`build_compressed_ivf`), memory-mapped when opened: a 10M x 512 index (20 GB of
+#: fp32 rows) is searched from a file of 5.2 GB (SQ8) whose pages are read as lists are probed.
+COMPRESSED_MIN_BYTES = 4 << 30
+#: Inverted lists of a compressed IVF at most: assigning N vectors costs N·nlist·d
+#: multiply-adds (10M x 4096 x 512 is minutes on two cores), and lists of ~2k rows keep a probe cheap.
+COMPRESSED_MAX_LISTS = 4096
+#: Codes of a compressed IVF. ``sq8``: each dimension to 8 bits (a quarter of fp32); ``pq``:
+#: product quantization, :data:`PQ_CODE_BYTES` bytes. Recall@10 against exact search at 200k x
+#: 512 mixture vectors, 1024 lists (``benchmarks/README.md``): SQ8 0.980 (512 bytes); PQ 0.45
+#: with 64 bytes, 0.67 with 128, 0.89 with 256; so SQ8.
+COMPRESSED_CODEC = "sq8"
 #: Bytes of PQ code per vector (sub-quantizers of 8 bits; the largest divisor of d up to this).
-#: Recall@10 against exact search at 200k x 512 mixture vectors, 1024 lists, is 0.45 with
-#: 64 bytes, 0.67 with 128 and 0.89 with 256 (2 dimensions a sub-quantizer): 256, an eighth
-#: of the fp32 row.
-IVFPQ_CODE_BYTES = 256
+PQ_CODE_BYTES = 256
+#: ``type`` of the compressed indexes in the manifest (their rows cannot be decoded exactly).
+COMPRESSED_TYPES = ("ivfsq8", "ivfpq")
 #: Recall probe of approximate indexes: queries, and the recall@10 nprobe is tuned to.
 PROBE_QUERIES = 500
 TARGET_RECALL = 0.95
@@ -348,47 +352,50 @@ class VectorStream:
 
 def build_faiss_index(vectors: np.ndarray | VectorStream, metric: str = "ip", *, kind: str = "auto",
                       nlist: int | None = None, seed: int = 0, code_bytes: int | None = None) -> tuple[Any, dict[str, Any]]:
-    """A faiss index over ``vectors``, flat, IVF or IVF-PQ chosen by size.
+    """A faiss index over ``vectors``, flat, IVF or compressed IVF chosen by size.
 
     Exact flat search up to :data:`IVF_MIN_ROWS` rows; above, an inverted-file
     index (``IndexIVFFlat``, ``nlist ≈ 4·√N`` lists, trained on a sample of at most
     ``64·nlist`` rows) whose ``nprobe`` is the smallest that reached recall@10 ≥ 0.95
-    on held-in queries; from :data:`IVFPQ_MIN_BYTES` of fp32 rows on, IVF-PQ
-    (:func:`build_ivfpq`: compressed codes, built in one streamed pass). Binary codes
+    on held-in queries; from :data:`COMPRESSED_MIN_BYTES` of fp32 rows on, an IVF of
+    :data:`COMPRESSED_CODEC` codes (:func:`build_compressed_ivf`, built in one streamed
+    pass, recall measured on held-out queries). Binary codes
     always get ``IndexBinaryFlat`` (a Hamming scan is memory-bound, so an inverted file
     buys little at these code sizes).
 
     Parameters
     ----------
     vectors : float32 ``[shape=(N, d)]`` or uint8 ``[shape=(N, bits // 8)]``, or a
-        :class:`VectorStream` of dense vectors (read in blocks for IVF-PQ; smaller sets
-        are read into memory)
+        :class:`VectorStream` of dense vectors (read in blocks for a compressed IVF;
+        smaller sets are read into memory)
     metric : {"ip", "hamming"}
-    kind : {"auto", "flat", "ivf", "ivfpq"}
+    kind : {"auto", "flat", "ivf", "ivfsq8", "ivfpq"}
     nlist : int > 0 or None, inverted lists for IVF (default ``4·√N``, at least 16; at
-        most :data:`IVFPQ_MAX_LISTS` for IVF-PQ)
+        most :data:`COMPRESSED_MAX_LISTS` for a compressed IVF)
     seed : int, seed of the training sample and of the recall probe
-    code_bytes : int or None, IVF-PQ code bytes per vector (default :data:`IVFPQ_CODE_BYTES`)
+    code_bytes : int or None, PQ code bytes per vector (``ivfpq``; default :data:`PQ_CODE_BYTES`)
 
     Returns
     -------
     index : faiss.Index or faiss.IndexBinary, with ``vectors`` added (row i = vector i)
     params : dict, JSON-ready description for the manifest
         (``{"type": "flat"}``, ``{"type": "ivf", "nlist", "nprobe", "recall_at_10"}`` or
-        the IVF-PQ description of :func:`build_ivfpq`)
+        the description of :func:`build_compressed_ivf`)
     """
     import faiss
 
-    if kind not in ("auto", "flat", "ivf", "ivfpq"):
-        raise ParameterError(f"kind must be auto, flat, ivf or ivfpq, given kind={kind!r}")
-    big = metric == "ip" and int(np.prod(np.shape(vectors) if not isinstance(vectors, VectorStream) else
-                                         (vectors.n, vectors.dim))) * 4 >= IVFPQ_MIN_BYTES
-    if isinstance(vectors, VectorStream) or kind == "ivfpq" or (kind == "auto" and big):
+    kinds = ("auto", "flat", "ivf") + COMPRESSED_TYPES
+    if kind not in kinds:
+        raise ParameterError(f"kind must be one of {kinds}, given kind={kind!r}")
+    shape = (vectors.n, vectors.dim) if isinstance(vectors, VectorStream) else np.shape(vectors)
+    if kind == "auto" and metric == "ip" and int(np.prod(shape)) * 4 >= COMPRESSED_MIN_BYTES:
+        kind = f"ivf{COMPRESSED_CODEC}"
+    if isinstance(vectors, VectorStream) or kind in COMPRESSED_TYPES:
         if metric != "ip":
-            raise ParameterError(f"streamed and IVF-PQ indexes are dense (metric 'ip'), given metric={metric!r}")
+            raise ParameterError(f"streamed and compressed indexes are dense (metric 'ip'), given metric={metric!r}")
         stream = vectors if isinstance(vectors, VectorStream) else VectorStream.of(_check_refs(vectors, metric))
-        if kind == "ivfpq" or (kind == "auto" and stream.n * stream.dim * 4 >= IVFPQ_MIN_BYTES):
-            return build_ivfpq(stream, nlist=nlist, code_bytes=code_bytes, seed=seed)
+        if kind in COMPRESSED_TYPES:
+            return build_compressed_ivf(stream, codec=kind[3:], nlist=nlist, code_bytes=code_bytes, seed=seed)
         vectors = stream.array()
     vectors = _check_refs(vectors, metric)
     n, d = vectors.shape
@@ -427,64 +434,74 @@ def _noisy_copies(rows: np.ndarray, rng: np.random.Generator, spread: np.ndarray
     return q.astype(np.float32)
 
 
-def build_ivfpq(stream: VectorStream, *, nlist: int | None = None, code_bytes: int | None = None,
-                seed: int = 0, n_probe_queries: int = PROBE_QUERIES,
-                target: float = TARGET_RECALL) -> tuple[Any, dict[str, Any]]:
-    """IVF-PQ over a stream of dense vectors, its recall measured in the same pass.
+def build_compressed_ivf(stream: VectorStream, *, codec: str = COMPRESSED_CODEC, nlist: int | None = None,
+                         code_bytes: int | None = None, seed: int = 0, n_probe_queries: int = PROBE_QUERIES,
+                         target: float = TARGET_RECALL) -> tuple[Any, dict[str, Any]]:
+    """An IVF of compressed codes over a stream of dense vectors, its recall measured in the same pass.
 
     One pass over ``stream`` does three things per block: the block is assigned to its
-    inverted lists and PQ-encoded (``IndexIVFPQ``, inner product, 8-bit codes), and the
-    exact top-10 of the probe queries is merged with the block's (a
-    ``faiss.ResultHeap``, as ``knn_ground_truth`` streams a database), so memory holds
-    one block, the codes, and the heaps; never the rows. Training (coarse k-means and
-    PQ codebooks) uses ``stream.sample``. The probe queries are noisy copies of rows
-    sampled with another seed than the training rows (held out: no probe is a row of the
-    index as it stands, nor a training row).
+    inverted lists and encoded (``sq8``: ``IndexIVFScalarQuantizer``, 8 bits a
+    dimension, ranges per dimension; ``pq``: ``IndexIVFPQ``, 8-bit sub-quantizers; both
+    inner product, residuals of the list centroid), and the exact top-10 of the probe
+    queries is merged with the block's (a ``faiss.ResultHeap``, as ``knn_ground_truth``
+    streams a database), so memory holds one block, the codes, and the heaps; never the
+    rows. Training (coarse spherical k-means, then the codec) uses ``stream.sample``. The
+    probe queries are noisy copies of rows sampled with another seed than the training
+    rows (held out: no probe is a row of the index as it stands, nor a training row).
     ``nprobe`` then doubles from 1 until recall@10 against the exact neighbours reaches
-    ``target``, or stops gaining (less than 0.005 a doubling: PQ's rounding, not the lists
-    probed, limits it then); every recall tried is kept.
+    ``target``, or stops gaining (less than 0.005 a doubling: the codes' rounding, not the
+    lists probed, limits it then); every recall tried is kept.
 
     Parameters
     ----------
     stream : VectorStream, L2-normalised float32 rows
-    nlist : int or None, inverted lists (default ``4·√N``, 16 to :data:`IVFPQ_MAX_LISTS`)
+    codec : {"sq8", "pq"}
+    nlist : int or None, inverted lists (default ``4·√N``, 16 to :data:`COMPRESSED_MAX_LISTS`)
     code_bytes : int or None, PQ sub-quantizers (= bytes a vector; default the largest
-        divisor of ``dim`` up to :data:`IVFPQ_CODE_BYTES`)
+        divisor of ``dim`` up to :data:`PQ_CODE_BYTES`); SQ8 codes are ``dim`` bytes
     seed : int, seed of the training sample and the probe
     n_probe_queries : int, probe queries
     target : float, recall@10 the ``nprobe`` search stops at
 
     Returns
     -------
-    index : faiss.IndexIVFPQ with every row added (row i = id i), ``nprobe`` set
-    params : dict ``{"type": "ivfpq", "metric", "nlist", "code_bytes", "nbits", "nprobe",
+    index : faiss.IndexIVFScalarQuantizer or faiss.IndexIVFPQ with every row added (row i =
+        id i), ``nprobe`` set
+    params : dict ``{"type": "ivfsq8" | "ivfpq", "metric", "nlist", "code_bytes", "nprobe",
         "recall_at_10", "recall_by_nprobe", "probe_queries", "train_rows"}``
     """
     import faiss
 
+    if codec not in ("sq8", "pq"):
+        raise ParameterError(f"codec must be sq8 or pq, given codec={codec!r}")
     if not _configured:
         configure_faiss()
     n, d = stream.n, stream.dim
-    nlist = nlist or int(min(IVFPQ_MAX_LISTS, max(16, 4 * math.sqrt(n))))
+    nlist = nlist or int(min(COMPRESSED_MAX_LISTS, max(16, 4 * math.sqrt(n))))
     if nlist < 1 or nlist > n:
         raise ParameterError(f"nlist must be in 1..{n}, given nlist={nlist}")
-    m = code_bytes or _largest_divisor(d, IVFPQ_CODE_BYTES)
+    m = d if codec == "sq8" else (code_bytes or _largest_divisor(d, PQ_CODE_BYTES))
     if m < 1 or d % m:
         raise ParameterError(f"code_bytes must divide the dimension {d}, given code_bytes={m}")
     train = stream.sample(min(n, max(64 * nlist, 65536)), seed)
     rng = np.random.default_rng(seed + 1)
     probes = _noisy_copies(stream.sample(n_probe_queries, seed + 1), rng, train.std(0))
-    LOG.info("IVF-PQ: training %d lists, %d-byte codes on %d rows", nlist, m, len(train))
+    name = f"IVF-{codec.upper()}"
+    LOG.info("%s: training %d lists, %d-byte codes on %d rows", name, nlist, m, len(train))
     t0 = time.perf_counter()
     # coarse lists: spherical k-means (inner product), large GEMMs on every thread
     quantizer = faiss.IndexFlatIP(d)
     clustering = faiss.Clustering(d, nlist)
     clustering.spherical, clustering.seed = True, seed
     clustering.train(train, quantizer)
-    index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    # codebooks (the quantizer is trained, so this trains only them): m small k-means
-    # whose many short parallel loops crawl when the threads share their cores with other
-    # work (10-20x slower on two busy cores), and take seconds on one thread
+    if codec == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    # the codec (the quantizer is trained, so only it): PQ's m small k-means run many short
+    # parallel loops that crawl when the threads share their cores with other work (10-20x
+    # slower on two busy cores) and take seconds on one thread
     faiss.omp_set_num_threads(1)
     try:
         index.train(train)
@@ -492,7 +509,7 @@ def build_ivfpq(stream: VectorStream, *, nlist: int | None = None, code_bytes: i
         faiss.omp_set_num_threads(_threads())
     ntrain = len(train)
     del train
-    LOG.info("IVF-PQ: trained in %.1f s", time.perf_counter() - t0)
+    LOG.info("%s: trained in %.1f s", name, time.perf_counter() - t0)
     heap = faiss.ResultHeap(len(probes), 10, keep_max=True)
     start = 0
     for block in stream.blocks():
@@ -503,10 +520,11 @@ def build_ivfpq(stream: VectorStream, *, nlist: int | None = None, code_bytes: i
         D, I = faiss.knn(probes, block, min(10, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
         heap.add_result(D, I + start)
         start += len(block)
-        LOG.debug("IVF-PQ: %d of %d rows added", start, n)
+        LOG.debug("%s: %d of %d rows added", name, start, n)
     if start != n:
         raise ParameterError(f"the stream said {n} rows but gave {start}")
-    LOG.info("IVF-PQ: %d rows added (and the probe's exact neighbours found) in %.1f s", n, time.perf_counter() - t0)
+    LOG.info("%s: %d rows added (and the probe's exact neighbours found), %.1f s", name, n,
+             time.perf_counter() - t0)
     heap.finalize()
     truth = heap.I
     curve: dict[str, float] = {}
@@ -518,8 +536,8 @@ def build_ivfpq(stream: VectorStream, *, nlist: int | None = None, code_bytes: i
         if recall >= target or nprobe >= nlist or recall - previous < 0.005:
             break
         previous, nprobe = recall, min(2 * nprobe, nlist)
-    LOG.info("IVF-PQ: nprobe %d, recall@10 %.4f; built in %.1f s", nprobe, recall, time.perf_counter() - t0)
-    return index, {"type": "ivfpq", "metric": "ip", "nlist": nlist, "code_bytes": m, "nbits": 8,
+    LOG.info("%s: nprobe %d, recall@10 %.4f; built in %.1f s", name, nprobe, recall, time.perf_counter() - t0)
+    return index, {"type": f"ivf{codec}", "metric": "ip", "nlist": nlist, "code_bytes": m,
                    "nprobe": nprobe, "recall_at_10": round(recall, 4), "recall_by_nprobe": curve,
                    "probe_queries": len(probes), "train_rows": ntrain}
 
@@ -531,8 +549,9 @@ def describe_index(params: dict[str, Any] | None) -> str:
     kind = params.get("type")
     if kind == "flat":
         return "exact (flat)"
-    text = f"{'IVF-PQ' if kind == 'ivfpq' else 'IVF'} with {params.get('nlist')} lists, nprobe {params.get('nprobe')}"
-    if kind == "ivfpq":
+    label = {"ivfsq8": "IVF-SQ8", "ivfpq": "IVF-PQ"}.get(kind, "IVF")
+    text = f"{label} with {params.get('nlist')} lists, nprobe {params.get('nprobe')}"
+    if kind in COMPRESSED_TYPES:
         text += f", {params.get('code_bytes')}-byte codes"
     if params.get("recall_at_10") is not None:
         text += f"; recall@10 {params['recall_at_10']:.3f} against exact search at build"
@@ -1458,7 +1477,7 @@ def knn(index: Any, queries: np.ndarray, k: int, *, backend: str = "faiss", devi
         device = "cpu" if binary else resolve_device("auto")
         if device != "cpu":
             backend = "torch"
-    if isinstance(index, faiss.IndexIVFPQ):
+    if isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)):
         # compressed codes are searched as built: another backend would search the decoded
         # (approximate) rows, all of them, in memory: 20 GB for a 10M x 512 index
         backend, device, precision = "faiss", "cpu", "fp32"

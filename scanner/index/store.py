@@ -68,7 +68,7 @@ IVF_FROM = 32768
 #: about half of 6 and agree on the nearest one for 90% of descriptors.
 IVF_NPROBE = 4
 #: faiss files from this size on open memory-mapped: pages are read as searches touch
-#: them (an IVF-PQ reads only the lists it probes) and stay in the page cache, shared.
+#: them (a compressed IVF reads only the lists it probes) and stay in the page cache, shared.
 MMAP_FROM = 256 << 20
 
 
@@ -853,7 +853,7 @@ class IndexWriter:
 
         For sets larger than memory (10M x 512 fp32 is 20 GB): the index is built by
         :func:`scanner.index.search.build_faiss_index` in one pass over the stream
-        (IVF-PQ past :data:`scanner.index.search.IVFPQ_MIN_BYTES`) and written like any
+        (compressed IVF past :data:`scanner.index.search.COMPRESSED_MIN_BYTES`) and written like any
         other feature (staged, hashed into the manifest, swapped in).
 
         Parameters
@@ -998,7 +998,7 @@ class IndexWriter:
         return sorted(set(self.manifest["features"]) | set(self._features) | set(self._streams))
 
     def _extend_compressed(self, name: str, spec: dict[str, Any]) -> tuple[Any, np.ndarray]:
-        """An IVF-PQ feature with removed works dropped and new vectors added, codes kept.
+        """A compressed IVF feature with removed works dropped and new vectors added, codes kept.
 
         Compressed codes cannot be decoded back to the rows they came from, so the
         index is never rebuilt from its own reconstruction: the trained index is read,
@@ -1037,14 +1037,14 @@ class IndexWriter:
         import faiss
 
         assert self.staging is not None
+        from scanner.index.search import COMPRESSED_TYPES, build_faiss_index
+
         spec = dict(self._identity(name))
         index, vecs = None, None
         if name in self._streams:
-            from scanner.index.search import build_faiss_index
-
             _, stream, rows = self._streams[name]
             index, spec["index"] = build_faiss_index(stream, "ip")
-        elif (spec.get("index") or {}).get("type") == "ivfpq":
+        elif (spec.get("index") or {}).get("type") in COMPRESSED_TYPES:
             index, rows = self._extend_compressed(name, spec)
         else:
             vecs, rows = self.vectors(name)
@@ -1059,8 +1059,6 @@ class IndexWriter:
             index = faiss.IndexBinaryFlat(spec["dim"])
             index.add(np.ascontiguousarray(vecs, dtype=np.uint8))
         else:
-            from scanner.index.search import build_faiss_index
-
             # exact flat search below a size threshold, an inverted file above it,
             # with its parameters and measured recall kept for `index info`
             index, spec["index"] = build_faiss_index(np.ascontiguousarray(vecs, dtype=np.float32), "ip")
