@@ -18,8 +18,8 @@ each hard one):
     ``crop-70`` and ``crop-50`` (keep 70 % / 50 % of the *area*, each side
     scaled by the square root, at a random position), ``rotate`` (5–15 degrees
     either way, canvas expanded, corners filled with a random colour),
-    ``mirror`` (left-right), ``collage`` (the copy pasted at 35–60 % of the
-    width into a larger picture from another folder), ``caption`` (a caption
+    ``mirror`` (left-right), ``collage`` (the work, its content box, pasted at
+    35–60 % of the width into a larger picture from another folder), ``caption`` (a caption
     band of 8–12 % of the height plus 2–4 coloured stickers, about 20 % covered
     in all), ``grayscale``, ``hue`` (hue turned by 30–150 degrees either way),
     ``elastic`` (a smooth random displacement field, at most 2–5 % of the shorter
@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 #: Bump when a transform's definition changes: cached sets are rebuilt.
-VERSION = "acc-transforms-2"
+VERSION = "acc-transforms-3"
 #: Words for caption bands.
 WORDS = ("sunset", "limited", "edition", "new", "collection", "by", "studio", "art", "summer",
          "festival", "official", "poster", "hello", "world", "free", "sample", "episode", "season",
@@ -205,16 +205,24 @@ def _cover(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def collage(image: Image.Image, rng: np.random.Generator, ctx: Context) -> tuple[Image.Image, dict[str, Any]]:
-    """Paste the copy at 35–60 % of the canvas width into an unrelated picture (``ctx.background``).
+    """Paste the work at 35–60 % of the canvas width into an unrelated picture (``ctx.background``).
 
-    The canvas takes the background's aspect ratio (taller if the copy would
-    not fit) and at most ``ctx.max_side`` pixels on its longer side (the copy is
-    downscaled with it when needed).
+    The work is the picture's content box (:func:`content_box`, plus a margin of
+    3 % of its longer side): a drawing on a mostly empty page is pasted as the
+    drawing, so "35–60 % of the width" is the drawing's share, not the page's
+    (pasting the page put a drawing that fills 13 % of its page at 5–8 % of the
+    collage). The canvas takes the background's aspect ratio (taller if the copy
+    would not fit) and at most ``ctx.max_side`` pixels on its longer side (the
+    copy is downscaled with it when needed).
     """
     if ctx.background is None:
         raise ValueError("collage needs a background picture")
     share = float(rng.uniform(0.35, 0.60))
     bg = ctx.background.convert("RGB")
+    left, top, right, bottom = content_box(image)
+    pad = max(2, round(0.03 * max(right - left, bottom - top)))
+    trim = (max(0, left - pad), max(0, top - pad), min(image.width, right + pad), min(image.height, bottom + pad))
+    image = image.crop(trim)
     w_canvas = image.width / share
     h_canvas = max(w_canvas * bg.height / bg.width, image.height * 1.15)
     scale = min(1.0, ctx.max_side / max(w_canvas, h_canvas))
@@ -227,7 +235,8 @@ def collage(image: Image.Image, rng: np.random.Generator, ctx: Context) -> tuple
     x0 = int(rng.integers(0, size[0] - copy.width + 1))
     y0 = int(rng.integers(0, size[1] - copy.height + 1))
     canvas.paste(copy, (x0, y0))
-    return canvas, {"share": round(share, 3), "canvas": size, "box": (x0, y0, x0 + copy.width, y0 + copy.height)}
+    return canvas, {"share": round(share, 3), "content": trim, "canvas": size,
+                    "box": (x0, y0, x0 + copy.width, y0 + copy.height)}
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
