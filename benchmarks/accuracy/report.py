@@ -69,6 +69,13 @@ def markdown(rep: dict[str, Any]) -> str:
     if alt:
         lines.append(f"| all, score = the 0–1 `score` field instead | {alt['muAP']:.3f} "
                      f"| {_f(alt['recall_at_p90'])} | | |")
+    folders = rep.get("by_folder") or {}
+    if folders:
+        lines += ["", "| recall by reference folder (a diagnostic: where the misses gather) | refs | mild | hard "
+                      "| combo |", "|---|---:|---:|---:|---:|"]
+        for folder, row in folders.items():
+            cells = [f"{row[g]['recall']:.3f}" if g in row else "-" for g in ("mild", "hard", "combo")]
+            lines.append(f"| {folder} | {row['refs']} | " + " | ".join(cells) + " |")
     cal = rep.get("calibration")
     if cal:
         lines += ["", f"Calibrated on this half's labels (`likeness calibrate`'s function, precision 0.99, at most "

@@ -182,6 +182,7 @@ def evaluate(the_set: dict[str, Any], results: dict[str, list[dict[str, Any]]], 
                   "muAP": d["muAP"], "recall_at_p90": d["recall_at_p90"],
                   "scan_seconds": sec, "scan_images_per_s": c["n"] / sec if sec else 0.0}
         misses[t] = miss
+    by_folder = folder_recall(the_set, results)
     neg, neg_hits = metrics.negative_counts(neg_results, neg_paths)
     nsec = timing["scans"][NEGATIVES]["seconds"] or timing["scans"][NEGATIVES]["wall_seconds"]
     neg["scan_images_per_s"] = neg["n"] / nsec if nsec else 0.0
@@ -206,8 +207,48 @@ def evaluate(the_set: dict[str, Any], results: dict[str, list[dict[str, Any]]], 
             _, corr2, sc2, _ = metrics.predictions(lines, truth, score=metrics.strength_score)
             alt = metrics.descriptor_metrics(corr2, sc2, npos)
     return {"per_transform": per, "negatives": neg, "descriptor": descriptor,
-            "descriptor_with_strength_score": alt, "misses": misses, "negative_hits": neg_hits,
+            "descriptor_with_strength_score": alt, "by_folder": by_folder, "misses": misses,
+            "negative_hits": neg_hits,
             "_pooled": pooled, "_results": results, "_truth": truth}
+
+
+def folder_recall(the_set: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Recall per folder of the references (two levels under the corpus root), by transform group.
+
+    A diagnostic, not a target: it shows whether misses spread over the corpus or
+    gather in one kind of work (openclipart's ``special/patterns``, 100-pixel tiles
+    of dots, stripes and checks, gathers most of them).
+
+    Returns
+    -------
+    dict folder -> ``{"refs": int, "mild"|"hard"|"combo": {"n", "recall"}}``, folders
+    with the most references first; folders of fewer than 5 references pooled as
+    ``"(folders of < 5 references)"``
+    """
+    real = os.path.realpath
+    root = the_set["corpus_root"]
+    lines = [r for t in the_set["config"]["transforms"] for r in results.get(t, [])]
+    folders: dict[str, dict[str, dict[str, Any]]] = {}
+    for p, q in the_set["queries"].items():
+        folder = "/".join(Path(os.path.relpath(os.path.dirname(q["ref"]), root)).parts[:2])
+        group = tf.TRANSFORMS.get(q["transform"], "combo")
+        folders.setdefault(folder, {}).setdefault(group, {})[real(p)] = q
+    small = "(folders of < 5 references)"
+    pooled: dict[str, dict[str, dict[str, Any]]] = {}
+    for folder, groups in folders.items():
+        n_refs = len({q["ref"] for qs in groups.values() for q in qs.values()})
+        key = folder if n_refs >= 5 else small
+        for group, qs in groups.items():
+            pooled.setdefault(key, {}).setdefault(group, {}).update(qs)
+    out: dict[str, Any] = {}
+    for folder, groups in pooled.items():
+        refs = {q["ref"] for qs in groups.values() for q in qs.values()}
+        row: dict[str, Any] = {"refs": len(refs)}
+        for group, qs in groups.items():
+            c, _ = metrics.copy_counts([r for r in lines if real(r["path"]) in qs], qs)
+            row[group] = {"n": c["n"], "recall": c["recall"]}
+        out[folder] = row
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] == small, -kv[1]["refs"], kv[0])))
 
 
 def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, args: argparse.Namespace,
