@@ -88,6 +88,52 @@ def test_binary_backends_agree() -> None:
     assert np.array_equal(If[:, 0], np.arange(40)) and np.array_equal(In[:, 0], np.arange(40))
 
 
+def test_faiss_on_a_gpu_where_faiss_has_one(dense, truth, monkeypatch) -> None:
+    """faiss-gpu's calls are the path taken when faiss reports a GPU; faiss-cpu refuses with a clear message.
+
+    faiss-cpu has no GPU code, so the GPU calls are stood in for by the CPU index
+    they would copy (same searches): what is tested is the routing and the
+    calls made, not a GPU."""
+    import faiss
+
+    refs, queries = dense
+    assert search.faiss_gpus() == 0                               # the wheel this project installs
+    with pytest.raises(ParameterError, match="faiss"):
+        search.FaissSearcher(search.build_faiss_index(refs, "ip", kind="flat")[0], device="cuda")
+
+    calls: list[tuple[str, int]] = []
+
+    class Config:
+        device = -1
+
+    def to_gpu(res, gpu, index):
+        calls.append(("dense", gpu))
+        return index
+
+    def binary_to_gpu(res, index, cfg):
+        calls.append(("binary", cfg.device))
+        return index
+
+    for name, value in (("get_num_gpus", lambda: 2), ("StandardGpuResources", object),
+                        ("index_cpu_to_gpu", to_gpu), ("GpuIndexBinaryFlatConfig", Config),
+                        ("GpuIndexBinaryFlat", binary_to_gpu)):
+        monkeypatch.setattr(faiss, name, value, raising=False)
+    assert search.faiss_gpus() == 2
+    s = search.make_searcher(refs, backend="faiss", device="cuda:1")
+    D, I = s.search(queries, 10)
+    assert calls == [("dense", 1)] and isinstance(s, search.FaissSearcher) and s.device == "cuda:1"
+    assert np.array_equal(I, truth[1]) and np.allclose(D, truth[0], atol=1e-5)
+    # binary codes with device auto go to faiss's GPU; dense ones would go to torch's
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    index, _ = search.build_faiss_index(codes, "hamming")
+    Db, Ib = search.knn(index, codes[:20], 3, device="auto")
+    assert calls[-1] == ("binary", 0) and np.array_equal(Ib[:, 0], np.arange(20)) and (Db[:, 0] == 0).all()
+    with pytest.raises(ParameterError):
+        search.FaissSearcher(index, device="cuda:2")               # faiss sees 2 GPUs: 0 and 1
+    search._CACHE.clear()
+
+
 def test_bad_input_is_a_parameter_error(dense) -> None:
     refs, queries = dense
     with pytest.raises(ParameterError):

@@ -9,7 +9,9 @@ One small interface, several backends::
     D, I = searcher.search(queries, k)
 
 - ``faiss``: exact flat (``IndexFlatIP`` / ``IndexBinaryFlat``) on the CPU, or an
-  IVF index for approximate search (:func:`build_faiss_index` picks by size).
+  IVF index for approximate search (:func:`build_faiss_index` picks by size); on a
+  GPU too where faiss was built with GPU support (``faiss-gpu``; the ``faiss-cpu``
+  wheel this project installs has none: :func:`faiss_gpus`).
 - ``torch``: dense inner product on ``cpu`` or ``cuda``; the reference matrix stays
   resident on the device in fp32, bf16, fp16 or int8 and is walked in chunks, with
   a running top-k merge, so memory is bounded by one (query block x ref chunk)
@@ -196,6 +198,28 @@ def resolve_device(device: str = "auto") -> str:
     raise ParameterError(f"device must be auto, cpu or cuda, given device={device!r}")
 
 
+def faiss_gpus() -> int:
+    """GPUs faiss itself can search on: 0 with the ``faiss-cpu`` wheel (no GPU code in it)."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    if not hasattr(faiss, "StandardGpuResources") or not hasattr(faiss, "get_num_gpus"):
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except Exception:  # noqa: BLE001 - a broken driver means no GPU for faiss, as for torch
+        return 0
+
+
+def _gpu_number(device: str) -> int:
+    """``cuda`` -> 0, ``cuda:N`` -> N."""
+    try:
+        return int(device.partition(":")[2] or 0)
+    except ValueError:
+        raise ParameterError(f"device must be cuda or cuda:N, given device={device!r}") from None
+
+
 # --------------------------------------------------------------------------- interface
 
 
@@ -276,7 +300,8 @@ def make_searcher(refs: np.ndarray, *, metric: str = "ip", backend: str = "faiss
         uint8 ``[shape=(N, bits // 8)]`` packed codes (``metric="hamming"``)
     metric : {"ip", "hamming"}
     backend : {"faiss", "torch", "numpy"}
-    device : {"cpu", "cuda", "auto"}; only ``torch`` runs on ``cuda``
+    device : {"cpu", "cuda", "auto"}; ``torch`` runs on ``cuda``, and ``faiss`` where it
+        has GPU support (:func:`faiss_gpus`)
     precision : {"fp32", "bf16", "fp16", "int8"}
         Storage (and, where the device has it, compute) precision of the
         references; only ``torch`` offers other than ``fp32`` for ``ip``. Results
@@ -294,14 +319,17 @@ def make_searcher(refs: np.ndarray, *, metric: str = "ip", backend: str = "faiss
     if precision not in PRECISIONS:
         raise ParameterError(f"precision must be one of {PRECISIONS}, given precision={precision!r}")
     refs = _check_refs(refs, metric)
-    device = resolve_device(device)
-    if backend != "torch" and device != "cpu":
-        raise ParameterError(f"backend={backend!r} runs on the CPU only, given device={device!r}")
+    if backend == "faiss" and device != "cpu" and faiss_gpus():
+        device = "cuda" if device == "auto" else device
+    else:
+        device = resolve_device(device)
+    if backend == "numpy" and device != "cpu":
+        raise ParameterError(f"backend='numpy' runs on the CPU only, given device={device!r}")
     if backend != "torch" and precision != "fp32":
         raise ParameterError(f"backend={backend!r} searches in fp32 only, given precision={precision!r}; "
                              "reduced precision is offered by backend='torch'")
     if backend == "faiss":
-        return FaissSearcher(build_faiss_index(refs, metric, kind="flat")[0], **options)
+        return FaissSearcher(build_faiss_index(refs, metric, kind="flat")[0], device=device, **options)
     if backend == "numpy":
         return NumpySearcher(refs, metric=metric, **options)
     if metric == "hamming":
@@ -594,17 +622,34 @@ def tune_nprobe(index: Any, vectors: np.ndarray, *, target: float = 0.95, n_prob
 
 
 class FaissSearcher(Searcher):
-    """faiss CPU search over a built index (flat, IVF or binary flat).
+    """faiss search over a built index (flat, IVF or binary flat), on the CPU or a GPU.
 
     Parameters
     ----------
     index : faiss.Index or faiss.IndexBinary
+    device : ``cpu``, or ``cuda[:N]`` where faiss has GPU support (:func:`faiss_gpus`):
+        the index is copied to that GPU once (``index_cpu_to_gpu``; binary flat codes
+        through ``GpuIndexBinaryFlat``) and searched there
     query_block : int > 0, queries per faiss call (bounds the result buffers)
     """
 
-    def __init__(self, index: Any, *, query_block: int = QUERY_BLOCK):
+    def __init__(self, index: Any, *, device: str = "cpu", query_block: int = QUERY_BLOCK):
         import faiss
 
+        self.device = device
+        if device != "cpu":
+            gpu = _gpu_number(device)
+            if gpu >= faiss_gpus():
+                raise ParameterError(
+                    f"device={device!r} asked of faiss, but this faiss has no GPU support (the faiss-cpu wheel) "
+                    "or no such GPU; install faiss-gpu, or search on the GPU with backend='torch'")
+            self._resources = faiss.StandardGpuResources()   # kept: the GPU index uses it
+            if isinstance(index, faiss.IndexBinaryFlat):
+                cfg = faiss.GpuIndexBinaryFlatConfig()
+                cfg.device = gpu
+                index = faiss.GpuIndexBinaryFlat(self._resources, index, cfg)
+            else:
+                index = faiss.index_cpu_to_gpu(self._resources, gpu, index)
         self.index = index
         self.metric = "hamming" if isinstance(index, faiss.IndexBinary) else "ip"
         self.ntotal = int(index.ntotal)
@@ -621,7 +666,8 @@ class FaissSearcher(Searcher):
         import faiss
 
         n = len(queries)
-        faiss.omp_set_num_threads(1 if min(n, self.query_block) * self.visited < PARALLEL_WORK else _threads())
+        if self.device == "cpu":
+            faiss.omp_set_num_threads(1 if min(n, self.query_block) * self.visited < PARALLEL_WORK else _threads())
         out_d, out_i = [], []
         for start in range(0, n, self.query_block):
             d, i = self.index.search(np.ascontiguousarray(queries[start:start + self.query_block]), k)
@@ -1433,7 +1479,7 @@ def searcher_for(index: Any, *, backend: str = "faiss", device: str = "cpu", pre
     The torch backend copies the rows to the device once; the cache keeps that copy
     for the next batch of the same index (keyed by the index object and its size).
     """
-    if backend == "faiss" and precision == "fp32" and resolve_device(device) == "cpu":
+    if backend == "faiss" and precision == "fp32" and device == "cpu":
         return FaissSearcher(index, **options)
     key = (id(index), int(index.ntotal), backend, device, precision, tuple(sorted(options.items())))
     hit = _CACHE.get(key)
@@ -1441,6 +1487,14 @@ def searcher_for(index: Any, *, backend: str = "faiss", device: str = "cpu", pre
         return hit[1]
     import faiss
 
+    if backend == "faiss":
+        if precision != "fp32":
+            raise ParameterError(f"backend='faiss' searches in fp32 only, given precision={precision!r}")
+        s: Searcher = FaissSearcher(index, device="cuda" if device == "auto" else device, **options)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = (index, s)
+        return s
     metric = "hamming" if isinstance(index, faiss.IndexBinary) else "ip"
     s = make_searcher(_vectors_of(index), metric=metric, backend=backend, device=device, precision=precision,
                       **options)
@@ -1461,7 +1515,8 @@ def knn(index: Any, queries: np.ndarray, k: int, *, backend: str = "faiss", devi
     k : int > 0
     backend : {"faiss", "torch", "numpy"}; binary indexes use faiss or numpy
     device : {"cpu", "cuda", "auto"}; ``auto`` picks torch on CUDA for dense
-        indexes when a GPU is present, faiss otherwise
+        indexes when a GPU is present, faiss on a GPU for binary indexes where faiss
+        has GPU support, faiss on the CPU otherwise
     precision : {"fp32", "bf16", "fp16", "int8"}, torch only
 
     Returns
@@ -1474,9 +1529,12 @@ def knn(index: Any, queries: np.ndarray, k: int, *, backend: str = "faiss", devi
 
     binary = isinstance(index, faiss.IndexBinary)
     if device == "auto":
-        device = "cpu" if binary else resolve_device("auto")
-        if device != "cpu":
-            backend = "torch"
+        if binary:  # Hamming codes: faiss on a GPU where it has one, else the CPU
+            device = "cuda" if faiss_gpus() and backend == "faiss" else "cpu"
+        else:       # dense: torch's fused kernel on a GPU (benchmarks/README.md), else the CPU
+            device = resolve_device("auto")
+            if device != "cpu":
+                backend = "torch"
     if isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)):
         # compressed codes are searched as built: another backend would search the decoded
         # (approximate) rows, all of them, in memory: 20 GB for a 10M x 512 index
