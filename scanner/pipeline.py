@@ -1222,21 +1222,62 @@ class ScanSummary:
         return 0
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Complete lines of a ``results.jsonl``; a torn last line (killed writer) is ignored."""
-    out = []
+def iter_results(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Complete lines of a ``results.jsonl``, one dict at a time, in file order.
+
+    A torn last line (killed writer) and any line that is not JSON are
+    skipped; a missing file yields nothing. Only one line is held at a time,
+    so a file of millions of results (2-5 KB a line) is read in constant memory.
+
+    Parameters
+    ----------
+    path : a ``results.jsonl`` written by a scan
+
+    Yields
+    ------
+    result : dict
+        One result line as written by :meth:`Result.to_dict`.
+    """
     try:
         with open(path, "rb") as fh:
             for line in fh:
                 if not line.endswith(b"\n"):
                     break
                 try:
-                    out.append(json.loads(line))
+                    yield json.loads(line)
                 except ValueError:
                     continue
     except FileNotFoundError:
-        pass
-    return out
+        return
+
+
+class ResultsFile:
+    """A ``results.jsonl`` that can be iterated more than once: each pass re-reads the file.
+
+    What the end-of-scan writers take (:func:`scanner.report.write_all`
+    makes two passes), so no pass holds more than one line of the file.
+
+    Parameters
+    ----------
+    path : a ``results.jsonl``
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter_results(self.path)
+
+    def __repr__(self) -> str:
+        return f"ResultsFile({str(self.path)!r})"
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Complete lines of a ``results.jsonl`` as a list (see :func:`iter_results`, which streams them).
+
+    Holds every line in memory: for small files and tests; the pipeline streams.
+    """
+    return list(iter_results(path))
 
 
 def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | Path | None = None,
@@ -1285,11 +1326,12 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
         out.mkdir(parents=True, exist_ok=True)
         results_path = out / "results.jsonl"
         if resume:
-            done = read_results(results_path)
-            _truncate_torn_tail(results_path)
-            done_paths = {r["path"] for r in done}
-            for r in done:
+            # one pass keeping paths and counts only, not millions of whole result lines
+            done_paths = set()
+            for r in iter_results(results_path):
+                done_paths.add(r["path"])
                 summary.counts[r["verdict"]] += 1
+            _truncate_torn_tail(results_path)
             before = len(items)
             items = [i for i in items if str(i.path) not in done_paths]
             summary.resumed = before - len(items)
@@ -1364,16 +1406,22 @@ def _truncate_torn_tail(path: Path, *, block: int = 1 << 16) -> None:
 
 
 def _write_outputs(out: Path, run: dict[str, Any], *, thumbnails: bool = True) -> None:
+    """Write ``run.json``, ``results.csv``, ``report.html`` and ``timeline.csv`` from ``out/results.jsonl``.
+
+    The results are streamed from the file (two passes), never all held: memory
+    is bounded by the outputs a person must look at plus the clear lines the
+    page lists (:data:`scanner.report.html.MAX_CLEAR`), whatever the run's size.
+    """
     from scanner.report import write_all
+    from scanner.report.timeline import write_timeline
 
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(run, indent=2))
     os.replace(tmp, out / "run.json")
-    results = read_results(out / "results.jsonl")
-    write_all(results, run, out, thumbnails=thumbnails)
-    from scanner.report.timeline import write_timeline
-
-    write_timeline(results, out / "timeline.csv")  # where each matched work shows, with timecodes
+    listed = write_all(ResultsFile(out / "results.jsonl"), run, out, thumbnails=thumbnails)
+    # the timeline lists only outputs a person must look at, all of which the listing kept (in file
+    # order), so it is written from there rather than by a third pass over the file
+    write_timeline(listed.results, out / "timeline.csv")  # where each matched work shows, with timecodes
 
 
 def check(path: str | Path, index_dir: str | Path, *, options: FeatureOptions | None = None,

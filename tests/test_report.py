@@ -336,3 +336,97 @@ def test_audio_works_get_strips_at_build_and_the_report_marks_the_span(tmp_path:
     ref_left = float(spans[1][0])  # the work's strip stands for 20 s: the copy starts a quarter in
     assert abs(ref_left - 25.0) < 2.0
     assert "matches work 0:05–0:1" in html and "0:20" in html
+
+
+# --- a run of many results ------------------------------------------------------------
+
+
+def _many_results(folder: Path, n_clear: int) -> dict[str, dict]:
+    """A ``results.jsonl`` of ``n_clear + 2`` tiny lines, clear but for those a person must see (among
+    and after the clear ones; one clear line carries a decision), then a torn line; returns those by path."""
+    def match(work_id: int) -> dict:
+        return {"work_id": work_id, "ref_path": f"refs/w{work_id}.png", "title": f"Work {work_id}",
+                "feature": "image-phash", "score": 0.9, "chance": "1 in 1e9", "locator": {}}
+
+    decision = {"decision": "approved", "by": "Ana", "why": "parody", "time": "2025-01-01T00:00:00", "works": []}
+    special = {
+        10: {"verdict": "flagged", "score": 0.95, "matches": [match(1)]},
+        70: {"verdict": "review", "score": 0.6, "matches": [match(2)]},
+        3000: {"verdict": "clear", "score": 0.1, "matches": [], "decision": decision},
+        n_clear - 1: {"verdict": "error", "score": 0.0, "matches": [], "error": "does not decode"},
+        n_clear: {"verdict": "licensed", "score": 0.9, "matches": [match(3)]},
+        n_clear + 1: {"verdict": "flagged", "score": 0.99, "matches": [match(4)]},
+    }
+    folder.mkdir(parents=True)
+    with open(folder / "results.jsonl", "w") as fh:
+        for i in range(n_clear + 2):
+            line = {"path": f"outs/o{i}.png", "verdict": "clear", "score": 0.0, "sha256": f"{i:064x}",
+                    "modality": "image", "index_id": "idx-1", "matches": [], **special.get(i, {})}
+            fh.write(json.dumps(line) + "\n")
+        fh.write('{"path": "outs/torn.png", "verd')  # a killed writer's last line
+    return {f"outs/o{i}.png": s for i, s in special.items()}
+
+
+def test_report_of_many_results_lists_those_needing_a_person_and_a_cap_of_clear(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scanner.pipeline as pipeline
+    import scanner.report.html as report_html
+
+    n_clear, cap = 5000, 50
+    res = tmp_path / "res"
+    special = _many_results(res, n_clear)
+    monkeypatch.setattr(report_html, "MAX_CLEAR", cap)
+
+    def no_list(path: object) -> None:
+        raise AssertionError("the end of a scan must stream results.jsonl, not read it whole")
+
+    reached: list[int] = []  # how many result dicts the page is made from
+    real_render = report_html.render_html
+
+    def render(results, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reached.append(len(results.results))
+        return real_render(results, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_results", no_list)
+    monkeypatch.setattr(report_html, "render_html", render)
+    pipeline._write_outputs(res, {"skipped": 0}, thumbnails=True)
+
+    listed = len(special) + cap  # every line that needs a person, and the cap of clear ones
+    assert reached == [listed]
+    rows = (res / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + n_clear + 2 and "outs/torn.png" not in "".join(rows)
+    html = (res / "report.html").read_text()
+    shown = re.findall(r'<tbody class="item"[^>]* data-path="([^"]+)"', html)
+    assert len(shown) == listed and set(special) <= set(shown)
+    clear_shown = [p for p in shown if p not in special]
+    assert sorted(clear_shown, key=lambda p: int(p[6:-4])) == [f"outs/o{i}.png" for i in range(cap + 1) if i != 10]
+    counts = dict(re.findall(r'<span class="v (\w+)">\1</span> (\d+)', html))
+    n_clear_lines = n_clear + 2 - 5  # all lines, less the five of another verdict
+    assert counts == {"flagged": "2", "error": "1", "review": "1", "licensed": "1", "clear": str(n_clear_lines)}
+    unlisted = n_clear_lines - 1 - cap  # clear lines, less the one with a decision and those listed
+    assert (f"{unlisted:,} clear outputs are not listed here; every result is in results.csv and "
+            "results.jsonl") in html
+    assert "Ana" in html  # the decided clear output is listed with its decision
+    timeline = (res / "timeline.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in timeline[1:]] == ["outs/o10.png", "outs/o70.png", f"outs/o{n_clear}.png",
+                                                       f"outs/o{n_clear + 1}.png"]
+
+    # `likeness report` rebuilds the page by the same selection, from the same stream
+    reached.clear()
+    page = tmp_path / "r.html"
+    r = runner.invoke(app, ["report", str(res / "results.jsonl"), "--out", str(page)])
+    assert r.exit_code == 0, r.output
+    assert f"report of {n_clear + 2} result(s)" in r.output and reached == [listed]
+    rebuilt = page.read_text()
+    assert re.findall(r'<tbody class="item"[^>]* data-path="([^"]+)"', rebuilt) == shown
+    assert f"{unlisted:,} clear outputs are not listed here" in rebuilt
+
+
+def test_small_report_lists_every_result_and_write_all_refuses_a_one_shot_iterator(tmp_path: Path) -> None:
+    from scanner.report import write_all
+
+    lines = [{"path": f"o{i}.png", "verdict": "clear", "score": 0.0, "matches": []} for i in range(3)]
+    html = render_html(iter(lines), {})  # any iterable, read once
+    assert html.count('<tbody class="item"') == 3 and "not listed here" not in html
+    with pytest.raises(TypeError, match="reads the results twice"):
+        write_all(iter(lines), {}, tmp_path)

@@ -10,6 +10,13 @@ drawn against the review and flag thresholds with "1 in N by chance", and the
 work's title, rights holder and licence. Audio matches show spectrogram
 strips of both with the matched span highlighted on an mm:ss timeline.
 
+The table lists every output a person must look at (flagged, review,
+licensed, error, or carrying a decision) and the first :data:`MAX_CLEAR`
+clear ones in file order; the counts count every result, and the page says
+how many clear outputs it leaves out (all are in ``results.csv`` and
+``results.jsonl``). A scan of millions of outputs thus gives a page a browser
+opens, built in memory bounded by the outputs that need a person.
+
 Every string from files, results or metadata goes through jinja2's autoescape;
 thumbnails are embedded once each (a work's once, however many outputs match
 it) as ``data:`` URIs in a JSON blob, and a Content-Security-Policy forbids
@@ -22,6 +29,7 @@ import datetime as _dt
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -34,6 +42,9 @@ SHOWN = ("flagged", "review", "licensed")
 MAX_WORKS = 3
 #: Table lines per page (the rest wait hidden until paged to).
 PAGE = 100
+#: Clear outputs the report lists at most (the first ones in file order); the rest are
+#: counted but not listed, so a run of millions gives a page a browser can open.
+MAX_CLEAR = 2000
 
 
 def mmss(seconds: float | None) -> str:
@@ -234,16 +245,89 @@ def _script_json(value: Any) -> str:
         .replace("&", "\\u0026")
 
 
-def _index_thumbs(run: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
+def _needs_person(r: Mapping[str, Any]) -> bool:
+    """Whether an output must be looked at: any verdict but clear (an unknown one shows as
+    error), or a recorded decision."""
+    return r.get("verdict") != "clear" or bool(r.get("decision"))
+
+
+@dataclass
+class Listing:
+    """The results a report lists, and the counts of all of them.
+
+    Attributes
+    ----------
+    results : the listed result lines, in file order: every output a person must
+        look at (any verdict but clear, or carrying a decision) and the first
+        ``max_clear`` clear ones; so every output that gets a thumbnail or a
+        ``timeline.csv`` row is here
+    counts : results by verdict, every result counted (listed or not)
+    total : every result
+    unlisted : clear results counted but not listed
+    index_id : the first index id a result names (``None`` if none does)
+    """
+
+    results: list[Mapping[str, Any]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    total: int = 0
+    unlisted: int = 0
+    index_id: str | None = None
+
+
+def listing(results: Iterable[Mapping[str, Any]], *, max_clear: int | None = None) -> Listing:
+    """One pass over results keeping what the report lists (see :class:`Listing`).
+
+    Memory is bounded by the outputs that need a person plus ``max_clear``,
+    not by the number of results, so ``results`` may stream from a file of
+    millions of lines (:func:`scanner.pipeline.iter_results`).
+
+    Parameters
+    ----------
+    results : result lines as in ``results.jsonl``, iterated once
+    max_clear : clear results listed at most (default :data:`MAX_CLEAR`, read
+        at call time)
+
+    Returns
+    -------
+    Listing
+    """
+    cap = MAX_CLEAR if max_clear is None else max_clear
+    out = Listing()
+    clear = 0
+    for r in results:
+        out.total += 1
+        out.counts[r.get("verdict")] += 1
+        if out.index_id is None and r.get("index_id"):
+            out.index_id = r.get("index_id")
+        if _needs_person(r):
+            out.results.append(r)
+        elif clear < cap:
+            clear += 1
+            out.results.append(r)
+        else:
+            out.unlisted += 1
+    return out
+
+
+def _unlisted_sentence(n: int) -> str:
+    """What the page says of the clear outputs it leaves out (``""`` for none)."""
+    if n <= 0:
+        return ""
+    return (f"{n:,} clear output{'s are' if n != 1 else ' is'} not listed here; "
+            "every result is in results.csv and results.jsonl")
+
+
+def _index_thumbs(run: Mapping[str, Any], first_index_id: str | None,
                   index_dir: str | Path | None) -> tuple[Path | None, str | None]:
-    """The index's ``thumbs/`` when the index there is the one the results came from."""
+    """The index's ``thumbs/`` when the index there is the one the results came from
+    (``run["index_id"]``, else the first index id a result names)."""
     from scanner.errors import LikenessError
     from scanner.index.store import open_index
 
     index_dir = index_dir or run.get("index_path")
     if not index_dir:
         return None, "reference thumbnails not shown: no index given (--index)"
-    wanted = run.get("index_id") or next((r.get("index_id") for r in results if r.get("index_id")), None)
+    wanted = run.get("index_id") or first_index_id
     try:
         index = open_index(index_dir)  # reads the manifest only: nothing is written into the index
     except LikenessError as exc:
@@ -254,7 +338,7 @@ def _index_thumbs(run: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
     return index.thumbs_dir, None
 
 
-def render_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], *,
+def render_html(results: Iterable[Mapping[str, Any]] | Listing, run: Mapping[str, Any], *,
                 index_dir: str | Path | None = None, out_thumbs: str | Path | None = None,
                 thumbnails: bool = True, own_thumbs: Mapping[str, bytes] | None = None,
                 single: bool = False) -> str:
@@ -262,7 +346,10 @@ def render_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], *,
 
     Parameters
     ----------
-    results : result lines as in ``results.jsonl``
+    results : result lines as in ``results.jsonl`` (any iterable, read once: a
+        stream of millions is fine), or a :class:`Listing` already made of them;
+        the page lists those that need a person and at most :data:`MAX_CLEAR`
+        clear ones, and counts all
     run : the run's provenance (``run.json``: tool version, index id and size,
         thresholds, dates); for one asset, :meth:`Scanner.describe`
     index_dir : the index, for reference thumbnails (default ``run["index_path"]``);
@@ -284,11 +371,12 @@ def render_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], *,
     env = jinja2.Environment(loader=jinja2.PackageLoader("scanner.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
-    ref_dir, note = _index_thumbs(run, results, index_dir)
+    listed = results if isinstance(results, Listing) else listing(results)
+    ref_dir, note = _index_thumbs(run, listed.index_id, index_dir)
     th = _Thumbs(Path(out_thumbs) if out_thumbs else None, ref_dir, thumbnails, own_thumbs)
-    counts = Counter(r.get("verdict") for r in results)
+    counts = listed.counts
     order = {v: i for i, v in enumerate(VERDICT_ORDER)}
-    ranked = sorted(results, key=lambda r: (order.get(r.get("verdict"), 9), -(r.get("score") or 0)))
+    ranked = sorted(listed.results, key=lambda r: (order.get(r.get("verdict"), 9), -(r.get("score") or 0)))
     rows = [_row(i, r, th, expand=single) for i, r in enumerate(ranked)]
     policy = dict(run.get("policy") or {})
     features = sorted({f for row in rows for f in row["features"]})
@@ -298,7 +386,8 @@ def render_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], *,
         notes.append("output thumbnails left out (--no-thumbnails)")
     return env.get_template("report.html.j2").render(
         rows=rows, run=run, policy=policy, features=features, decided=decided, single=single,
-        counts=[(v, counts.get(v, 0)) for v in VERDICT_ORDER], total=len(rows), page=PAGE,
+        counts=[(v, counts.get(v, 0)) for v in VERDICT_ORDER], total=listed.total, page=PAGE,
+        unlisted=_unlisted_sentence(listed.unlisted),
         thumbs_json=_script_json(th.uris), notes=notes, order=order,
         plain=plain_verdict(ranked[0], run) if single and ranked else "",
         generated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -306,10 +395,11 @@ def render_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], *,
                                 for f in run.get("features") or [] if isinstance(f, dict)))
 
 
-def write_html(results: Sequence[dict[str, Any]], run: Mapping[str, Any], path: str | Path, **options: Any) -> Path:
+def write_html(results: Iterable[Mapping[str, Any]] | Listing, run: Mapping[str, Any], path: str | Path,
+               **options: Any) -> Path:
     """Write the report page atomically (a temporary file beside it, then a rename).
 
-    Takes the options of :func:`render_html`; creates the folder when missing.
+    Takes the results and options of :func:`render_html`; creates the folder when missing.
 
     Returns
     -------
@@ -391,7 +481,8 @@ def rebuild(results_path: str | Path, out: str | Path, *, index_dir: str | Path 
 
     Returns
     -------
-    (n_results, notes)
+    (n_results, notes) : every result line counted (the page lists at most
+        :data:`MAX_CLEAR` clear ones), and what the caller should be told
 
     Raises
     ------
@@ -400,13 +491,14 @@ def rebuild(results_path: str | Path, out: str | Path, *, index_dir: str | Path 
     """
     from scanner.errors import LikenessError, ParameterError
     from scanner.index.store import open_index
-    from scanner.pipeline import read_results
+    from scanner.pipeline import iter_results
 
     results_path = Path(results_path)
     if not results_path.is_file():
         raise ParameterError(f"no results file at {results_path} (give the results.jsonl of a scan)")
-    results = read_results(results_path)
-    if not results:
+    # one streamed pass, the same selection a scan's own page gets: memory bounded by what is listed
+    listed = listing(iter_results(results_path))
+    if not listed.total:
         raise ParameterError(f"{results_path} holds no result line (is it a results.jsonl of `likeness scan`?)")
     notes = []
     run: dict[str, Any] = {}
@@ -425,7 +517,7 @@ def rebuild(results_path: str | Path, out: str | Path, *, index_dir: str | Path 
             notes.append(f"the index at {index_dir} is {found['index_id']}, run.json names "
                          f"{run['index_id']}: reference thumbnails are left out")
         run = {**found, **run} if run else found
-        run.setdefault("index_id", next((r.get("index_id") for r in results if r.get("index_id")), None))
-    write_html(results, run, out, index_dir=index_dir, out_thumbs=results_path.parent / "thumbs",
+        run.setdefault("index_id", listed.index_id)
+    write_html(listed, run, out, index_dir=index_dir, out_thumbs=results_path.parent / "thumbs",
                thumbnails=thumbnails)
-    return len(results), notes
+    return listed.total, notes
