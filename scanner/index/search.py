@@ -850,7 +850,8 @@ class TorchSearcher(Searcher):
         recall@10 0.9998 at 1M x 512 where 1 gave 0.964)
     group : int >= 1, columns per group of the prefilter (default 16 on CUDA, 1 = off on the CPU;
         fused: a power of two in 2..64)
-    fused : bool or None, use the Triton kernel on CUDA (None: when available)
+    fused : bool or None, use the Triton kernel on CUDA (None: when available, for
+        fp16, bf16 and int8; fp32 is searched exactly through cuBLAS)
     threads : int or None, torch CPU threads (default: leave torch's setting)
     """
 
@@ -879,7 +880,9 @@ class TorchSearcher(Searcher):
             oversample = oversample or 2
         self.oversample = 1 if precision == "fp32" else (oversample or 3)
         if fused is None:
-            fused = cuda and _triton_ok()
+            # fp32 stays on cuBLAS (TF32 off: exact); the kernel's tl.dot would round fp32
+            # inputs to TF32 and its fp16-sized tiles do not fit fp32 in shared memory
+            fused = cuda and precision != "fp32" and _triton_ok()
         elif fused and not (cuda and _triton_ok()):
             raise ParameterError("fused=True needs a CUDA device and Triton")
         self.fused = fused
@@ -1143,7 +1146,7 @@ def _ip_group_max_kernel() -> Any:
             r_desc = tl.make_tensor_descriptor(R, shape=[nr, d], strides=[sr, 1], block_shape=[BN, BK])
         for tile in tl.range(tl.program_id(0), num_m * num_n, tl.num_programs(0), flatten=True):
             first_m = (tile // in_group) * GROUP_M
-            size_m = min(num_m - first_m, GROUP_M)
+            size_m = tl.minimum(num_m - first_m, GROUP_M)
             pid_m = first_m + (tile % in_group) % size_m
             pid_n = (tile % in_group) // size_m
             offs_m = pid_m * BM + tl.arange(0, BM)
@@ -1514,9 +1517,9 @@ def knn(index: Any, queries: np.ndarray, k: int, *, backend: str = "faiss", devi
     queries : float32 ``[shape=(n, d)]`` (L2-normalised) or uint8 ``[shape=(n, d // 8)]``
     k : int > 0
     backend : {"faiss", "torch", "numpy"}; binary indexes use faiss or numpy
-    device : {"cpu", "cuda", "auto"}; ``auto`` picks torch on CUDA for dense
-        indexes when a GPU is present, faiss on a GPU for binary indexes where faiss
-        has GPU support, faiss on the CPU otherwise
+    device : {"cpu", "cuda", "auto"}; on a GPU (``cuda``, or ``auto`` when one is
+        present) dense indexes are searched by torch, binary ones by faiss where faiss
+        has GPU support and on the CPU otherwise
     precision : {"fp32", "bf16", "fp16", "int8"}, torch only
 
     Returns
@@ -1528,11 +1531,16 @@ def knn(index: Any, queries: np.ndarray, k: int, *, backend: str = "faiss", devi
     import faiss
 
     binary = isinstance(index, faiss.IndexBinary)
-    if device == "auto":
-        if binary:  # Hamming codes: faiss on a GPU where it has one, else the CPU
-            device = "cuda" if faiss_gpus() and backend == "faiss" else "cpu"
-        else:       # dense: torch's fused kernel on a GPU (benchmarks/README.md), else the CPU
-            device = resolve_device("auto")
+    if device != "cpu":
+        if binary:
+            # Hamming codes: faiss on its GPU where it has one, else the CPU (torch does no
+            # Hamming search), so `scan --device cuda` still searches hashes on a faiss-cpu install
+            gpu = backend == "faiss" and faiss_gpus() > 0
+            device = ("cuda" if device == "auto" else device) if gpu else "cpu"
+        else:
+            # dense: torch's fused kernel on a GPU (benchmarks/README.md); cuda asked of a
+            # machine without one is an error (resolve_device), auto falls back to the CPU
+            device = resolve_device(device)
             if device != "cpu":
                 backend = "torch"
     if isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFScalarQuantizer)):
