@@ -38,6 +38,24 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WESNOTH_PER_RACE = ("portraits", "units")
 WESNOTH_WHOLE = ("story", "maps", "scenery", "items", "attacks", "icons")
 GROUPS = ("tune-refs", "tune-negatives", "report-refs", "report-negatives")
+#: Folders (under the corpus root) of stock geometry: generated stars, arrows, callouts,
+#: flowchart and jigsaw pieces, 100-pixel fill-pattern tiles and gradients, the issue's
+#: "stars, arrows, letters, plain frames" that recur across many works and that
+#: distinctiveness weighting is meant to count for little. They stay in the sets and in
+#: every target; the report adds each transform's recall with them set apart, so a reader
+#: sees whether misses are stock geometry or distinctive work. (wesnoth's terrain tiles,
+#: fragments made to tile, are left out of that corpus altogether; its sets hold no such folder.)
+STOCK_FOLDERS: dict[str, tuple[str, ...]] = {
+    "openclipart": ("shapes/stars", "shapes/arrows", "shapes/callouts", "shapes/flowchart", "shapes/jigsaw",
+                    "special/patterns", "special/gradients"),
+    "wesnoth": (),
+}
+
+
+def is_stock(corpus: str, root: str | Path, path: str | Path) -> bool:
+    """Whether ``path`` lies in one of the corpus's :data:`STOCK_FOLDERS`."""
+    rel = Path(os.path.relpath(path, root)).as_posix()
+    return any(rel.startswith(folder + "/") for folder in STOCK_FOLDERS.get(corpus, ()))
 _FRAME = re.compile(r"\d")
 _SEPARATOR = re.compile(r"[-_]")
 

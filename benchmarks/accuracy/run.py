@@ -173,12 +173,16 @@ def evaluate(the_set: dict[str, Any], results: dict[str, list[dict[str, Any]]], 
     for t in the_set["config"]["transforms"]:
         qs = {real(p): q for p, q in the_set["queries"].items() if q["transform"] == t}
         c, miss = metrics.copy_counts(results[t], qs)
+        distinct = {p: q for p, q in qs.items()
+                    if not corpora.is_stock(the_set["config"]["corpus"], the_set["corpus_root"], q["ref"])}
+        c_distinct, _ = metrics.copy_counts(results[t], distinct)
         _, corr, sc, _ = metrics.predictions(results[t], truth)
         d = metrics.descriptor_metrics(np.concatenate([corr, neg_correct]), np.concatenate([sc, neg_scores]),
                                        len(qs))
         hits, n = metrics.recall_at_rank1(results[t], truth)
         sec = timing["scans"][t]["seconds"] or timing["scans"][t]["wall_seconds"]
         per[t] = {"group": tf.TRANSFORMS.get(t, "combo"), **c, "recall_at_rank1": hits / max(n, 1),
+                  "n_without_stock": c_distinct["n"], "recall_without_stock": c_distinct["recall"],
                   "muAP": d["muAP"], "recall_at_p90": d["recall_at_p90"],
                   "scan_seconds": sec, "scan_images_per_s": c["n"] / sec if sec else 0.0}
         misses[t] = miss
