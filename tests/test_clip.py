@@ -471,6 +471,73 @@ def test_fresh_process_imports_lazily_and_loads_the_config(tiny):
     assert out.stdout.split() == [f"{TINY_NAME}:sha256:{models.sha256_file(ckpt)[:16]}", "(1,", "32)"]
 
 
+# ----------------------------------------------------------------------------- decode worker processes
+
+
+def test_for_preparation_pickles_without_the_model_and_prepares_alike(tmp_path, tiny, images):
+    config, ckpt = tiny
+    ckpt_copy = tmp_path / "weights.pt"  # removed before the worker runs: it must not need them
+    ckpt_copy.write_bytes(ckpt.read_bytes())
+    c = make("image-clip", model=str(config), pretrained=str(ckpt_copy))
+    c.embed([c.prepare(images[0])])  # loaded: the copy must still travel without it
+    prep = c.for_preparation()
+    assert prep._loaded is None and c._loaded is not None
+    assert all(isinstance(s, (clip_mod.PilResize, clip_mod.PilCenterCrop, clip_mod.PilConvert))
+               for s in prep._preprocessing()[0])
+    blob = pickle.dumps(prep)
+    assert len(blob) < 20_000
+    assert pickle.loads(pickle.dumps(c))._loaded is None  # a pickled Clip never carries weights
+    for im in images[:4] + [images[5].convert("P"), synthetic_image(9, (13, 200))]:
+        np.testing.assert_array_equal(pickle.loads(blob).prepare(im), c.prepare(im))
+    # a fresh process (a spawned decode worker) prepares without torch, open_clip or the checkpoint
+    (tmp_path / "prep.pkl").write_bytes(blob)
+    images[3].save(tmp_path / "im.png")
+    ckpt_copy.unlink()
+    code = (
+        "import pickle, sys\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        f"prep = pickle.loads(open({str(tmp_path / 'prep.pkl')!r}, 'rb').read())\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, prep.prepare(Image.open({str(tmp_path / 'im.png')!r})))\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'open_clip') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), c.prepare(Image.open(tmp_path / "im.png")))
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
+def test_plain_stages_replay_open_clip_transform(resize_mode):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from torchvision import transforms as T
+
+    stages = list(image_transform_v2(PreprocessCfg(size=224, resize_mode=resize_mode), is_train=False).transforms)
+    stages = stages[:next(i for i, t in enumerate(stages) if isinstance(t, T.ToTensor))]
+    plain = clip_mod.plain_stages(stages)
+    if resize_mode == "longest":  # ResizeKeepRatio + CenterCropOrPad: left to open_clip's own
+        assert plain is None
+        return
+    assert plain is not None and len(plain) == len(stages)
+    # and a crop larger than the picture (torchvision pads with zeros), any mode
+    stages.append(T.CenterCrop((240, 230)))
+    plain.append(clip_mod.PilCenterCrop((240, 230)))
+    stages.insert(0, T.Resize(100, max_size=150))
+    plain.insert(0, clip_mod.plain_stages(stages[:1])[0])
+    for i, size in enumerate([(320, 240), (240, 320), (224, 224), (225, 224), (97, 13), (13, 97), (1, 1), (999, 1001)]):
+        for mode in ("RGB", "RGBA", "L", "P", "CMYK", "I;16"):
+            im = synthetic_image(i, (max(size[0], 11), max(size[1], 11))).resize(size).convert(mode)
+            for start in (0, 1):  # with and without the max_size resize in front
+                a, b = im, im
+                for t in stages[start:]:
+                    a = t(a)
+                for t in plain[start:]:
+                    b = t(b)
+                assert (a.mode, a.size) == (b.mode, b.size)
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{size} {mode}")
+
+
 # --- through the pipeline ------------------------------------------------------------------
 
 
