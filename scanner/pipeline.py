@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import os
 import time
 from collections import Counter
@@ -32,8 +31,6 @@ from scanner.match import LANDMARK_TOP, LandmarkTable, best_per_work, landmark_e
 from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected
-
-LOG = logging.getLogger(__name__)
 
 #: Longest side images are decoded to; every image featurizer works below it.
 DECODE_SIDE = 512
@@ -146,7 +143,7 @@ def features_for_index(index: store.Index, options: FeatureOptions) -> list[Feat
     return feats
 
 
-# --- decoding and preparing, in worker threads or processes --------------------------
+# --- decoding and preparing, in worker threads -----------------------------------------
 
 
 @dataclass
@@ -281,25 +278,8 @@ def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: 
                                                       ("soundtrack", clip.has_audio, audio_feats)) if has and not fs]}
 
 
-#: A featurizer with a model gets its inputs prepared in worker processes once they are known
-#: to be more than this many (see :func:`prepare_stream`); fewer stay in threads.
-PROCESS_AFTER = 256
-#: ... and only where this process may use at least this many cores. Threads use about two
-#: cores' worth before the GIL stops them: on 2 cores they prepared ViT-B-32 image-clip items
-#: at 360/s against spawned processes' 245/s (which pickle 600 KB per item back), while on 16
-#: cores 8 threads held an image-clip scan to 360 images/s.
-PROCESS_MIN_CPUS = 4
-#: Inputs per task sent to a spawned decode worker: few, since one prepared ``image-clip``
-#: item is 600 KB (ViT-B-32) and every task in flight holds its results.
-SPAWN_CHUNK = 8
-#: Environment variable choosing where inputs are prepared: ``auto`` (default), ``threads``
-#: or ``processes`` (:func:`prepare_stream`).
-PREPARE_ENV = "LIKENESS_PREPARE"
-PREPARE_MODES = ("auto", "threads", "processes")
-
-#: Featurizers seen by decode worker processes: inherited by forked ones (set before the
-#: pool forks), unpickled by spawned ones (:func:`_start_worker`).
-_WORKER_FEATURIZERS: Sequence[Featurizer] = ()
+#: Featurizers seen by forked decode processes (set before the pool forks).
+_FORKED_FEATURIZERS: Sequence[Featurizer] = ()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -320,247 +300,85 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _start_worker(parent: int, featurizers: bytes) -> None:
-    """Spawned decode worker start-up: die with the parent, then take the featurizers.
-
-    ``featurizers`` is the pickled list of :meth:`Featurizer.for_preparation`
-    copies, pickled once by the parent and unpickled here after the death
-    signal is set up, so a worker killed while importing leaves nothing behind.
-    """
-    global _WORKER_FEATURIZERS
-    import pickle
-
-    _die_with_parent(parent)
-    _WORKER_FEATURIZERS = pickle.loads(featurizers)
-
-
-def _ready() -> int:
-    """A spawned pool's first call: it returns once a worker has started and taken its featurizers."""
-    return os.getpid()
-
-
-def _cuda_initialised() -> bool:
-    """Whether this process holds a CUDA context (torch's): such a process is never forked."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    try:
-        return torch is not None and bool(torch.cuda.is_initialized())
-    except Exception:  # a torch without CUDA support, or half imported
-        return False
-
-
-def _not_in_a_starting_worker() -> None:
-    """Refuse to scan, build or prepare inside a worker process that is starting.
-
-    A spawned decode worker imports the parent's ``__main__`` script again;
-    one without an ``if __name__ == "__main__":`` guard would run its scan
-    once more in every worker (reopening, even truncating, the parent's
-    outputs). Refused here, before any of that, the worker fails to start and
-    the parent prepares in threads (:func:`prepare_stream`).
-
-    Raises
-    ------
-    LikenessError
-        In a process that multiprocessing is still starting.
-    """
-    import multiprocessing
-
-    # what multiprocessing's own check for an unguarded main module reads
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise LikenessError("likeness was called while a worker process was starting: the script that "
-                            "calls it must run its work under `if __name__ == '__main__':`")
-
-
 def _prepare_chunk(items: Sequence[media.Input], featurizers: Sequence[Featurizer] | None = None,
                    reference: bool = False) -> list[Prepared]:
-    return [_prepare_one(item, _WORKER_FEATURIZERS if featurizers is None else featurizers, reference)
+    return [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers, reference)
             for item in items]
 
 
 def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurizer], *,
-                   workers: int | None = None, reference: bool = False,
-                   mode: str | None = None) -> Iterator[Prepared]:
+                   workers: int | None = None, reference: bool = False) -> Iterator[Prepared]:
     """Decode and prepare items ahead of the caller, in order, with bounded look-ahead.
 
-    Decoding, resizing and hashing hold the GIL part of the time, so only
-    processes scale to every core; where the work runs:
+    ``reference=True`` prepares references being indexed
+    (:meth:`Featurizer.prepare_reference`).
 
-    * weight-free featurizers only: processes forked from this one, from the
-      first input (a fork starts in milliseconds and inherits the featurizers),
-      unless this process holds a CUDA context (then as below);
-    * a featurizer with a model (``image-clip``; this process must not be
-      forked): threads while the inputs are few, so a ``likeness check`` or a
-      small batch pays no worker start-up, and on fewer than
-      :data:`PROCESS_MIN_CPUS` cores, where threads are as fast; else
-      processes started fresh ("spawn") once the inputs are known to be more
-      than :data:`PROCESS_AFTER`: at once for a list that long, or when an
-      iterable yields one more. The workers get the
-      featurizers' :meth:`Featurizer.for_preparation` copies (no model; image-clip's
-      preprocessing carried as plain PIL stages, so they import neither torch nor
-      open_clip) and start in about a second, during which threads go on
-      preparing, so the start-up costs no waiting. Processes that cannot start
-      leave the work to threads, with a warning: among them those of a script
-      that calls likeness without an ``if __name__ == "__main__":`` guard (a
-      spawned worker imports it again; :func:`_not_in_a_starting_worker`).
-
-    A worker process killed by a decoder (a crash in a C library) costs its
-    file an ``error`` result; the others are prepared again in a fresh pool.
-    Every worker process dies with this one, even by ``kill -9`` (Linux).
-
-    Parameters
-    ----------
-    items : inputs, in order: a list, or any iterable (read as the work goes)
-    featurizers : what each input is prepared for
-    workers : threads or processes; default one per core (threads: at most 8)
-    reference : prepare references being indexed (:meth:`Featurizer.prepare_reference`)
-    mode : ``auto`` (the rule above), ``threads`` (never processes) or
-        ``processes`` (from the first input; weight-free featurizers fork,
-        others spawn); default the environment's :data:`PREPARE_ENV`, else ``auto``
-
-    Yields
-    ------
-    Prepared
-        One per input, in input order; an input that cannot be read has its
-        :attr:`Prepared.error`.
-
-    Raises
-    ------
-    ParameterError
-        An unknown ``mode``.
+    Weight-free featurizers run in forked processes (decoding and hashing hold
+    the GIL part of the time; processes scale to every core); featurizers with
+    a model run in threads, since a model must not be forked and Pillow
+    releases the GIL while decoding.
     """
-    global _WORKER_FEATURIZERS
-    import multiprocessing
-    from concurrent.futures import Future
-
-    _not_in_a_starting_worker()
-    mode = mode or os.environ.get(PREPARE_ENV) or "auto"
-    if mode not in PREPARE_MODES:
-        raise ParameterError(f"preparation mode ({PREPARE_ENV}) must be one of {', '.join(PREPARE_MODES)}, "
-                             f"given {mode!r}")
+    global _FORKED_FEATURIZERS
     cpus = len(os.sched_getaffinity(0))
-    n_threads, n_procs = workers or min(8, cpus + 1), workers or cpus
-    fork = (mode != "threads" and hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
-            and not _cuda_initialised())
-    # inputs taken before processes start (None: never)
-    start_at: int | None
-    if mode == "threads":
-        start_at = None
-    elif fork or mode == "processes":
-        start_at = 0
-    elif cpus < PROCESS_MIN_CPUS:
-        start_at = None
-    else:
-        start_at = 0 if isinstance(items, Sequence) and len(items) > PROCESS_AFTER else PROCESS_AFTER + 1
+    fork = hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
     if fork:
-        _WORKER_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
-    context = multiprocessing.get_context("fork" if fork else "spawn")
-    # a forked worker's task holds small prepared items (hashes); a spawned one's may hold
-    # image-clip's 600 KB pixel arrays, so fewer travel together and fewer are in flight
-    proc_chunk = 16 if fork else SPAWN_CHUNK
-    threads: ThreadPoolExecutor | None = None
-    procs: ProcessPoolExecutor | None = None
-    ready: Future | None = None  # spawned processes take work once this first call is done
-    payload: bytes | None = None
-    seen = 0
+        import multiprocessing
 
-    def new_procs() -> ProcessPoolExecutor:
-        nonlocal payload
-        if fork:
-            return ProcessPoolExecutor(n_procs, mp_context=context, initializer=_die_with_parent,
+        _FORKED_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
+        context = multiprocessing.get_context("fork")
+        chunk, args = 16, (None, reference)
+
+        def new_pool() -> Any:
+            return ProcessPoolExecutor(workers or cpus, mp_context=context, initializer=_die_with_parent,
                                        initargs=(os.getpid(),))
-        if payload is None:
-            import pickle
+    else:
+        chunk, args = 1, (featurizers, reference)
 
-            payload = pickle.dumps([f.for_preparation() for f in featurizers])
-        return ProcessPoolExecutor(n_procs, mp_context=context, initializer=_start_worker,
-                                   initargs=(os.getpid(), payload))
+        def new_pool() -> Any:
+            return ThreadPoolExecutor(workers or min(8, cpus + 1), thread_name_prefix="likeness-decode")
+    ahead = (workers or cpus + 1) * 4
+    pool = new_pool()
+    pending: list[tuple[Any, list[media.Input]]] = []
 
-    def use_procs() -> bool:
-        """Whether the next chunk goes to the worker processes (started here when the rule says so)."""
-        nonlocal procs, ready, start_at
-        if start_at is None or seen < start_at:
-            return False
-        try:
-            if procs is None:
-                procs = new_procs()
-                if not fork:  # one call per worker: each starts one (the pool spawns on demand)
-                    ready = [procs.submit(_ready) for _ in range(n_procs)][0]
-            if ready is not None:
-                if mode != "processes" and not ready.done():
-                    return False  # threads bridge the start-up
-                ready.result()  # raises where the workers could not start
-                ready = None
-            return True
-        except Exception as exc:  # BrokenProcessPool, or a featurizer that cannot be pickled
-            LOG.warning("decode worker processes could not start (%s: %s); preparing in threads",
-                        type(exc).__name__, exc)
-            if procs is not None:
-                procs.shutdown(wait=False, cancel_futures=True)
-            procs, ready, start_at = None, None, None
-            return False
-
-    def submit(batch: list[media.Input], on_procs: bool) -> tuple[Any, list[media.Input], bool]:
-        nonlocal threads
-        if on_procs:
-            assert procs is not None
-            return procs.submit(_prepare_chunk, batch, None, reference), batch, True
-        if threads is None:
-            threads = ThreadPoolExecutor(n_threads, thread_name_prefix="likeness-decode")
-        return threads.submit(_prepare_chunk, batch, featurizers, reference), batch, False
-
-    pending: list[tuple[Any, list[media.Input], bool]] = []
-
-    def collect(fut: Any, batch: list[media.Input], on_procs: bool) -> list[Prepared]:
-        nonlocal procs, pending
+    def collect(fut: Any, batch: list[media.Input]) -> list[Prepared]:
+        nonlocal pool, pending
         try:
             return fut.result()
         except BrokenProcessPool:
             # a decoder killed its worker (a crash in a C library): the pool is
             # gone with every pending chunk; find the culprit one file at a time
             # and carry on with the rest in a fresh pool
-            assert procs is not None
-            procs.shutdown(wait=False, cancel_futures=True)
-            procs = new_procs()
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = new_pool()
             out = []
             for item in batch:
                 try:
-                    out.extend(procs.submit(_prepare_chunk, [item], None, reference).result())
+                    out.extend(pool.submit(_prepare_chunk, [item], *args).result())
                 except BrokenProcessPool:
-                    procs.shutdown(wait=False, cancel_futures=True)
-                    procs = new_procs()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = new_pool()
                     out.append(Prepared(item, error="the decoder crashed on this file"))
-            pending = [submit(b, True) if p else (f, b, p) for f, b, p in pending]
+            pending = [(pool.submit(_prepare_chunk, b, *args), b) for _, b in pending]
             return out
-
-    def too_far_ahead() -> bool:
-        # four chunks a worker keep every worker busy while the caller takes results in order
-        ahead = 4 * (workers or cpus + 1) * (proc_chunk if procs is not None and ready is None else 1)
-        # videos in flight (each ends its chunk) are bounded by the workers: each holds its keyframes' features
-        return (sum(len(b) for _, b, _ in pending) >= ahead
-                or sum(b[-1].modality == "video" for _, b, _ in pending) > (workers or cpus))
 
     try:
         batch: list[media.Input] = []
-        on_procs = use_procs()
         for item in items:
-            seen += 1
             batch.append(item)
             # a video ends its chunk (its keyframes' features are many): it travels alone or nearly
-            if len(batch) >= (proc_chunk if on_procs else 1) or item.modality == "video":
-                pending.append(submit(batch, on_procs))
+            if len(batch) == chunk or item.modality == "video":
+                pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
                 batch = []
-                on_procs = use_procs()
-            while pending and too_far_ahead():
+            # videos in flight (each ends its chunk) are bounded by the workers: each holds its keyframes' features
+            while pending and (len(pending) >= ahead
+                               or sum(b[-1].modality == "video" for _, b in pending) > (workers or cpus)):
                 yield from collect(*pending.pop(0))
         if batch:
-            pending.append(submit(batch, on_procs))
+            pending.append((pool.submit(_prepare_chunk, batch, *args), batch))
         while pending:
             yield from collect(*pending.pop(0))
     finally:
-        for pool in (threads, procs):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
@@ -817,7 +635,6 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
     ------
     IndexError_, IndexLockedError, IndexMismatchError, ModelError, ParameterError
     """
-    _not_in_a_starting_worker()
     options = options or FeatureOptions()
     progress = progress or _NoProgress()
     meta = store.read_metadata(metadata) if metadata else {}
@@ -1026,7 +843,6 @@ class Scanner:
                  policy: pol.Policy | None = None, hmac_key: bytes | None = None, candidates: int = 0):
         from scanner.models import set_offline
 
-        _not_in_a_starting_worker()
         set_offline()
         self.index = store.open_index(index_dir, hmac_key=hmac_key)
         self.options = options or FeatureOptions()
@@ -1341,7 +1157,7 @@ class Scanner:
         return result
 
     def check_paths(self, items: Iterable[media.Input]) -> Iterator[Result]:
-        """Results for items, in order, batched (decoding runs ahead in workers: :func:`prepare_stream`)."""
+        """Results for items, in order, batched (decoding runs ahead in threads)."""
         for batch in _batches(prepare_stream(items, self.featurizers), BATCH):
             yield from self.judge(batch)
 
@@ -1491,7 +1307,6 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
     -------
     ScanSummary
     """
-    _not_in_a_starting_worker()
     progress = progress or _NoProgress()
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()

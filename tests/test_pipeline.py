@@ -158,8 +158,6 @@ def test_a_decoder_crash_costs_one_error_line_not_the_scan(phash_index: Path, tm
         return real(item, featurizers, reference)
 
     monkeypatch.setattr(pipeline, "_prepare_one", crashing)
-    # only forked workers inherit the patch: forked even where an earlier test left a CUDA context
-    monkeypatch.setattr(pipeline, "_cuda_initialised", lambda: False)
     summary = scan([outs], phash_index, out_dir=tmp_path / "res")
     lines = {Path(r["path"]).name: r for r in read_results(tmp_path / "res" / "results.jsonl")}
     assert len(lines) == 20

@@ -3,9 +3,7 @@
 A featurizer turns decoded media into fixed-size vectors in two steps:
 
 * :meth:`Featurizer.prepare` works on one decoded item and is thread-safe; the
-  pipeline runs it in its decode workers (threads, or processes that get
-  :meth:`Featurizer.for_preparation`, a picklable copy without the model), so
-  a model never waits on disk.
+  pipeline runs it in its decode workers, so a model never waits on disk.
 * :meth:`Featurizer.embed` works on a batch of prepared items and returns one
   row per item.
 
@@ -121,23 +119,6 @@ class Featurizer(ABC):
         query needs (more keypoints), or less (no mirrored view).
         """
         return self.prepare(image, content)
-
-    def for_preparation(self) -> Featurizer:
-        """This featurizer as a decode worker process needs it: picklable, for :meth:`prepare` only.
-
-        The pipeline pickles it to worker processes it starts fresh ("spawn"),
-        never forking a process that holds a model. A featurizer with a model
-        returns a copy without it (and without locks), with whatever
-        :meth:`prepare` depends on resolved here, so each worker neither loads
-        weights nor reads a checkpoint; weight-free ones are themselves.
-
-        Returns
-        -------
-        Featurizer
-            Its :meth:`prepare` and :meth:`prepare_reference` give exactly
-            what this one's give.
-        """
-        return self
 
     def index_rows(self, prepared: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Landmark and postings features: what the index keeps of one prepared reference.

@@ -10,10 +10,7 @@ tower is kept in memory.
 Work is split the way :mod:`scanner.features.base` asks: :meth:`Clip.prepare` does the
 resize/crop/normalise of one image with PIL and numpy (no torch op, so decode worker
 threads neither wait on the GIL nor start their own OpenMP teams), and
-:meth:`Clip.embed` runs the encoder on a batch. :meth:`Clip.for_preparation` gives
-a copy for decode worker processes: it pickles without the model, and carries the
-preprocessing resolved here as plain PIL stages (:func:`plain_stages`), so a worker
-neither reads the checkpoint nor imports torch.
+:meth:`Clip.embed` runs the encoder on a batch.
 
 Reduced precision is used only where it is both native and verified: at load time a
 probe batch is embedded in fp32 and under autocast (bf16 on a CPU with native bf16,
@@ -26,7 +23,6 @@ torch and open_clip are imported on first use, never at import time.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -38,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from scanner import models as _models
 from scanner.errors import ModelError, ParameterError
@@ -219,141 +215,6 @@ def _probe_images(size: int, count: int = PROBE_SIZE) -> list[Image.Image]:
     return out
 
 
-# The eval transform as plain PIL calls. A decode worker process that unpickled
-# torchvision's stages would import torch (seconds and hundreds of MB per worker) for
-# what are two Pillow calls; these replay torchvision's PIL code path exactly
-# (torchvision/transforms/functional.py: resize, center_crop, pad) and are checked
-# against the real stages before use (:func:`_verified_plain_stages`).
-
-
-@dataclass(frozen=True)
-class PilResize:
-    """torchvision ``Resize`` on a PIL image: the same output size, the same ``Image.resize`` call.
-
-    Parameters
-    ----------
-    size : ``(shorter side,)`` or ``(height, width)``
-    resample : Pillow resampling filter (torchvision's ``pil_modes_mapping`` of its mode)
-    max_size : longest side after resizing by the shorter one, or ``None``
-    """
-
-    size: tuple[int, ...]
-    resample: int
-    max_size: int | None = None
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        w, h = img.size
-        if len(self.size) == 1:
-            short, long = (w, h) if w <= h else (h, w)
-            new_short, new_long = self.size[0], int(self.size[0] * long / short)
-            if self.max_size is not None and new_long > self.max_size:
-                new_short, new_long = int(self.max_size * new_short / new_long), self.max_size
-            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        else:
-            new_h, new_w = self.size
-        if (new_w, new_h) == (w, h):
-            return img  # as torchvision: the very image, not a copy
-        return img.resize((new_w, new_h), self.resample)
-
-
-@dataclass(frozen=True)
-class PilCenterCrop:
-    """torchvision ``CenterCrop`` on a PIL image: zero padding where it is too small, then the centre.
-
-    Parameters
-    ----------
-    size : ``(height, width)``
-    """
-
-    size: tuple[int, int]
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        crop_h, crop_w = self.size
-        w, h = img.size
-        if crop_w > w or crop_h > h:
-            ltrb = ((crop_w - w) // 2 if crop_w > w else 0, (crop_h - h) // 2 if crop_h > h else 0,
-                    (crop_w - w + 1) // 2 if crop_w > w else 0, (crop_h - h + 1) // 2 if crop_h > h else 0)
-            bands = len(img.getbands())
-            padded = ImageOps.expand(img, border=ltrb, fill=0 if bands == 1 else (0,) * bands)
-            if img.mode == "P":
-                padded.putpalette(img.getpalette())
-            img = padded
-            w, h = img.size
-            if (crop_w, crop_h) == (w, h):
-                return img
-        top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
-        return img.crop((left, top, left + crop_w, top + crop_h))
-
-
-@dataclass(frozen=True)
-class PilConvert:
-    """open_clip's ``MaybeConvertMode`` (or ``_convert_to_rgb``) on a PIL image."""
-
-    mode: str = "RGB"
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return img.convert(self.mode)
-
-
-def plain_stages(stages: Sequence[Any]) -> list[Any] | None:
-    """open_clip's PIL eval stages as :class:`PilResize`, :class:`PilCenterCrop` and :class:`PilConvert`.
-
-    Parameters
-    ----------
-    stages : the stages before ``ToTensor`` of open_clip's eval transform
-        (what :meth:`Clip._preprocessing` keeps)
-
-    Returns
-    -------
-    list or None
-        The same stages without torch, or ``None`` where one of them is of a
-        kind not replayed here (``ResizeKeepRatio``, ``CenterCropOrPad``: the
-        ``longest`` resize mode), which then runs as open_clip's own.
-    """
-    from torchvision import transforms as T
-    from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
-
-    out: list[Any] = []
-    for stage in stages:
-        if type(stage) is T.Resize:
-            size = (stage.size,) if isinstance(stage.size, int) else tuple(int(v) for v in stage.size)
-            mode = stage.interpolation  # Resize turns a Pillow constant into its mode
-            if not isinstance(mode, InterpolationMode) or (stage.max_size is not None and len(size) != 1):
-                return None
-            out.append(PilResize(size, int(pil_modes_mapping[mode]), stage.max_size))
-        elif type(stage) is T.CenterCrop:
-            out.append(PilCenterCrop((int(stage.size[0]), int(stage.size[1]))))
-        elif type(stage).__name__ == "MaybeConvertMode" and type(stage).__module__.startswith("open_clip"):
-            out.append(PilConvert(stage.mode))
-        elif getattr(stage, "__name__", None) == "_convert_to_rgb" and stage.__module__.startswith("open_clip"):
-            out.append(PilConvert("RGB"))
-        else:
-            return None
-    return out
-
-
-def _verified_plain_stages(stages: Sequence[Any], name: str) -> list[Any]:
-    """:func:`plain_stages`, kept only if they give the same pixels as ``stages`` on varied pictures ([] if not)."""
-    plain = plain_stages(stages)
-    if plain is None:
-        return []
-    base = _probe_images(64, count=2)
-    probes = [im.resize(wh, Image.NEAREST) for im in base
-              for wh in ((320, 240), (240, 320), (224, 224), (97, 13), (13, 97), (1, 1), (1001, 999))]
-    probes += [base[0].convert(m) for m in ("L", "RGBA", "P", "CMYK")]
-    for im in probes:
-        a, b = im, im
-        for stage in stages:
-            a = stage(a)
-        for stage in plain:
-            b = stage(b)
-        if a.mode != b.mode or a.size != b.size or not np.array_equal(np.asarray(a), np.asarray(b)):
-            LOG.warning("%s: the plain PIL preprocessing differs from open_clip's on a %s %s picture; "
-                        "decode workers will import torch to run open_clip's own", name, im.mode, im.size)
-            return []
-    return plain
-
-
 @dataclass
 class _Loaded:
     """Everything :meth:`Clip.embed` needs once the weights are in."""
@@ -422,47 +283,7 @@ class Clip(Featurizer):
         self._arch: tuple[str, dict[str, Any]] | None = None
         self._ckpt: tuple[Path, str, str | None] | None = None
         self._pre: tuple[list[Any], np.ndarray, np.ndarray, tuple[int, int]] | None = None
-        self._plain: list[Any] | None = None  # torch-free copy of the PIL stages; [] when there is none
         self._loaded: _Loaded | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Everything but the lock and the loaded model: a pickled Clip never carries weights.
-
-        Unpickled, it loads them again (lazily, where :meth:`embed` is first
-        called); the architecture, checkpoint identity and preprocessing
-        already resolved travel with it, so they are not resolved again.
-        """
-        state = self.__dict__.copy()
-        state["_lock"] = None
-        state["_loaded"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
-    def for_preparation(self) -> "Clip":
-        """A copy of this featurizer for a decode worker process: :meth:`prepare` only.
-
-        The preprocessing is resolved here, once (it depends on the checkpoint's
-        tag, hence on its sha256), and carried: as plain PIL stages
-        (:func:`plain_stages`) when they are verified to give the same pixels
-        as open_clip's transform, so the worker imports neither torch nor
-        open_clip, else as open_clip's own stages. The copy holds no model.
-
-        Returns
-        -------
-        Clip
-            Picklable; its :meth:`prepare` gives exactly what this one's gives.
-        """
-        stages, mean, std, hw = self._preprocessing()
-        if self._plain is None:
-            with self._lock:
-                if self._plain is None:
-                    self._plain = _verified_plain_stages(stages, self.model_name)
-        prep = copy.copy(self)  # through __getstate__: a fresh lock, no model
-        prep._pre = (self._plain or stages, mean, std, hw)
-        return prep
 
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, as given (for manifests and report headers)."""
