@@ -554,16 +554,7 @@ def build_compressed_ivf(stream: VectorStream, *, codec: str = COMPRESSED_CODEC,
     LOG.info("%s: %d rows added (and the probe's exact neighbours found), %.1f s", name, n,
              time.perf_counter() - t0)
     heap.finalize()
-    truth = heap.I
-    curve: dict[str, float] = {}
-    nprobe, recall, previous = 1, 0.0, -1.0
-    while True:
-        index.nprobe = nprobe
-        recall = recall_at_k(index.search(probes, 10)[1], truth)
-        curve[str(nprobe)] = round(recall, 4)
-        if recall >= target or nprobe >= nlist or recall - previous < 0.005:
-            break
-        previous, nprobe = recall, min(2 * nprobe, nlist)
+    nprobe, recall, curve = _sweep_nprobe(index, probes, heap.I, target=target, min_gain=0.005)
     LOG.info("%s: nprobe %d, recall@10 %.4f; built in %.1f s", name, nprobe, recall, time.perf_counter() - t0)
     return index, {"type": f"ivf{codec}", "metric": "ip", "nlist": nlist, "code_bytes": m,
                    "nprobe": nprobe, "recall_at_10": round(recall, 4), "recall_by_nprobe": curve,
@@ -610,15 +601,33 @@ def tune_nprobe(index: Any, vectors: np.ndarray, *, target: float = 0.95, n_prob
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
     _, gt = flat.search(q, 10)
-    nprobe, recall = 1, 0.0
-    while nprobe <= index.nlist:
+    nprobe, recall, _ = _sweep_nprobe(index, q, gt, target=target)
+    return nprobe, recall
+
+
+def _sweep_nprobe(index: Any, queries: np.ndarray, truth: np.ndarray, *, target: float,
+                  min_gain: float | None = None) -> tuple[int, float, dict[str, float]]:
+    """Double an inverted file's ``nprobe`` from 1 (the last step is ``nlist``) until recall@10 reaches ``target``.
+
+    With ``min_gain``, also stop when a doubling gains less recall than that (the
+    codes' rounding, not the lists probed, limits it then). Leaves ``index.nprobe``
+    at the answer.
+
+    Returns
+    -------
+    nprobe : int
+    recall : float, recall@10 against ``truth`` at that ``nprobe``
+    curve : dict ``str(nprobe) -> recall`` (4 decimals) of every step tried
+    """
+    curve: dict[str, float] = {}
+    nprobe, previous = 1, -1.0
+    while True:
         index.nprobe = nprobe
-        _, got = index.search(q, 10)
-        recall = recall_at_k(got, gt)
-        if recall >= target:
-            break
-        nprobe *= 2
-    return min(nprobe, index.nlist), recall
+        recall = recall_at_k(index.search(queries, 10)[1], truth)
+        curve[str(nprobe)] = round(recall, 4)
+        if recall >= target or nprobe >= index.nlist or (min_gain is not None and recall - previous < min_gain):
+            return nprobe, recall, curve
+        previous, nprobe = recall, min(2 * nprobe, index.nlist)
 
 
 class FaissSearcher(Searcher):
@@ -926,13 +935,14 @@ class TorchSearcher(Searcher):
 
         if self.exact is not None:
             rows = torch.from_numpy(self.exact[cand.clamp(min=0).reshape(-1).numpy()]).view(*cand.shape, self.dim)
-            scores = torch.bmm(rows, q32.unsqueeze(-1)).squeeze(-1)
-            return scores.masked_fill_(cand < 0, float("-inf"))             # past the last row
         else:
             rows = self.refs[cand.reshape(-1)].view(*cand.shape, self.dim).float()
             if self.scale is not None:
                 rows = rows * self.scale
-        return torch.bmm(rows, q32.unsqueeze(-1)).squeeze(-1)
+        scores = torch.bmm(rows, q32.unsqueeze(-1)).squeeze(-1)
+        if self.exact is not None:
+            scores.masked_fill_(cand < 0, float("-inf"))             # past the last row
+        return scores
 
     def _int8_candidates(self, q: Any, groups: int) -> Any:
         """Rows ``[shape=(q, groups · INT8_GROUP)]`` of the ``groups`` int8 score groups with the largest maxima.
@@ -1490,17 +1500,15 @@ def searcher_for(index: Any, *, backend: str = "faiss", device: str = "cpu", pre
         return hit[1]
     import faiss
 
-    if backend == "faiss":
+    s: Searcher
+    if backend == "faiss":  # on a GPU: the index itself, copied there once
         if precision != "fp32":
             raise ParameterError(f"backend='faiss' searches in fp32 only, given precision={precision!r}")
-        s: Searcher = FaissSearcher(index, device="cuda" if device == "auto" else device, **options)
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = (index, s)
-        return s
-    metric = "hamming" if isinstance(index, faiss.IndexBinary) else "ip"
-    s = make_searcher(_vectors_of(index), metric=metric, backend=backend, device=device, precision=precision,
-                      **options)
+        s = FaissSearcher(index, device="cuda" if device == "auto" else device, **options)
+    else:
+        metric = "hamming" if isinstance(index, faiss.IndexBinary) else "ip"
+        s = make_searcher(_vectors_of(index), metric=metric, backend=backend, device=device, precision=precision,
+                          **options)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = (index, s)
