@@ -51,13 +51,14 @@ STOCK_FOLDERS: dict[str, tuple[str, ...]] = {
     "wesnoth": (),
 }
 
+_FRAME = re.compile(r"\d")
+_SEPARATOR = re.compile(r"[-_]")
+
 
 def is_stock(corpus: str, root: str | Path, path: str | Path) -> bool:
     """Whether ``path`` lies in one of the corpus's :data:`STOCK_FOLDERS`."""
     rel = Path(os.path.relpath(path, root)).as_posix()
     return any(rel.startswith(folder + "/") for folder in STOCK_FOLDERS.get(corpus, ()))
-_FRAME = re.compile(r"\d")
-_SEPARATOR = re.compile(r"[-_]")
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,7 @@ def folder_recall(the_set: dict[str, Any], results: dict[str, list[dict[str, Any
         refs = {q["ref"] for qs in groups.values() for q in qs.values()}
         row: dict[str, Any] = {"refs": len(refs)}
         for group, qs in groups.items():
-            c, _ = metrics.copy_counts([r for r in lines if real(r["path"]) in qs], qs)
+            c, _ = metrics.copy_counts(lines, qs)  # counts the lines of these queries only
             row[group] = {"n": c["n"], "recall": c["recall"]}
         out[folder] = row
     return dict(sorted(out.items(), key=lambda kv: (kv[0] == small, -kv[1]["refs"], kv[0])))
