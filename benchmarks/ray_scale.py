@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scan_throughput import RESULTS, make_set  # noqa: E402
+from scan_throughput import make_set, set_arguments  # noqa: E402
 
 from scanner import media, pipeline  # noqa: E402
 
@@ -69,11 +69,7 @@ def per_worker(query_dir: Path, index: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--works", type=int, default=1000)
-    ap.add_argument("--queries", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/likeness-throughput"))
-    ap.add_argument("--results", type=Path, default=RESULTS)
+    set_arguments(ap, works=1000, queries=400)
     args = ap.parse_args(argv)
     from scanner.engine_ray import RayEngine
 

@@ -69,6 +69,15 @@ def _copy(job: tuple[str, str]) -> None:
         im.save(dst, "JPEG", quality=75)
 
 
+def set_arguments(ap: argparse.ArgumentParser, *, works: int, queries: int) -> None:
+    """The options :func:`make_set` reads (``--works``, ``--queries``, ``--seed``, ``--work``), and ``--results``."""
+    ap.add_argument("--works", type=int, default=works)
+    ap.add_argument("--queries", type=int, default=queries)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/likeness-throughput"))
+    ap.add_argument("--results", type=Path, default=RESULTS)
+
+
 def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]]:
     pics = pictures()
     if len(pics) < args.works + args.queries // 2:
@@ -122,12 +131,8 @@ def scan_once(query_dir: Path, index: Path, out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--works", type=int, default=10_000)
-    ap.add_argument("--queries", type=int, default=1000)
+    set_arguments(ap, works=10_000, queries=1000)
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/likeness-throughput"))
-    ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     _, query_dir, index, info = make_set(args)
     runs = [scan_once(query_dir, index, args.work / f"out-{i}") for i in range(args.repeat)]
