@@ -98,6 +98,14 @@ def test_melody_alone_is_never_flagged() -> None:
     assert pol.decide([match], policy)[0] == "review"
 
 
+def _build_melody_index(root: Path) -> Path:
+    """``likeness index build`` of ``root/refs`` into ``root/index`` with audio-melody; returns ``root``."""
+    r = CliRunner().invoke(app, ["index", "build", str(root / "refs"), "--index", str(root / "index"),
+                                 "--features", "audio-melody", "-q"])
+    assert r.exit_code == 0, r.output
+    return root
+
+
 @pytest.fixture(scope="module")
 def melody_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("melody")
@@ -111,10 +119,7 @@ def melody_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sf.write(root / "outs" / "unrelated.wav", render(notes(99), bpm=104, **HOLLOW), SR)
     noise = np.random.default_rng(0).standard_normal(20 * SR).astype(np.float32) * 0.1
     sf.write(root / "outs" / "noise.wav", noise, SR)
-    r = CliRunner().invoke(app, ["index", "build", str(root / "refs"), "--index", str(root / "index"),
-                                 "--features", "audio-melody", "-q"])
-    assert r.exit_code == 0, r.output
-    return root
+    return _build_melody_index(root)
 
 
 def test_scan_finds_the_melody_at_review(melody_index: Path) -> None:
@@ -179,10 +184,7 @@ def progression_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # another melody over the same progression, rendered like the re-performance
     other = render_song(notes(77, 48), bpm=104, transpose=3, voice=HOLLOW, chords=PLUCKED_CHORDS)[3 * SR:]
     sf.write(root / "outs" / "other.wav", other, SR)
-    r = CliRunner().invoke(app, ["index", "build", str(root / "refs"), "--index", str(root / "index"),
-                                 "--features", "audio-melody", "-q"])
-    assert r.exit_code == 0, r.output
-    return root
+    return _build_melody_index(root)
 
 
 def test_null_is_fitted_on_aligned_frames(progression_index: Path) -> None:
