@@ -51,13 +51,10 @@ from scanner.index import search
 
 def _row(t: float, n_refs: int, dim: int, nq: int, k: int, peak: float, recall: float | None,
          backend: str, precision: str) -> dict[str, Any]:
-    gf = 2.0 * n_refs * nq * dim / t / 1e9
-    r = {"qps": round(nq / t, 1), "gflops": round(gf, 1), "peak_gflops": round(peak, 1),
-         "ratio": round(gf / peak, 4), "recall": recall, "rss_mb": round(bench.rss_mb(), 1),
-         "backend": backend, "precision": precision, "n_refs": n_refs, "dim": dim, "n_queries": nq, "k": k,
-         "kind": "dense", "unit": "GFLOP/s", "load1": round(os.getloadavg()[0], 2), "index": "flat",
-         "p50_ms": None, "build_s": None, "index_mb": None}
-    return {key: r[key] for key in bench.KEYS}
+    """A dense exact-search row with ``likeness bench search``'s keys, from the wall time ``t`` of ``nq`` queries."""
+    return bench._result(qps=nq / t, achieved=2.0 * n_refs * nq * dim / t / 1e9, peak=peak, recall=recall,
+                         backend=backend, precision=precision, n_refs=n_refs, dim=dim, n_queries=nq, k=k,
+                         kind="dense")
 
 
 def gpu(args: argparse.Namespace) -> dict[str, Any]:
