@@ -284,3 +284,37 @@ def test_work_rows_from_spans_and_from_a_map() -> None:
             assert len(np.unique(works)) == len(works)
             for w, lo, hi in zip(works, bounds[:-1], bounds[1:]):
                 assert hi > lo and np.all(col[lo:hi] == w)
+
+
+def _lattice(size: int = 120, period: int = 40) -> Image.Image:
+    """A fill tile: one arrow head drawn on every cell of a 3 x 3 lattice."""
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(im)
+    for y in range(0, size, period):
+        for x in range(0, size, period):
+            draw.polygon([(x + 6, y + 8), (x + 32, y + 20), (x + 6, y + 32), (x + 14, y + 20)], fill=(20, 40, 160))
+    return im
+
+
+def test_repeated_elements_are_matched_through_several_hypotheses() -> None:
+    """Every arrow of a lattice looks like every other, so Lowe's ratio test
+    drops nearly all keypoints; keeping the alike ones as hypotheses lets one
+    transform pick the right ones, each keypoint counted once."""
+    from scanner.match import LandmarkTable, verify_landmarks
+
+    feat = make("image-local")
+    ref = feat.prepare_reference(_lattice())
+    table = LandmarkTable(rows=np.stack([np.zeros(len(ref), np.int32), np.arange(len(ref), dtype=np.int32)], 1),
+                          desc=ref["desc"], xy=ref["xy"], size=ref["size"])
+    query = feat.prepare(_lattice().rotate(9, resample=Image.Resampling.BICUBIC, fillcolor="white"))
+
+    def inliers(hypotheses: int) -> int:
+        found = verify_landmarks(query, [(0, 0)], table, feature="image-local", hypotheses=hypotheses)
+        return int(found[0].raw) if found else 0
+
+    lowe, several = inliers(1), inliers(3)
+    assert several >= 40 and several >= 3 * max(lowe, 1), (lowe, several)
+    found = verify_landmarks(query, [(0, 0)], table, feature="image-local", hypotheses=3)[0]
+    assert found.detail["inliers"] == several <= min((query["view"] == 0).sum(), len(ref))
