@@ -113,14 +113,20 @@ MIRRORED_VIEW = 1
 #: work's second-nearest keypoint is clearly farther.
 LANDMARK_RATIO = 0.8
 #: Work keypoints a query keypoint may pair with when its nearest ones are
-#: alike (a repeated element); 1 is Lowe's test alone. 3 finds fill tiles,
-#: stars and rotated copies better (Wesnoth REPORT muAP 0.848 -> 0.921) but
-#: lifts the chance inliers the null is fitted on (median 3 -> 8 on clip art),
-#: so small pasted works lose significance (openclipart collage 0.767 -> 0.700):
-#: kept at 1 until repeated-element matches get a null of their own.
-LANDMARK_HYPOTHESES = 1
-#: RANSAC draws when keypoints carry several hypotheses (more pairs, fewer right).
-RANSAC_ITERATIONS = 1000
+#: alike (a repeated element: the dots of a grid, the tips of a star), for
+#: the ``repeated`` statistic; 1 would be Lowe's test alone.
+LANDMARK_HYPOTHESES = 3
+#: What a landmark candidate is counted by, each with its own null: ``unique``
+#: pairs only keypoints Lowe's ratio test finds unambiguous (a small pasted
+#: work is significant at a few inliers, as chance pairs rarely agree);
+#: ``repeated`` also lets a keypoint on a repeated element keep
+#: :data:`LANDMARK_HYPOTHESES` alike pairs and lets geometry choose (fill
+#: tiles, stars, rotated copies: Lowe's test drops nearly all their
+#: keypoints), at the price of more chance inliers (a null median near 8 on
+#: clip art against 3). The evidence is the more significant of the two.
+LANDMARK_STATISTICS = ("unique", "repeated")
+#: RANSAC draws per statistic (several hypotheses: more pairs, fewer right).
+RANSAC_ITERATIONS = {"unique": 500, "repeated": 1000}
 #: References sampled as queries to fit a landmark feature's null.
 LANDMARK_NULL_QUERIES = 300
 #: RANSAC tolerance in working pixels (pictures are matched at 512 pixels).
@@ -314,34 +320,39 @@ def heat_grid(points: np.ndarray, *, n: int = HEAT_GRID) -> str:
     return "".join(str(int(d)) for d in np.ceil(9 * counts / counts.max()).astype(int))
 
 
-def _ratio_pairs(q_desc: np.ndarray, r_desc: np.ndarray, *, ratio: float, max_distance: int,
+def _ratio_pairs(d: np.ndarray, j: np.ndarray, *, ratio: float, max_distance: int,
                  hypotheses: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Query and work keypoints paired by Lowe's ratio test.
 
     With ``hypotheses`` = 1, a query keypoint pairs with its nearest work
     keypoint only if the second nearest is clearly farther, and each work
-    keypoint is used once. With more, a keypoint whose nearest work keypoints
-    are alike (a repeated element: the dots of a grid, the tips of a star, the
-    windows of a facade) keeps up to ``hypotheses`` of them, those within
-    ``1 / ratio`` of its nearest distance, and geometry picks among them
-    (:func:`_one_to_one` counts each keypoint once afterwards).
+    keypoint is used once, by the nearest query keypoint (descriptor distance
+    is all there is to choose by before geometry). With more, a keypoint whose
+    nearest work keypoints are alike (a repeated element) keeps up to
+    ``hypotheses`` of them, those within ``1 / ratio`` of its nearest
+    distance, and geometry picks among them (:func:`_one_to_one` counts each
+    keypoint once afterwards).
+
+    Parameters
+    ----------
+    d, j : ``[shape=(n, k)]`` each query keypoint's nearest work keypoints,
+        Hamming distances and rows, nearest first (:func:`scanner.features.local.hamming_knn`);
+        ``k >= hypotheses``, and ``k >= 2`` for Lowe's test
 
     Returns
     -------
-    qi, ri : int64 ``[shape=(m,)]`` rows of ``q_desc`` and ``r_desc``
+    qi, ri : int64 ``[shape=(m,)]`` query rows and work rows of the pairs
     """
-    from scanner.features.local import hamming_knn
-
     if hypotheses <= 1:
-        d, j = hamming_knn(q_desc, r_desc, k=2)
+        # a tie for nearest fails the test whatever order the search returned it in
         second = d[:, 1] if d.shape[1] > 1 else np.full(len(d), 256)
         ok = (d[:, 0] <= max_distance) & (d[:, 0] < ratio * second)
         qi, ri, di = np.flatnonzero(ok), j[ok, 0], d[ok, 0]
         o = np.lexsort((di, ri))
         keep = np.ones(len(o), bool)
         keep[1:] = ri[o][1:] != ri[o][:-1]
-        return qi[o][keep], ri[o][keep]
-    d, j = hamming_knn(q_desc, r_desc, k=hypotheses)
+        return qi[o][keep].astype(np.int64), ri[o][keep].astype(np.int64)
+    d, j = d[:, :hypotheses], j[:, :hypotheses]
     # the nearest always qualifies; alike ones (those Lowe's test would call
     # ambiguous) join it, so a unique nearest is exactly Lowe's pass (bounding
     # the alike ones to 40 bits changed nothing on the tuning half)
@@ -375,15 +386,18 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
                      feature: str, ratio: float = LANDMARK_RATIO,
                      max_distance: int = LANDMARK_MAX_DISTANCE,
                      tolerance: float = LANDMARK_TOLERANCE,
-                     hypotheses: int = LANDMARK_HYPOTHESES) -> list[Evidence]:
+                     hypotheses: int = LANDMARK_HYPOTHESES,
+                     statistics: Sequence[str] = LANDMARK_STATISTICS) -> list[Evidence]:
     """Verify candidate works geometrically against one query's keypoints.
 
-    Per candidate (work, view of the query), query keypoints are paired with
-    the work's by Lowe's ratio test, a keypoint whose nearest work keypoints
-    are alike keeping up to ``hypotheses`` of them (:func:`_ratio_pairs`),
-    and the pairs one similarity transform explains
+    Per candidate (work, view of the query) and statistic, query keypoints
+    are paired with the work's (:func:`_ratio_pairs`: by Lowe's ratio test
+    for ``unique``; for ``repeated``, a keypoint whose nearest work keypoints
+    are alike keeps up to ``hypotheses`` of them), and the pairs one
+    similarity transform explains
     (:func:`scanner.features.local.ransac_similarity`) are counted, each
-    query and work keypoint once; a work verified in several views keeps the best.
+    query and work keypoint once; a work verified in several views keeps
+    its best per statistic.
 
     Parameters
     ----------
@@ -391,59 +405,65 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
     candidates : (work id, view) pairs (:func:`landmark_votes`)
     table : the index's keypoints
     feature : feature name, copied into the evidence
-    hypotheses : work keypoints a query keypoint may pair with (1: Lowe's test alone)
+    hypotheses : work keypoints a query keypoint may pair with under ``repeated``
+    statistics : which of :data:`LANDMARK_STATISTICS` to count
 
     Returns
     -------
-    list of Evidence with at least 3 inliers, one per work, most inliers first;
-    ``raw`` is the inlier count and ``detail`` the boxes of
-    :func:`landmark_boxes` with ``inliers``
+    list of Evidence with at least 3 inliers, one per work and statistic, most
+    inliers first; ``raw`` is the inlier count and ``detail`` the boxes of
+    :func:`landmark_boxes` with ``inliers`` and ``statistic``
     """
-    from scanner.features.local import ransac_similarity
+    from scanner.features.local import hamming_knn, ransac_similarity
 
-    found: dict[int, tuple[int, dict[str, Any]]] = {}
+    k = max(2, hypotheses if "repeated" in statistics else 1)
+    found: dict[tuple[int, str], tuple[int, dict[str, Any]]] = {}
     for w, view in candidates:
         w = int(w)
         r_rows = table.work_rows(w)
         q_rows = np.flatnonzero(query["view"] == view)
         if len(r_rows) < 3 or len(q_rows) < 3:
             continue
-        qi, ri = _ratio_pairs(query["desc"][q_rows], table.desc[r_rows], ratio=ratio, max_distance=max_distance,
-                              hypotheses=hypotheses)
-        if len(qi) < 3:
-            continue
-        qk, rk = q_rows[qi], r_rows[ri]
-        q_px = query["xy"][qk].astype(np.float64) * query["size"][qk]
-        r_px = table.xy[rk].astype(np.float64) * table.size[rk]
-        inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance,
-                                   iterations=500 if hypotheses <= 1 else RANSAC_ITERATIONS)
-        if m is not None and hypotheses > 1:
-            at = np.flatnonzero(inl)
-            kept = _one_to_one(qk[at], rk[at], np.hypot(*(_apply(m, q_px[at]) - r_px[at]).T))
-            inl[at[~kept]] = False
-        n_in = int(inl.sum())
-        if m is None or n_in < 3 or n_in <= found.get(w, (0,))[0]:
-            continue
-        detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
-                                mirrored=view == MIRRORED_VIEW)
-        detail["inliers"] = n_in
-        q_norm = q_px[inl] / query["size"][qk[0]]
-        if view == MIRRORED_VIEW:
-            q_norm[:, 0] = 1.0 - q_norm[:, 0]
-        detail["query_heat"] = heat_grid(q_norm)
-        detail["ref_heat"] = heat_grid(r_px[inl] / table.size[rk[0]])
-        # the work's locator most inliers carry: a video work's keyframe (its timecode, ms)
-        locs, counts = np.unique(table.rows[rk[inl], 1], return_counts=True)
-        detail["ref_locator"] = int(locs[counts.argmax()])
-        found[w] = (n_in, detail)
-    out = [Evidence(w, feature, float(n), -float(n), 0, int(d["mirrored"]), -1, d) for w, (n, d) in found.items()]
+        d, j = hamming_knn(query["desc"][q_rows], table.desc[r_rows], k=k)
+        for stat in statistics:
+            qi, ri = _ratio_pairs(d, j, ratio=ratio, max_distance=max_distance,
+                                  hypotheses=hypotheses if stat == "repeated" else 1)
+            if len(qi) < 3:
+                continue
+            qk, rk = q_rows[qi], r_rows[ri]
+            q_px = query["xy"][qk].astype(np.float64) * query["size"][qk]
+            r_px = table.xy[rk].astype(np.float64) * table.size[rk]
+            inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance, iterations=RANSAC_ITERATIONS[stat])
+            if m is not None and stat == "repeated":
+                at = np.flatnonzero(inl)
+                kept = _one_to_one(qk[at], rk[at], np.hypot(*(_apply(m, q_px[at]) - r_px[at]).T))
+                inl[at[~kept]] = False
+            n_in = int(inl.sum())
+            if m is None or n_in < 3 or n_in <= found.get((w, stat), (0,))[0]:
+                continue
+            detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
+                                    mirrored=view == MIRRORED_VIEW)
+            detail["inliers"] = n_in
+            detail["statistic"] = stat
+            q_norm = q_px[inl] / query["size"][qk[0]]
+            if view == MIRRORED_VIEW:
+                q_norm[:, 0] = 1.0 - q_norm[:, 0]
+            detail["query_heat"] = heat_grid(q_norm)
+            detail["ref_heat"] = heat_grid(r_px[inl] / table.size[rk[0]])
+            # the work's locator most inliers carry: a video work's keyframe (its timecode, ms)
+            locs, counts = np.unique(table.rows[rk[inl], 1], return_counts=True)
+            detail["ref_locator"] = int(locs[counts.argmax()])
+            found[w, stat] = (n_in, detail)
+    out = [Evidence(w, feature, float(n), -float(n), 0, int(d["mirrored"]), -1, d)
+           for (w, _), (n, d) in found.items()]
     out.sort(key=lambda e: -e.raw)
     return out
 
 
 def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: LandmarkTable, *, feature: str,
                       k: int = LANDMARK_K, top: int = LANDMARK_TOP, per_view: int = LANDMARK_VOTERS,
-                      exclude: Sequence[int | None] | None = None) -> list[list[Evidence]]:
+                      exclude: Sequence[int | None] | None = None,
+                      statistics: Sequence[str] = LANDMARK_STATISTICS) -> list[list[Evidence]]:
     """Per-work landmark evidence for a batch of queries: search, vote, verify.
 
     An even subset of each query's keypoints (:func:`voters`) is searched,
@@ -463,10 +483,13 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
     per_view : keypoints per view searched and voting
     exclude : per query, a work to pass over (references queried against
         their own index, to fit the null); ``k`` grows by 8 to make room
+    statistics : which of :data:`LANDMARK_STATISTICS` to count (an index
+        built before ``repeated`` had its null has only ``unique``)
 
     Returns
     -------
-    list of lists of Evidence, one list per query, most inliers first
+    list of lists of Evidence, one list per query, one Evidence per work and
+    statistic, most inliers first
     """
     from scanner.index.search import knn
 
@@ -488,7 +511,8 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
             out.append([])
             continue
         works, views, _ = landmark_votes(d, i, table.rows, q["view"][c], exclude=ex)
-        out.append(verify_landmarks(q, list(zip(works[:top], views[:top])), table, feature=feature))
+        out.append(verify_landmarks(q, list(zip(works[:top], views[:top])), table, feature=feature,
+                                    statistics=statistics))
     return out
 
 
@@ -520,27 +544,28 @@ def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
 
 def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip: Sequence[int] = (),
                          n_queries: int = LANDMARK_NULL_QUERIES, seed: int = 0,
-                         with_works: bool = False) -> Any:
+                         statistics: Sequence[str] = LANDMARK_STATISTICS
+                         ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Inliers of chance candidates: a sample of references verified against the other works.
 
     Each sampled work is a query (its keypoints thinned to a query's count,
     as given only), matched like a scan (:func:`landmark_evidence`) against
     the index less itself. Every one of the ``LANDMARK_TOP`` candidates a
-    query may verify gives a score (0 when it was not verified or fell short).
+    query may verify gives a score per statistic (0 when it was not verified
+    or fell short).
 
     Parameters
     ----------
     table : the index's keypoints; ``index`` the faiss index over them
     skip : works left out of the sample (featureless ones)
     n_queries : works sampled
-
-    with_works : also return, per score, the sampled work and the candidate work
+    statistics : which of :data:`LANDMARK_STATISTICS` to count
 
     Returns
     -------
-    float64 ``[shape=(n_sampled * LANDMARK_TOP,)]`` inlier counts; with
-    ``with_works``, a tuple ``(scores, query_works, candidate_works)``, the
-    last -1 where a slot had no candidate
+    dict statistic -> ``(scores, query_works, candidate_works)``: float64
+    inlier counts and int64 works, each ``[shape=(n_sampled * LANDMARK_TOP,)]``,
+    the candidate -1 where a slot had no candidate
     """
     from scanner.features.local import KEYPOINT_DTYPE, N_FEATURES
 
@@ -548,7 +573,7 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
     works = np.setdiff1d(np.unique(table.rows[:, 0]), np.asarray(skip, np.int64))
     if len(works) < 2:
         empty = np.zeros(0)
-        return (empty, empty.astype(np.int64), empty.astype(np.int64)) if with_works else empty
+        return {stat: (empty, empty.astype(np.int64), empty.astype(np.int64)) for stat in statistics}
     sample = np.sort(rng.choice(works, min(len(works), n_queries), replace=False))
     queries = []
     for w in sample:
@@ -557,13 +582,15 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
         q = np.zeros(len(r), KEYPOINT_DTYPE)
         q["desc"], q["xy"], q["size"] = table.desc[r], table.xy[r], table.size[r]
         queries.append(q)
-    found = landmark_evidence(queries, index, table, feature=feature, exclude=[int(w) for w in sample])
-    scores = np.zeros((len(found), LANDMARK_TOP))
-    cands = np.full((len(found), LANDMARK_TOP), -1, np.int64)
-    for j, evs in enumerate(found):
-        evs = evs[:LANDMARK_TOP]
-        scores[j, :len(evs)] = [e.raw for e in evs]
-        cands[j, :len(evs)] = [e.work_id for e in evs]
-    if with_works:
-        return scores.ravel(), np.repeat(sample.astype(np.int64), LANDMARK_TOP), cands.ravel()
-    return scores.ravel()
+    found = landmark_evidence(queries, index, table, feature=feature, exclude=[int(w) for w in sample],
+                              statistics=statistics)
+    out = {}
+    for stat in statistics:
+        scores = np.zeros((len(found), LANDMARK_TOP))
+        cands = np.full((len(found), LANDMARK_TOP), -1, np.int64)
+        for j, evs in enumerate(found):
+            evs = [e for e in evs if e.detail["statistic"] == stat][:LANDMARK_TOP]
+            scores[j, :len(evs)] = [e.raw for e in evs]
+            cands[j, :len(evs)] = [e.work_id for e in evs]
+        out[stat] = (scores.ravel(), np.repeat(sample.astype(np.int64), LANDMARK_TOP), cands.ravel())
+    return out

@@ -27,7 +27,7 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence, landmark_null_scores
+from scanner.match import LANDMARK_STATISTICS, LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence, landmark_null_scores
 from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected
@@ -595,14 +595,36 @@ def _fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: di
                        chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """A landmark feature's null: references queried against the other works, as a scan would.
 
-    The (score, reference, candidate work) triples go to ``chance_pairs[name]``
-    for :func:`_fit_fusion`.
+    The ``unique`` statistic's model is the null itself (as indexes built
+    before the others had it); each other statistic's is kept under its name.
+    The (chance, reference, candidate work) triples of the evidence a scan
+    would keep, the more significant statistic per pair, go to
+    ``chance_pairs[name]`` for :func:`_fit_fusion`.
     """
     none = np.zeros((0, 2), np.float32)
     table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
-    scores, q, c = landmark_null_scores(table, index, feature=name, skip=featureless, with_works=True)
-    chance_pairs[name] = (scores, q, c)
-    return pol.fit_inlier_null(scores, candidates=LANDMARK_TOP)
+    stats = landmark_null_scores(table, index, feature=name, skip=featureless)
+    null = pol.fit_inlier_null(stats["unique"][0], candidates=LANDMARK_TOP)
+    for stat in LANDMARK_STATISTICS:
+        if stat != "unique":
+            null[stat] = pol.fit_inlier_null(stats[stat][0], candidates=LANDMARK_TOP,
+                                             prior=pol.PRIOR_REPEATED_INLIERS)
+    scores, q, c = (np.concatenate(parts) for parts in zip(*stats.values()))
+    kinds = np.repeat(list(stats), [len(v[0]) for v in stats.values()])
+    strength = -np.log(pol.expected_landmark(scores, kinds, _landmark_nulls(null)))
+    # one pair per (reference, candidate): the stronger statistic; slots without a candidate stay
+    key = np.where(c >= 0, q * (int(c.max(initial=0)) + 1) + c, -1 - np.arange(len(c)))
+    order = np.lexsort((-strength, key))
+    first = np.ones(len(order), bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = order[first]
+    chance_pairs[name] = (strength[keep], q[keep], c[keep])
+    return null
+
+
+def _landmark_nulls(null: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Statistic -> null of a landmark feature: ``unique`` always, the others where the index fitted them."""
+    return {"unique": null, **{s: null[s] for s in LANDMARK_STATISTICS if s != "unique" and s in null}}
 
 
 def _ones(codes: np.ndarray) -> np.ndarray:
@@ -987,15 +1009,19 @@ class Scanner:
                          evidence: list[list[dict[str, Any]]]) -> None:
         """Landmark features: any number of keypoints per item, verified per work by geometry."""
         pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
+        nulls = _landmark_nulls(self.index.null[feat.name])
         found = landmark_evidence([batch[i].prepared[feat.name] for i in pos], self.index.faiss_index(feat.name),
-                                  self._landmarks(feat.name), feature=feat.name)
-        null = self.index.null[feat.name]
+                                  self._landmarks(feat.name), feature=feat.name, statistics=tuple(nulls))
         for i, evs in zip(pos, found):
             if evs:
-                expected = pol.expected_inliers(np.array([e.raw for e in evs]), null)
-                strength = pol.strength(expected, self.policy)
-                evidence[i].extend(self._match(feat, e, float(x), float(s))
-                                   for e, x, s in zip(evs, expected, strength))
+                expected = pol.expected_landmark(np.array([e.raw for e in evs]),
+                                                 np.array([e.detail["statistic"] for e in evs]), nulls)
+                seen: set[int] = set()
+                for j in np.argsort(expected, kind="stable"):  # per work, its most significant statistic
+                    if evs[j].work_id not in seen:
+                        seen.add(evs[j].work_id)
+                        x = float(expected[j])
+                        evidence[i].append(self._match(feat, evs[j], x, float(pol.strength(x, self.policy))))
 
     def _judge_segments(self, feat: Featurizer, batch: Sequence[Prepared],
                         evidence: list[list[dict[str, Any]]]) -> None:

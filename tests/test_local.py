@@ -298,7 +298,7 @@ def _lattice(size: int = 120, period: int = 40) -> Image.Image:
     return im
 
 
-def test_repeated_elements_are_matched_through_several_hypotheses() -> None:
+def test_repeated_elements_are_matched_by_the_repeated_statistic() -> None:
     """Every arrow of a lattice looks like every other, so Lowe's ratio test
     drops nearly all keypoints; keeping the alike ones as hypotheses lets one
     transform pick the right ones, each keypoint counted once."""
@@ -310,8 +310,41 @@ def test_repeated_elements_are_matched_through_several_hypotheses() -> None:
     table = LandmarkTable(rows, codes, extra["xy"], extra["size"])
     query = feat.prepare(_lattice().rotate(9, resample=Image.Resampling.BICUBIC, fillcolor="white"))
 
-    lowe, several = (verify_landmarks(query, [(0, 0)], table, feature="image-local", hypotheses=h)
-                     for h in (1, 3))
+    lowe, several = (verify_landmarks(query, [(0, 0)], table, feature="image-local", statistics=[stat])
+                     for stat in ("unique", "repeated"))
     n_lowe = int(lowe[0].raw) if lowe else 0
     assert several and several[0].raw >= 40 and several[0].raw >= 3 * max(n_lowe, 1), (lowe, several)
+    assert several[0].detail["statistic"] == "repeated" and all(e.detail["statistic"] == "unique" for e in lowe)
     assert several[0].detail["inliers"] == several[0].raw <= min((query["view"] == 0).sum(), len(codes))
+
+
+def test_expected_landmark_scores_each_statistic_by_its_own_null() -> None:
+    unique = {**pol.PRIOR_INLIERS, "candidates": 6}
+    repeated = {**pol.PRIOR_REPEATED_INLIERS, "candidates": 6}
+    both = {"unique": unique, "repeated": repeated}
+    got = pol.expected_landmark(np.array([12, 12, 30]), np.array(["unique", "repeated", "repeated"]), both)
+    # a scan keeps the more significant of two statistics: each is counted twice (Bonferroni)
+    assert got[0] == pytest.approx(2 * pol.expected_inliers(12, unique))
+    assert got[1] == pytest.approx(2 * pol.expected_inliers(12, repeated)) and got[1] > got[0] > got[2] / 100
+    # an index with the unique null alone (built before the repeated one existed) is scored as it was
+    alone = pol.expected_landmark(np.array([12]), np.array(["unique"]), {"unique": unique})
+    assert alone[0] == pytest.approx(pol.expected_inliers(12, unique))
+
+
+def test_fill_tile_copy_is_found_by_the_repeated_statistic(refs_dir: Path, tmp_path: Path) -> None:
+    """A rotated copy of a fill tile: Lowe's test keeps too few keypoints to make
+    a case, the repeated statistic (with its own null, fitted at build) does."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(6):
+        _ref(refs_dir, i).save(refs / f"ref{i}.png")
+    _lattice().save(refs / "tile.png")
+    build_index([refs], tmp_path / "index", options=FeatureOptions(names=FEATURES))
+    null = store.open_index(tmp_path / "index").null["image-local"]
+    assert set(null["repeated"]) >= {"threshold", "p_threshold", "scale"}
+    _lattice().rotate(9, resample=Image.Resampling.BICUBIC, fillcolor="white").save(tmp_path / "copy.png")
+    result, _ = check(tmp_path / "copy.png", tmp_path / "index")
+    assert result.verdict in ("review", "flagged"), result.reason
+    m = _local(result)[0]
+    assert Path(m["ref_path"]).name == "tile.png" and m["locator"]["statistic"] == "repeated"
+    assert m["raw"] >= 40 and len({(x["work_id"], x["feature"]) for x in result.matches}) == len(result.matches)
