@@ -11,9 +11,10 @@ A set whose ``set.json`` records the same configuration (corpus, half, seed,
 counts, size limit, transform definitions) and whose files all exist is reused,
 so iterating on the scanner does not pay for the transforms again.
 
-Negatives (and collage backgrounds) are drawn from the half's negative
-folders, minus files pixel-identical to a reference and known copies of a
-reference (:mod:`known_copies`).
+References are one file per work: no two pixel-identical, no two of one
+family of recoloured drawings (:mod:`known_copies`). Negatives (and collage
+backgrounds) are drawn from the half's negative folders, minus files
+pixel-identical to a reference and known copies of a reference.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import warnings
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -88,20 +89,25 @@ def flat(path: str | Path, max_side: int) -> Image.Image:
     return rgb
 
 
-def pick(pool: list[Path], n: int, ex: Executor, *, exclude_pixels: set[str] = frozenset()
+def pick(pool: list[Path], n: int, ex: Executor, *, exclude_pixels: set[str] = frozenset(),
+         work_of: Callable[[Path], str] | None = None
          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Path]]:
     """The first ``n`` usable, mutually distinct files of ``pool`` (in order).
+
+    ``work_of`` gives files of the same work one key
+    (:func:`known_copies.work_key`): then at most one file per work is picked.
 
     Returns
     -------
     accepted, skipped, rest
-        ``skipped`` holds undecodable files and pixel-identical duplicates (of
-        one another or of ``exclude_pixels``), with the reason; ``rest`` is the
-        part of the pool not examined.
+        ``skipped`` holds undecodable files, pixel-identical duplicates (of
+        one another or of ``exclude_pixels``) and other files of a picked work,
+        with the reason; ``rest`` is the part of the pool not examined.
     """
     accepted: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     seen = set(exclude_pixels)
+    works: dict[str, str] = {}
     start = 0
     while len(accepted) < n and start < len(pool):
         chunk = pool[start:start + max(16, 2 * (n - len(accepted)))]
@@ -114,8 +120,13 @@ def pick(pool: list[Path], n: int, ex: Executor, *, exclude_pixels: set[str] = f
                 skipped.append(info)
             elif info["pixels"] in seen:
                 skipped.append({**info, "error": "same pixels as another picked file"})
+            elif work_of is not None and work_of(Path(info["path"])) in works:
+                skipped.append({**info, "error": f"the same work as {works[work_of(Path(info['path']))]} "
+                                                 "(known_copies)"})
             else:
                 seen.add(info["pixels"])
+                if work_of is not None:
+                    works[work_of(Path(info["path"]))] = info["path"]
                 accepted.append(info)
     return accepted, skipped, pool[start:]
 
@@ -197,7 +208,8 @@ def build(corpus: corpora.Corpus, split: dict[str, list[str]], config: SetConfig
     ref_topics, neg_topics = split[f"{half}-refs"], split[f"{half}-negatives"]
     ref_pool = corpora.round_robin(corpus.topics, ref_topics, seed * 1000 + HALF_IDS[half])
     neg_pool = corpora.round_robin(corpus.topics, neg_topics, seed * 1000 + HALF_IDS[half] + 500)
-    refs, ref_skipped, _ = pick(ref_pool, config.refs, ex)
+    same_work = known_copies.work_key(corpus.name, corpus.root)
+    refs, ref_skipped, _ = pick(ref_pool, config.refs, ex, work_of=same_work)
     ref_pixels = {r["pixels"] for r in refs}
     copies = known_copies.KnownCopies(corpus.name, corpus.root, [Path(r["path"]) for r in refs])
     left_out = [{"path": str(p), "error": copies.copy_of(p)} for p in neg_pool if copies.copy_of(p)]
