@@ -8,7 +8,7 @@ with its locator, as that work's evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -116,6 +116,9 @@ LANDMARK_RATIO = 0.8
 #: alike (a repeated element: the dots of a grid, the tips of a star), for
 #: the ``repeated`` statistic; 1 would be Lowe's test alone.
 LANDMARK_HYPOTHESES = 3
+#: Largest distance of those alike pairs (a repeated element's keypoints
+#: match their likes within 10 to 26 bits): fewer chance pairs for RANSAC.
+LANDMARK_ALIKE_DISTANCE = 40
 #: What a landmark candidate is counted by, each with its own null: ``unique``
 #: pairs only keypoints Lowe's ratio test finds unambiguous (a small pasted
 #: work is significant at a few inliers, as chance pairs rarely agree);
@@ -125,8 +128,6 @@ LANDMARK_HYPOTHESES = 3
 #: keypoints), at the price of more chance inliers (a null median near 8 on
 #: clip art against 3). The evidence is the more significant of the two.
 LANDMARK_STATISTICS = ("unique", "repeated")
-#: RANSAC draws per statistic (several hypotheses: more pairs, fewer right).
-RANSAC_ITERATIONS = {"unique": 500, "repeated": 1000}
 #: References sampled as queries to fit a landmark feature's null.
 LANDMARK_NULL_QUERIES = 300
 #: RANSAC tolerance in working pixels (pictures are matched at 512 pixels).
@@ -321,17 +322,19 @@ def heat_grid(points: np.ndarray, *, n: int = HEAT_GRID) -> str:
 
 
 def _ratio_pairs(d: np.ndarray, j: np.ndarray, *, ratio: float, max_distance: int,
-                 hypotheses: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 hypotheses: int = 1, alike_distance: int = LANDMARK_ALIKE_DISTANCE
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Query and work keypoints paired by Lowe's ratio test.
 
     With ``hypotheses`` = 1, a query keypoint pairs with its nearest work
     keypoint only if the second nearest is clearly farther, and each work
     keypoint is used once, by the nearest query keypoint (descriptor distance
-    is all there is to choose by before geometry). With more, a keypoint whose
-    nearest work keypoints are alike (a repeated element) keeps up to
-    ``hypotheses`` of them, those within ``1 / ratio`` of its nearest
-    distance, and geometry picks among them (:func:`_one_to_one` counts each
-    keypoint once afterwards).
+    is all there is to choose by before geometry). With more, a keypoint that
+    passes the test pairs as above, and one whose nearest work keypoints are
+    alike (a repeated element) keeps up to ``hypotheses`` of them, those
+    within ``1 / ratio`` of its nearest distance and ``alike_distance``, and
+    geometry picks among them (:func:`_one_to_one` counts each keypoint once
+    afterwards).
 
     Parameters
     ----------
@@ -353,10 +356,12 @@ def _ratio_pairs(d: np.ndarray, j: np.ndarray, *, ratio: float, max_distance: in
         keep[1:] = ri[o][1:] != ri[o][:-1]
         return qi[o][keep].astype(np.int64), ri[o][keep].astype(np.int64)
     d, j = d[:, :hypotheses], j[:, :hypotheses]
-    # the nearest always qualifies; alike ones (those Lowe's test would call
-    # ambiguous) join it, so a unique nearest is exactly Lowe's pass (bounding
-    # the alike ones to 40 bits changed nothing on the tuning half)
-    ok = (d <= max_distance) & (d * ratio <= d[:, :1])
+    lowe = (d[:, 0] <= max_distance) & (d[:, 0] < ratio * (d[:, 1] if d.shape[1] > 1 else 256))
+    # alike ones (those Lowe's test calls ambiguous) are kept only when close:
+    # a chance keypoint's neighbours are all alike and far, and pairing every
+    # one of them would make RANSAC's work and the chance inliers balloon
+    ok = (d <= alike_distance) & (d * ratio <= d[:, :1])
+    ok[:, 0] |= lowe
     rows = np.broadcast_to(np.arange(len(d))[:, None], d.shape)
     return rows[ok].astype(np.int64), j[ok].astype(np.int64)
 
@@ -387,7 +392,8 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
                      max_distance: int = LANDMARK_MAX_DISTANCE,
                      tolerance: float = LANDMARK_TOLERANCE,
                      hypotheses: int = LANDMARK_HYPOTHESES,
-                     statistics: Sequence[str] = LANDMARK_STATISTICS) -> list[Evidence]:
+                     statistics: Sequence[str] = LANDMARK_STATISTICS,
+                     choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> list[Evidence]:
     """Verify candidate works geometrically against one query's keypoints.
 
     Per candidate (work, view of the query) and statistic, query keypoints
@@ -407,17 +413,21 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
     feature : feature name, copied into the evidence
     hypotheses : work keypoints a query keypoint may pair with under ``repeated``
     statistics : which of :data:`LANDMARK_STATISTICS` to count
+    choose : ``choose(inliers, statistics)``, float ``[shape=(m,)]``, smaller
+        is stronger (a scan's expected chance matches): per work, only the
+        statistic it calls strongest is kept. ``None`` keeps every statistic
+        (the null is fitted on each).
 
     Returns
     -------
-    list of Evidence with at least 3 inliers, one per work and statistic, most
-    inliers first; ``raw`` is the inlier count and ``detail`` the boxes of
-    :func:`landmark_boxes` with ``inliers`` and ``statistic``
+    list of Evidence with at least 3 inliers, one per work and statistic kept,
+    most inliers first; ``raw`` is the inlier count and ``detail`` the boxes
+    of :func:`landmark_boxes` with ``inliers`` and ``statistic``
     """
     from scanner.features.local import hamming_knn, ransac_similarity
 
     k = max(2, hypotheses if "repeated" in statistics else 1)
-    found: dict[tuple[int, str], tuple[int, dict[str, Any]]] = {}
+    hits: dict[tuple[int, str], tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for w, view in candidates:
         w = int(w)
         r_rows = table.work_rows(w)
@@ -433,37 +443,54 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
             qk, rk = q_rows[qi], r_rows[ri]
             q_px = query["xy"][qk].astype(np.float64) * query["size"][qk]
             r_px = table.xy[rk].astype(np.float64) * table.size[rk]
-            inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance, iterations=RANSAC_ITERATIONS[stat])
+            inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance)
             if m is not None and stat == "repeated":
                 at = np.flatnonzero(inl)
                 kept = _one_to_one(qk[at], rk[at], np.hypot(*(_apply(m, q_px[at]) - r_px[at]).T))
                 inl[at[~kept]] = False
             n_in = int(inl.sum())
-            if m is None or n_in < 3 or n_in <= found.get((w, stat), (0,))[0]:
-                continue
-            detail = landmark_boxes(m, q_px[inl], r_px[inl], query["size"][qk[0]], table.size[rk[0]],
-                                    mirrored=view == MIRRORED_VIEW)
-            detail["inliers"] = n_in
-            detail["statistic"] = stat
-            q_norm = q_px[inl] / query["size"][qk[0]]
-            if view == MIRRORED_VIEW:
-                q_norm[:, 0] = 1.0 - q_norm[:, 0]
-            detail["query_heat"] = heat_grid(q_norm)
-            detail["ref_heat"] = heat_grid(r_px[inl] / table.size[rk[0]])
-            # the work's locator most inliers carry: a video work's keyframe (its timecode, ms)
-            locs, counts = np.unique(table.rows[rk[inl], 1], return_counts=True)
-            detail["ref_locator"] = int(locs[counts.argmax()])
-            found[w, stat] = (n_in, detail)
-    out = [Evidence(w, feature, float(n), -float(n), 0, int(d["mirrored"]), -1, d)
-           for (w, _), (n, d) in found.items()]
+            if m is not None and n_in >= 3 and n_in > hits.get((w, stat), (0,))[0]:
+                hits[w, stat] = (n_in, int(view), m, qk[inl], rk[inl], q_px[inl], r_px[inl])
+    keys = list(hits)
+    if choose is not None and keys:
+        strength = choose(np.array([hits[key][0] for key in keys], np.float64), np.array([s for _, s in keys]))
+        best: dict[int, int] = {}
+        for i, (w, _) in enumerate(keys):
+            if w not in best or strength[i] < strength[best[w]]:
+                best[w] = i
+        keys = [keys[i] for i in sorted(best.values())]
+    out = [Evidence(w, feature, float(hits[w, stat][0]), -float(hits[w, stat][0]), 0,
+                    int(hits[w, stat][1] == MIRRORED_VIEW), -1, _landmark_detail(query, table, stat, *hits[w, stat]))
+           for w, stat in keys]
     out.sort(key=lambda e: -e.raw)
     return out
+
+
+def _landmark_detail(query: np.ndarray, table: LandmarkTable, statistic: str, n_in: int, view: int,
+                     m: np.ndarray, qk: np.ndarray, rk: np.ndarray, q_px: np.ndarray,
+                     r_px: np.ndarray) -> dict[str, Any]:
+    """The evidence of one verified work: boxes (:func:`landmark_boxes`), heat maps, inliers, statistic."""
+    detail = landmark_boxes(m, q_px, r_px, query["size"][qk[0]], table.size[rk[0]],
+                            mirrored=view == MIRRORED_VIEW)
+    detail["inliers"] = n_in
+    detail["statistic"] = statistic
+    q_norm = q_px / query["size"][qk[0]]
+    if view == MIRRORED_VIEW:
+        q_norm[:, 0] = 1.0 - q_norm[:, 0]
+    detail["query_heat"] = heat_grid(q_norm)
+    detail["ref_heat"] = heat_grid(r_px / table.size[rk[0]])
+    # the work's locator most inliers carry: a video work's keyframe (its timecode, ms)
+    locs, counts = np.unique(table.rows[rk, 1], return_counts=True)
+    detail["ref_locator"] = int(locs[counts.argmax()])
+    return detail
 
 
 def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: LandmarkTable, *, feature: str,
                       k: int = LANDMARK_K, top: int = LANDMARK_TOP, per_view: int = LANDMARK_VOTERS,
                       exclude: Sequence[int | None] | None = None,
-                      statistics: Sequence[str] = LANDMARK_STATISTICS) -> list[list[Evidence]]:
+                      statistics: Sequence[str] = LANDMARK_STATISTICS,
+                      choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                      ) -> list[list[Evidence]]:
     """Per-work landmark evidence for a batch of queries: search, vote, verify.
 
     An even subset of each query's keypoints (:func:`voters`) is searched,
@@ -485,11 +512,13 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
         their own index, to fit the null); ``k`` grows by 8 to make room
     statistics : which of :data:`LANDMARK_STATISTICS` to count (an index
         built before ``repeated`` had its null has only ``unique``)
+    choose : per work, which statistic to keep (:func:`verify_landmarks`);
+        ``None`` keeps all
 
     Returns
     -------
     list of lists of Evidence, one list per query, one Evidence per work and
-    statistic, most inliers first
+    statistic kept, most inliers first
     """
     from scanner.index.search import knn
 
@@ -512,7 +541,7 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
             continue
         works, views, _ = landmark_votes(d, i, table.rows, q["view"][c], exclude=ex)
         out.append(verify_landmarks(q, list(zip(works[:top], views[:top])), table, feature=feature,
-                                    statistics=statistics))
+                                    statistics=statistics, choose=choose))
     return out
 
 

@@ -1010,18 +1010,18 @@ class Scanner:
         """Landmark features: any number of keypoints per item, verified per work by geometry."""
         pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
         nulls = _landmark_nulls(self.index.null[feat.name])
+
+        def expected(inliers: np.ndarray, statistics: np.ndarray) -> np.ndarray:
+            return pol.expected_landmark(inliers, statistics, nulls)
+
         found = landmark_evidence([batch[i].prepared[feat.name] for i in pos], self.index.faiss_index(feat.name),
-                                  self._landmarks(feat.name), feature=feat.name, statistics=tuple(nulls))
+                                  self._landmarks(feat.name), feature=feat.name, statistics=tuple(nulls),
+                                  choose=expected)  # per work, its most significant statistic
         for i, evs in zip(pos, found):
             if evs:
-                expected = pol.expected_landmark(np.array([e.raw for e in evs]),
-                                                 np.array([e.detail["statistic"] for e in evs]), nulls)
-                seen: set[int] = set()
-                for j in np.argsort(expected, kind="stable"):  # per work, its most significant statistic
-                    if evs[j].work_id not in seen:
-                        seen.add(evs[j].work_id)
-                        x = float(expected[j])
-                        evidence[i].append(self._match(feat, evs[j], x, float(pol.strength(x, self.policy))))
+                x = expected(np.array([e.raw for e in evs]), np.array([e.detail["statistic"] for e in evs]))
+                strength = pol.strength(x, self.policy)
+                evidence[i].extend(self._match(feat, e, float(xe), float(se)) for e, xe, se in zip(evs, x, strength))
 
     def _judge_segments(self, feat: Featurizer, batch: Sequence[Prepared],
                         evidence: list[list[dict[str, Any]]]) -> None:
