@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 #: Bump when the rules or the list change: cached sets are rebuilt.
-VERSION = "known-copies-2"
+VERSION = "known-copies-3"
 SAME_NAME_CORPORA = frozenset({"openclipart"})
 
 #: corpus -> (path, path, what) with paths relative to the corpus root.
@@ -65,6 +65,8 @@ AUDITED: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("science/provetta_plasma_sangue_a_01.png", "unsorted/provetta.png", "recoloured drawing"),
         ("buildings/homes/pinkhome-simple.png", "computer/icons/lemon-theme/filesystems/pinkhome.png",
          "same house, ornaments added"),
+        ("plants/trees/evergreen/simple_evergreen_with_highlights_01.png",
+         "decorations/lightly_decorated_evergreen_01.png", "same tree, decorated"),
     ),
     "wesnoth": (
         ("attacks/rectangular-shield.png", "icons/shield_tower_merfolk.png", "same icon"),
