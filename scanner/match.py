@@ -128,6 +128,10 @@ LANDMARK_ALIKE_DISTANCE = 40
 #: keypoints), at the price of more chance inliers (a null median near 8 on
 #: clip art against 3). The evidence is the more significant of the two.
 LANDMARK_STATISTICS = ("unique", "repeated")
+#: Best-voted candidates each statistic verifies (in vote order): RANSAC over
+#: the repeated statistic's pairs costs several times Lowe's, and a work whose
+#: keypoints repeat still wins the vote.
+STATISTIC_TOP = {"unique": LANDMARK_TOP, "repeated": 3}
 #: References sampled as queries to fit a landmark feature's null.
 LANDMARK_NULL_QUERIES = 300
 #: RANSAC tolerance in working pixels (pictures are matched at 512 pixels).
@@ -393,7 +397,8 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
                      tolerance: float = LANDMARK_TOLERANCE,
                      hypotheses: int = LANDMARK_HYPOTHESES,
                      statistics: Sequence[str] = LANDMARK_STATISTICS,
-                     choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> list[Evidence]:
+                     choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                     top: dict[str, int] | None = None) -> list[Evidence]:
     """Verify candidate works geometrically against one query's keypoints.
 
     Per candidate (work, view of the query) and statistic, query keypoints
@@ -417,6 +422,8 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
         is stronger (a scan's expected chance matches): per work, only the
         statistic it calls strongest is kept. ``None`` keeps every statistic
         (the null is fitted on each).
+    top : per statistic, how many of the first candidates it verifies
+        (:data:`STATISTIC_TOP` by default)
 
     Returns
     -------
@@ -426,9 +433,10 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
     """
     from scanner.features.local import hamming_knn, ransac_similarity
 
+    top = STATISTIC_TOP if top is None else top
     k = max(2, hypotheses if "repeated" in statistics else 1)
     hits: dict[tuple[int, str], tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-    for w, view in candidates:
+    for rank, (w, view) in enumerate(candidates):
         w = int(w)
         r_rows = table.work_rows(w)
         q_rows = np.flatnonzero(query["view"] == view)
@@ -436,6 +444,8 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
             continue
         d, j = hamming_knn(query["desc"][q_rows], table.desc[r_rows], k=k)
         for stat in statistics:
+            if rank >= top.get(stat, rank + 1):
+                continue
             qi, ri = _ratio_pairs(d, j, ratio=ratio, max_distance=max_distance,
                                   hypotheses=hypotheses if stat == "repeated" else 1)
             if len(qi) < 3:
@@ -579,9 +589,9 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
 
     Each sampled work is a query (its keypoints thinned to a query's count,
     as given only), matched like a scan (:func:`landmark_evidence`) against
-    the index less itself. Every one of the ``LANDMARK_TOP`` candidates a
-    query may verify gives a score per statistic (0 when it was not verified
-    or fell short).
+    the index less itself. Every one of the candidates a query may verify
+    with a statistic (:data:`STATISTIC_TOP`) gives a score (0 when it was not
+    verified or fell short).
 
     Parameters
     ----------
@@ -593,7 +603,7 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
     Returns
     -------
     dict statistic -> ``(scores, query_works, candidate_works)``: float64
-    inlier counts and int64 works, each ``[shape=(n_sampled * LANDMARK_TOP,)]``,
+    inlier counts and int64 works, each ``[shape=(n_sampled * STATISTIC_TOP[statistic],)]``,
     the candidate -1 where a slot had no candidate
     """
     from scanner.features.local import KEYPOINT_DTYPE, N_FEATURES
@@ -615,11 +625,12 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
                               statistics=statistics)
     out = {}
     for stat in statistics:
-        scores = np.zeros((len(found), LANDMARK_TOP))
-        cands = np.full((len(found), LANDMARK_TOP), -1, np.int64)
+        slots = STATISTIC_TOP[stat]
+        scores = np.zeros((len(found), slots))
+        cands = np.full((len(found), slots), -1, np.int64)
         for j, evs in enumerate(found):
-            evs = [e for e in evs if e.detail["statistic"] == stat][:LANDMARK_TOP]
+            evs = [e for e in evs if e.detail["statistic"] == stat][:slots]
             scores[j, :len(evs)] = [e.raw for e in evs]
             cands[j, :len(evs)] = [e.work_id for e in evs]
-        out[stat] = (scores.ravel(), np.repeat(sample.astype(np.int64), LANDMARK_TOP), cands.ravel())
+        out[stat] = (scores.ravel(), np.repeat(sample.astype(np.int64), slots), cands.ravel())
     return out

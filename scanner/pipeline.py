@@ -27,7 +27,7 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import LANDMARK_STATISTICS, LANDMARK_TOP, LandmarkTable, best_per_work, landmark_evidence, landmark_null_scores
+from scanner.match import LANDMARK_STATISTICS, STATISTIC_TOP, LandmarkTable, best_per_work, landmark_evidence, landmark_null_scores
 from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected
@@ -604,10 +604,10 @@ def _fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: di
     none = np.zeros((0, 2), np.float32)
     table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
     stats = landmark_null_scores(table, index, feature=name, skip=featureless)
-    null = pol.fit_inlier_null(stats["unique"][0], candidates=LANDMARK_TOP)
+    null = pol.fit_inlier_null(stats["unique"][0], candidates=STATISTIC_TOP["unique"])
     for stat in LANDMARK_STATISTICS:
         if stat != "unique":
-            null[stat] = pol.fit_inlier_null(stats[stat][0], candidates=LANDMARK_TOP,
+            null[stat] = pol.fit_inlier_null(stats[stat][0], candidates=STATISTIC_TOP[stat],
                                              prior=pol.PRIOR_REPEATED_INLIERS)
     scores, q, c = (np.concatenate(parts) for parts in zip(*stats.values()))
     kinds = np.repeat(list(stats), [len(v[0]) for v in stats.values()])
