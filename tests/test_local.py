@@ -348,3 +348,6 @@ def test_fill_tile_copy_is_found_by_the_repeated_statistic(refs_dir: Path, tmp_p
     m = _local(result)[0]
     assert Path(m["ref_path"]).name == "tile.png" and m["locator"]["statistic"] == "repeated"
     assert m["raw"] >= 40 and len({(x["work_id"], x["feature"]) for x in result.matches}) == len(result.matches)
+    from scanner.report.html import describe_match
+
+    assert "repeated elements" in describe_match(m)["words"]  # the report says how the keypoints were paired

@@ -87,7 +87,7 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
     words = {"inliers": f"{raw} keypoints agree on one transform",
              "hamming_bits": f"{raw} of 256 hash bits differ",
              "cosine": f"cosine {raw}"}.get(kind or "", "")
-    if kind == "inliers" and loc.get("statistic") == "repeated":
+    if kind == "inliers" and isinstance(loc, Mapping) and loc.get("statistic") == "repeated":
         words += " (repeated elements paired by geometry)"
     if kind == "fused" and isinstance(m.get("fused_from"), Mapping):
         from scanner.policy import one_in
