@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
+from scanner import media
 from scanner.pipeline import FeatureOptions, Progress, ScanSummary, build_index, read_results, scan
 
 
@@ -89,12 +90,9 @@ def clip_art(seed: int, size: int = 256) -> Image.Image:
 
 
 def flatten(image: Image.Image) -> Image.Image:
-    """Composite an RGBA picture over white (what a person sees)."""
-    if image.mode != "RGBA":
-        return image.convert("RGB")
-    ground = Image.new("RGB", image.size, "white")
-    ground.paste(image, mask=image.getchannel("A"))
-    return ground
+    """A picture as a person sees it, RGB: any transparency (RGBA, LA, a
+    palette's) composited over white, as a scan decodes it (:func:`scanner.media.to_rgb`)."""
+    return media.to_rgb(image)
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:

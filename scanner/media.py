@@ -442,7 +442,7 @@ def _load_image(path: Path, max_pixels: int, max_side: int | None) -> Image.Imag
         im.load()
         # exif_transpose copies the whole picture; most files need no turn
         upright = ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im
-        return _to_rgb(upright, max_side)
+        return to_rgb(upright, max_side)
 
 
 def _shrink(im: Image.Image, max_side: int | None) -> Image.Image:
@@ -456,8 +456,14 @@ def _shrink(im: Image.Image, max_side: int | None) -> Image.Image:
     return im.reduce(-(-max(im.size) // max_side))
 
 
-def _to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:
-    """Flatten any Pillow mode to a new RGB image (never the input object), shrunk to ``max_side``."""
+def to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:
+    """Flatten any Pillow mode to a new RGB image (never the input object), shrunk to ``max_side``.
+
+    What a person sees: transparency of any kind (an alpha channel, a
+    palette's alpha, a ``tRNS`` colour key) composited over white, whatever
+    colour lies under fully transparent pixels; 16- and 32-bit greyscale
+    stretched to its own range.
+    """
     if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         return _shrink(_deep_to_rgb(im), max_side)
     has_alpha = (

@@ -472,3 +472,20 @@ def test_sha256_file_matches_hashlib(tmp_path):
     assert sha256_file(empty) == hashlib.sha256(b"").hexdigest()
     with pytest.raises(ParameterError):
         sha256_file(path, chunk_size=0)
+
+
+def test_flatten_composites_every_kind_of_transparency_over_white() -> None:
+    """Grey with alpha (LA) and palette pictures with a transparent index show
+    white where they are transparent, as a scan decodes them, not the colour
+    stored under the transparency."""
+    from scanner.demo import flatten
+
+    la = Image.new("LA", (8, 8), (0, 0))  # black, fully transparent
+    la.putpixel((0, 0), (0, 255))  # one opaque black pixel
+    p = Image.new("P", (8, 8), 0)
+    p.putpalette([0, 0, 0, 200, 30, 30])
+    p.info["transparency"] = 0
+    p.putpixel((0, 0), 1)
+    for im, opaque in ((la, (0, 0, 0)), (p, (200, 30, 30))):
+        rgb = flatten(im)
+        assert rgb.mode == "RGB" and rgb.getpixel((0, 0)) == opaque and rgb.getpixel((5, 5)) == (255, 255, 255)
