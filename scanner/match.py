@@ -132,6 +132,9 @@ LANDMARK_STATISTICS = ("unique", "repeated")
 #: the repeated statistic's pairs costs several times Lowe's, and a work whose
 #: keypoints repeat still wins the vote.
 STATISTIC_TOP = {"unique": LANDMARK_TOP, "repeated": 3}
+#: Pairs the repeated statistic's RANSAC draws from (its inliers are then
+#: counted over all): a chance candidate gives it about 1,000 pairs.
+RANSAC_SAMPLE = 256
 #: References sampled as queries to fit a landmark feature's null.
 LANDMARK_NULL_QUERIES = 300
 #: RANSAC tolerance in working pixels (pictures are matched at 512 pixels).
@@ -391,6 +394,32 @@ def _one_to_one(qk: np.ndarray, rk: np.ndarray, err: np.ndarray) -> np.ndarray:
     return keep
 
 
+def _ransac_repeated(q_px: np.ndarray, r_px: np.ndarray, qk: np.ndarray, rk: np.ndarray, *,
+                     tolerance: float, sample: int = RANSAC_SAMPLE) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``repeated`` statistic's consensus: the transform found on at most
+    ``sample`` of the pairs (an even, fixed subset: a two-point draw hits right
+    pairs as often in it as in all), its inliers counted over every pair, each
+    query and work keypoint once (:func:`_one_to_one`).
+
+    Returns
+    -------
+    inliers : bool ``[shape=(m,)]``; transform : float64 ``[shape=(2, 3)]`` or ``None``
+    """
+    from scanner.features.local import ransac_similarity
+
+    picked = np.arange(len(q_px))
+    if len(picked) > sample:
+        picked = picked[np.linspace(0, len(picked) - 1, sample).astype(np.int64)]
+    _, m = ransac_similarity(q_px[picked], r_px[picked], tolerance=tolerance)
+    if m is None:
+        return np.zeros(len(q_px), bool), None
+    err = np.hypot(*(_apply(m, q_px) - r_px).T)
+    inl = err <= tolerance
+    at = np.flatnonzero(inl)
+    inl[at[~_one_to_one(qk[at], rk[at], err[at])]] = False
+    return inl, m
+
+
 def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], table: LandmarkTable, *,
                      feature: str, ratio: float = LANDMARK_RATIO,
                      max_distance: int = LANDMARK_MAX_DISTANCE,
@@ -453,11 +482,10 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
             qk, rk = q_rows[qi], r_rows[ri]
             q_px = query["xy"][qk].astype(np.float64) * query["size"][qk]
             r_px = table.xy[rk].astype(np.float64) * table.size[rk]
-            inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance)
-            if m is not None and stat == "repeated":
-                at = np.flatnonzero(inl)
-                kept = _one_to_one(qk[at], rk[at], np.hypot(*(_apply(m, q_px[at]) - r_px[at]).T))
-                inl[at[~kept]] = False
+            if stat == "repeated":
+                inl, m = _ransac_repeated(q_px, r_px, qk, rk, tolerance=tolerance)
+            else:
+                inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance)
             n_in = int(inl.sum())
             if m is not None and n_in >= 3 and n_in > hits.get((w, stat), (0,))[0]:
                 hits[w, stat] = (n_in, int(view), m, qk[inl], rk[inl], q_px[inl], r_px[inl])
