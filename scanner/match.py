@@ -353,17 +353,16 @@ def _ratio_pairs(d: np.ndarray, j: np.ndarray, *, ratio: float, max_distance: in
     -------
     qi, ri : int64 ``[shape=(m,)]`` query rows and work rows of the pairs
     """
+    # a tie for nearest fails the test whatever order the search returned it in
+    second = d[:, 1] if d.shape[1] > 1 else np.full(len(d), 256)
+    lowe = (d[:, 0] <= max_distance) & (d[:, 0] < ratio * second)
     if hypotheses <= 1:
-        # a tie for nearest fails the test whatever order the search returned it in
-        second = d[:, 1] if d.shape[1] > 1 else np.full(len(d), 256)
-        ok = (d[:, 0] <= max_distance) & (d[:, 0] < ratio * second)
-        qi, ri, di = np.flatnonzero(ok), j[ok, 0], d[ok, 0]
+        qi, ri, di = np.flatnonzero(lowe), j[lowe, 0], d[lowe, 0]
         o = np.lexsort((di, ri))
         keep = np.ones(len(o), bool)
         keep[1:] = ri[o][1:] != ri[o][:-1]
         return qi[o][keep].astype(np.int64), ri[o][keep].astype(np.int64)
     d, j = d[:, :hypotheses], j[:, :hypotheses]
-    lowe = (d[:, 0] <= max_distance) & (d[:, 0] < ratio * (d[:, 1] if d.shape[1] > 1 else 256))
     # alike ones (those Lowe's test calls ambiguous) are kept only when close:
     # a chance keypoint's neighbours are all alike and far, and pairing every
     # one of them would make RANSAC's work and the chance inliers balloon

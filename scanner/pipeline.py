@@ -27,7 +27,8 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import LANDMARK_STATISTICS, STATISTIC_TOP, LandmarkTable, best_per_work, landmark_evidence, landmark_null_scores
+from scanner.match import (LANDMARK_STATISTICS, STATISTIC_TOP, LandmarkTable, best_per_work, landmark_evidence,
+                           landmark_null_scores)
 from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected

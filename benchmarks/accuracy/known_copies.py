@@ -82,9 +82,8 @@ AUDITED: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
-
-def _numbered(stem: str, numbers: Iterable[int], width: int = 1) -> tuple[str, ...]:
-    return tuple(f"{stem}-{n:0{width}d}.png" for n in numbers)
+def _numbered(stem: str, numbers: Iterable[int]) -> tuple[str, ...]:
+    return tuple(f"{stem}-{n}.png" for n in numbers)
 
 
 _PATTERNS = "special/patterns/pattern-"

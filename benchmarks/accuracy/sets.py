@@ -95,7 +95,8 @@ def pick(pool: list[Path], n: int, ex: Executor, *, exclude_pixels: set[str] = f
     """The first ``n`` usable, mutually distinct files of ``pool`` (in order).
 
     ``work_of`` gives files of the same work one key
-    (:func:`known_copies.work_key`): then at most one file per work is picked.
+    (:func:`known_copies.work_key`): at most one file per work is picked
+    (by default every file is a work of its own).
 
     Returns
     -------
@@ -107,6 +108,7 @@ def pick(pool: list[Path], n: int, ex: Executor, *, exclude_pixels: set[str] = f
     accepted: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     seen = set(exclude_pixels)
+    work_of = work_of or str
     works: dict[str, str] = {}
     start = 0
     while len(accepted) < n and start < len(pool):
@@ -120,13 +122,11 @@ def pick(pool: list[Path], n: int, ex: Executor, *, exclude_pixels: set[str] = f
                 skipped.append(info)
             elif info["pixels"] in seen:
                 skipped.append({**info, "error": "same pixels as another picked file"})
-            elif work_of is not None and work_of(Path(info["path"])) in works:
-                skipped.append({**info, "error": f"the same work as {works[work_of(Path(info['path']))]} "
-                                                 "(known_copies)"})
+            elif (work := work_of(Path(info["path"]))) in works:
+                skipped.append({**info, "error": f"the same work as {works[work]} (known_copies)"})
             else:
                 seen.add(info["pixels"])
-                if work_of is not None:
-                    works[work_of(Path(info["path"]))] = info["path"]
+                works[work] = info["path"]
                 accepted.append(info)
     return accepted, skipped, pool[start:]
 
