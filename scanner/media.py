@@ -314,9 +314,9 @@ def load_image(
         (width * height), before any pixel is decoded (decompression-bomb
         guard). Pillow's own limit, :data:`DEFAULT_MAX_PIXELS`, applies too.
     max_side : int > 0 or None
-        If given, downscale so that the longer side is at most this many
-        pixels (and more than half of it), by the smallest whole factor, with
-        a box filter; JPEGs are decoded at a reduced DCT scale first. Smaller
+        If given, downscale so that the longer side is this many pixels,
+        keeping the aspect ratio, with a box filter; JPEGs are decoded at a
+        reduced DCT scale first (never below twice the target). Smaller
         images are not enlarged.
 
     Returns
@@ -446,14 +446,18 @@ def _load_image(path: Path, max_pixels: int, max_side: int | None) -> Image.Imag
 
 
 def _shrink(im: Image.Image, max_side: int | None) -> Image.Image:
-    """Reduce by the smallest whole factor that brings the longer side to ``max_side`` or less.
+    """Downscale so the longer side is ``max_side``, averaging every pixel (a box filter).
 
-    A whole-factor box reduction averages every pixel (no aliasing) at a
-    fraction of a Lanczos resample's cost; the featurizers resample further.
+    Pillow first reduces by whole factors while at least twice the target
+    remains (cheap, no aliasing), then box-resamples the rest. A whole factor
+    alone would land anywhere above half the target: a 530-pixel picture
+    would be halved, losing detail every featurizer needs.
     """
     if max_side is None or max(im.size) <= max_side:
         return im
-    return im.reduce(-(-max(im.size) // max_side))
+    scale = max_side / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    return im.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
 def to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:

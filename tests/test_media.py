@@ -338,8 +338,11 @@ def test_max_side_downscales_keeping_aspect(tmp_path):
     small = load_image(tmp_path / "big.png", max_side=1000)
     assert small.size == (400, 200)  # never enlarged
     tall = load_image(_save(Image.new("RGB", (30, 300)), tmp_path / "tall.jpg"), max_side=64)
-    # JPEG draft halves it, then a whole-factor reduction: longer side in (32, 64], aspect kept
-    assert 32 < tall.height <= 64 and tall.width * 10 == tall.height
+    # JPEG draft halves it, then the resample: the longer side exactly 64, aspect kept
+    assert tall.size == (6, 64)
+    # just over the target: resampled to it, not halved by a whole factor
+    near = load_image(_save(Image.new("RGB", (530, 265)), tmp_path / "near.png"), max_side=512)
+    assert near.size == (512, 256)
 
 
 def test_png_bomb_is_refused_from_the_header(tmp_path):
