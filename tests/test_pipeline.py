@@ -66,6 +66,18 @@ def test_near_uniform_output_against_near_empty_reference_is_not_flagged(tmp_pat
     assert result.score == 0.0
 
 
+def test_a_speck_one_block_thick_is_judged_not_an_error() -> None:
+    from scanner.features.content import analyse
+
+    # a few faint pixels on a white page: peeling the margins leaves one block
+    # row, and the next pass had no rows left to read a frame from
+    page = np.full((94, 154, 3), 255, np.uint8)
+    page[38:43, 24:26] = 216
+    content = analyse(Image.fromarray(page))
+    assert content.featureless == "almost empty picture"
+    assert content.box is not None
+
+
 def test_corrupt_and_zero_byte_files_error_and_sidecars_are_skipped(phash_index: Path, refs_dir: Path,
                                                                      tmp_path: Path) -> None:
     outs = tmp_path / "outs"

@@ -72,6 +72,8 @@ def _side(planes: np.ndarray, *, skip: int = 0) -> tuple[int, np.ndarray | None]
     behind it (a margin inside a border) is the next pass's frame. ``skip``
     rows are passed over first (a row of blocks straddling two frames).
     """
+    if planes.shape[1] <= skip:  # nothing left behind the rows passed over (a speck one block thick)
+        return 0, None
     if skip:
         depth, colour = _side(planes[:, skip:])
         return (depth + skip, colour) if depth else (0, None)
