@@ -83,7 +83,7 @@ def speed(path: Path, index: Path | None) -> dict[str, Any]:
     clip = video.open_video(path)
     out.update(width=clip.width, height=clip.height, fps=clip.fps, duration=clip.duration, codec=clip.codec)
     t0 = time.perf_counter()
-    n = sum(1 for _ in clip.keyframes(max_side=pipeline.DECODE_SIDE))
+    n = sum(1 for _ in clip.keyframes(max_side=pipeline.KEYFRAME_SIDE))
     dt = time.perf_counter() - t0
     frames = round(clip.duration * clip.fps)  # the video's frames (B-frames are skipped, not decoded)
     out["frames"] = frames
@@ -91,7 +91,7 @@ def speed(path: Path, index: Path | None) -> dict[str, Any]:
                              "frames_per_second": round(frames / dt, 1),
                              "keyframes": n, "realtime_factor": round(clip.duration / dt, 2)}
     t0 = time.perf_counter()
-    n = sum(1 for _ in clip.keyframes(max_side=pipeline.DECODE_SIDE, skip_b_frames=False))
+    n = sum(1 for _ in clip.keyframes(max_side=pipeline.KEYFRAME_SIDE, skip_b_frames=False))
     dt = time.perf_counter() - t0
     out["keyframes_pass_every_frame"] = {"seconds": round(dt, 2), "frames_decoded": clip.frames_decoded,
                                          "frames_per_second": round(frames / dt, 1), "keyframes": n,

@@ -33,8 +33,13 @@ from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, posting
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected
 
-#: Longest side images are decoded to; every image featurizer works below it.
-DECODE_SIDE = 512
+#: Longest side images are decoded to; every image featurizer resamples from
+#: it. Twice the side keypoints are found at (``image-local``'s 512), so the
+#: content inside a margin, or one of a query's tiles, still has that much
+#: detail when it is a part of the picture (a work pasted small in a collage).
+DECODE_SIDE = 1024
+#: Longest side of video keyframes: up to two thousand per file, one at a time.
+KEYFRAME_SIDE = 512
 #: Items embedded and searched together.
 BATCH = 64
 #: Neighbours fetched per query and feature.
@@ -249,7 +254,7 @@ def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: 
     out.parts = []
     first = None
     if image_feats and clip.has_video:
-        for key in clip.keyframes(max_side=DECODE_SIDE):
+        for key in clip.keyframes(max_side=KEYFRAME_SIDE):
             part = Prepared(media.Input(out.item.path, "image"), timecode=key.time)
             _prepare_image(part, key.image, image_feats, reference)
             if reference and out.thumb is None and (first is None or not part.featureless):
