@@ -102,9 +102,11 @@ def feature_tag(features: str) -> str:
     return "+".join(f.strip().removeprefix("image-") for f in features.split(",") if f.strip())
 
 
-def set_name(args: argparse.Namespace, corpus: str) -> str:
-    name = f"{corpus}-{feature_tag(args.features)}"
-    if args.seed != DEFAULTS["seed"]:
+def set_variant(args: argparse.Namespace, *, seed: bool = True) -> str:
+    """What sets this run's copies apart from the default set: '' for the default
+    (the seed left out with ``seed=False``, for a folder already named by it)."""
+    name = ""
+    if seed and args.seed != DEFAULTS["seed"]:
         name += f"-seed{args.seed}"
     if (args.refs, args.negatives) != (DEFAULTS["refs"], DEFAULTS["negatives"]):
         name += f"-r{args.refs}n{args.negatives}"
@@ -113,6 +115,10 @@ def set_name(args: argparse.Namespace, corpus: str) -> str:
     if list(args.transforms) != list(tf.TRANSFORMS):  # a subset or other chains: never overwrite the full set
         name += "-t" + hashlib.sha1(",".join(args.transforms).encode()).hexdigest()[:6]
     return name
+
+
+def set_name(args: argparse.Namespace, corpus: str) -> str:
+    return f"{corpus}-{feature_tag(args.features)}{set_variant(args)}"
 
 
 def run_cli(the_set: dict[str, Any], root: Path, args: argparse.Namespace, log: Any = print
@@ -260,7 +266,9 @@ def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, arg
     """Make or reuse the half's set, run the command line, score; the report dict."""
     config = sets.SetConfig(corpus=corpus.name, half=half, seed=args.seed, refs=args.refs,
                             negatives=args.negatives, max_side=args.max_side, transforms=tuple(args.transforms))
-    root = args.work / f"{corpus.name}-seed{args.seed}" / half
+    # each variant of the set has its own folder: a run on a subset of the
+    # transforms must not replace the full set another run reuses
+    root = args.work / f"{corpus.name}-seed{args.seed}{set_variant(args, seed=False)}" / half
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     before = root.joinpath("set.json").stat().st_mtime if root.joinpath("set.json").exists() else None
