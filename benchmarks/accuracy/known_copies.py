@@ -11,7 +11,9 @@ hold the other side.
 Inside a folder the corpora hold families of one drawing: openclipart's fill
 tiles come in recolourings (``pattern-herringbone-1`` to ``-4``), its card
 decks share every card's drawing, its Australian states come black and
-shaded; wesnoth's ``X+female`` sprites are ``X`` with the head repainted. The
+shaded; wesnoth's ``X+female`` sprites are ``X`` with the head repainted, two
+story landscapes come relit or with the fallen painted out, and a few
+portraits and sprites differ by an added rider, torch, flag or gear. The
 scanner is meant to see through recolouring (hue shifts and grayscale are
 hard transforms it must catch), so a copy of one member matched to another is
 right, not "wrong work": a half takes at most one member of a family as a
@@ -34,7 +36,9 @@ Rules, all joined transitively (:func:`work_key`):
   harness, then each family looked at whole). Series that differ in drawing,
   not colour, are *not* families: the dot grids of ``pattern-dots-square-grid``
   (the dots grow), the two checkers, the three dot grids, a card's suits, the
-  falcon's poses.
+  falcon's poses, wesnoth's unit lines (a longbowman and a master bowman, a
+  sergeant and a lieutenant: drawn on one body, each redrawn) and the galleon
+  that sails the other way.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 #: Bump when the rules or the list change: cached sets are rebuilt.
-VERSION = "known-copies-3"
+VERSION = "known-copies-4"
 SAME_NAME_CORPORA = frozenset({"openclipart"})
 
 #: corpus -> (path, path, what) with paths relative to the corpus root.
@@ -129,8 +133,16 @@ FAMILIES: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
            "one card in four decks (other card stock and frame)")
           for card in (*(f"{suit}_{rank}" for suit in "cdhs" for rank in _RANKS), "jk_b", "jk_r")),
     ),
-    "wesnoth": tuple(((f"units/{u}.png", f"units/{u}+female.png"), "one sprite, the head repainted")
-                     for u in _WESNOTH_FEMALE),
+    "wesnoth": (
+        *(((f"units/{u}.png", f"units/{u}+female.png"), "one sprite, the head repainted") for u in _WESNOTH_FEMALE),
+        (("story/landscape-bridge.jpg", "story/landscape-bridge_sun.jpg"), "one painting, relit"),
+        (("story/landscape-battlefield.jpg", "story/landscape-battlefield_nohumans.jpg"),
+         "one painting, the fallen painted out"),
+        (("units/transport/pirate-galleon.png", "units/transport/transport-galleon.png"), "one ship, another flag"),
+        (tuple(f"portraits/nagas/naga-mace_warrior{n}.png" for n in (1, 2, 3)), "one portrait, its gear repainted"),
+        (("units/goblins/knight.png", "units/goblins/pillager.png"), "one rider, a torch added"),
+        (("portraits/undead/zombie-horse.png", "portraits/undead/zombie-rider.png"), "one horse, a rider added"),
+    ),
 }
 
 
