@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -316,7 +317,7 @@ def load_image(
     max_side : int > 0 or None
         If given, downscale so that the longer side is this many pixels,
         keeping the aspect ratio, with a box filter; JPEGs are decoded at a
-        reduced DCT scale first (never below twice the target). Smaller
+        reduced DCT scale first (never below the target). Smaller
         images are not enlarged.
 
     Returns
@@ -434,11 +435,11 @@ def _load_image(path: Path, max_pixels: int, max_side: int | None) -> Image.Imag
             )
         if max_side is not None and im.format == "JPEG":
             # Let libjpeg skip DCT coefficients: decodes at 1/2, 1/4 or 1/8
-            # scale, never below twice the target, so the resample still has
-            # detail to filter.
+            # scale, never below the target (its scaled inverse DCT is itself
+            # a low-pass filter); the box resample does the rest.
             scale = max_side / max(width, height)
-            if scale < 0.5:
-                im.draft(None, (max(1, int(width * scale * 2)), max(1, int(height * scale * 2))))
+            if scale < 1:
+                im.draft(None, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
         im.load()
         # exif_transpose copies the whole picture; most files need no turn
         upright = ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im
