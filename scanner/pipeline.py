@@ -33,11 +33,11 @@ from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, posting
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected
 
-#: Longest side images are decoded to; every image featurizer resamples from
-#: it. Twice the side keypoints are found at (``image-local``'s 512), so the
-#: content inside a margin, or one of a query's tiles, still has that much
-#: detail when it is a part of the picture (a work pasted small in a collage).
-DECODE_SIDE = 1024
+#: Longest side images are decoded to unless a featurizer asks for more
+#: (:attr:`Featurizer.decode_side`: ``image-local`` wants 1024, so the content
+#: inside a margin, or one of a query's tiles, keeps the 512 pixels its
+#: keypoints are found at); every image featurizer resamples from it.
+DECODE_SIDE = 512
 #: Longest side of video keyframes: up to two thousand per file, one at a time.
 KEYFRAME_SIDE = 512
 #: Items embedded and searched together.
@@ -176,6 +176,12 @@ class Prepared:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def decode_side(featurizers: Sequence[Featurizer]) -> int:
+    """Longest side pictures are decoded to for these featurizers, pixels:
+    the largest any image featurizer asks for, at least :data:`DECODE_SIDE`."""
+    return max([DECODE_SIDE, *(f.decode_side for f in featurizers if f.modality == "image")])
+
+
 def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
     out = Prepared(item)
     try:
@@ -192,7 +198,7 @@ def _prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference
         if item.modality == "audio":
             _prepare_audio(out, featurizers, reference)
             return out
-        image = media.load_image(item.path, max_side=DECODE_SIDE)
+        image = media.load_image(item.path, max_side=decode_side(featurizers))
         if reference:  # from the decoded picture: reports show works without their files
             out.thumb = thumbs.encode(image)
         _prepare_image(out, image, featurizers, reference)

@@ -351,3 +351,13 @@ def test_fill_tile_copy_is_found_by_the_repeated_statistic(refs_dir: Path, tmp_p
     from scanner.report.html import describe_match
 
     assert "repeated elements" in describe_match(m)["words"]  # the report says how the keypoints were paired
+
+
+def test_pictures_are_decoded_at_the_largest_side_the_featurizers_ask_for() -> None:
+    from scanner.features.local import WORK_SIDE
+    from scanner.pipeline import DECODE_SIDE, decode_side
+
+    # keypoints are found at WORK_SIDE on a part of the picture (its content
+    # box, a tile): the decode keeps twice that when image-local is indexed
+    assert decode_side([make("image-phash")]) == DECODE_SIDE
+    assert decode_side([make("image-phash"), make("image-local")]) == 2 * WORK_SIDE > DECODE_SIDE

@@ -58,6 +58,9 @@ class Featurizer(ABC):
         Rows each item yields (views of one picture: whole, content inside
         frames, tiles). :meth:`embed` returns them item-major; row ``j`` of an
         item is its locator ``j``. 0 for landmark features (variable).
+    decode_side : int
+        Longest side (pixels) an image featurizer wants pictures decoded to;
+        the pipeline decodes once, at the largest its featurizers ask for.
     """
 
     name: str
@@ -65,6 +68,7 @@ class Featurizer(ABC):
     kind: Literal["dense", "binary", "landmark", "postings"]
     metric: Literal["ip", "hamming"]
     codes_per_item: int = 1
+    decode_side: int = 512
 
     @property
     @abstractmethod

@@ -267,6 +267,9 @@ class LocalORB(Featurizer):
     """
 
     name = "image-local"
+    # keypoints are found at WORK_SIDE on the content box and on each tile: a
+    # part of the picture has that detail only when the decode keeps twice it
+    decode_side = 2 * WORK_SIDE
     modality = "image"
     kind = "landmark"
     metric = "hamming"
