@@ -315,11 +315,10 @@ def load_image(
         (width * height), before any pixel is decoded (decompression-bomb
         guard). Pillow's own limit, :data:`DEFAULT_MAX_PIXELS`, applies too.
     max_side : int > 0 or None
-        If given, downscale so that the longer side is at most this many
-        pixels and at least :data:`MIN_REDUCED_SHARE` of it, keeping the
-        aspect ratio, with a box filter; JPEGs are decoded at a reduced DCT
-        scale first (never below the target). Smaller images are not
-        enlarged.
+        If given, downscale so that the longer side is this many pixels,
+        keeping the aspect ratio, with a box filter; JPEGs are decoded at a
+        reduced DCT scale first (never below the target). Smaller images are
+        not enlarged.
 
     Returns
     -------
@@ -447,26 +446,18 @@ def _load_image(path: Path, max_pixels: int, max_side: int | None) -> Image.Imag
         return to_rgb(upright, max_side)
 
 
-#: A whole-factor reduction is kept when it leaves at least this share of the
-#: target side; below, the picture is resampled to the target instead.
-MIN_REDUCED_SHARE = 0.8
-
-
 def _shrink(im: Image.Image, max_side: int | None) -> Image.Image:
-    """Downscale so the longer side is at most ``max_side``, and not far under it.
+    """Downscale so the longer side is ``max_side``, averaging every pixel (a box filter).
 
-    A reduction by the smallest whole factor that fits averages every pixel
-    (no aliasing) at a fraction of a resample's cost, and is kept when it
-    leaves at least :data:`MIN_REDUCED_SHARE` of ``max_side``; otherwise (a
-    530-pixel picture would be halved to 265) the picture is box-resampled to
-    exactly ``max_side``, after whole-factor reductions while twice the target
-    remains. The featurizers resample further.
+    Pillow first reduces by whole factors while at least twice the target
+    remains (cheap, no aliasing), then box-resamples the rest. A whole factor
+    alone would land anywhere above half the target: a 530-pixel picture
+    would be halved, losing detail every featurizer needs (keeping a whole
+    factor when it leaves 80% of the target changed 49 of 1,000 verdicts of
+    the 10k-work scan and was not measurably faster).
     """
     if max_side is None or max(im.size) <= max_side:
         return im
-    factor = -(-max(im.size) // max_side)
-    if max(im.size) / factor >= MIN_REDUCED_SHARE * max_side:
-        return im.reduce(factor)
     scale = max_side / max(im.size)
     size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
     return im.resize(size, Image.Resampling.BOX, reducing_gap=2.0)

@@ -344,9 +344,6 @@ def test_max_side_downscales_keeping_aspect(tmp_path):
     # just over the target: resampled to it, not halved by a whole factor
     near = load_image(_save(Image.new("RGB", (530, 265)), tmp_path / "near.png"), max_side=512)
     assert near.size == (512, 256)
-    # nearly twice the target: halved (a whole factor that keeps most of the target is cheaper)
-    twice = load_image(_save(Image.new("RGB", (1000, 500)), tmp_path / "twice.png"), max_side=512)
-    assert twice.size == (500, 250)
 
 
 def test_png_bomb_is_refused_from_the_header(tmp_path):
