@@ -127,6 +127,31 @@ def test_small_work_in_a_busy_picture_is_found_through_the_tiles(local_index: Pa
     assert set(np.unique(whole["view"])) == {0, 1}
 
 
+def test_work_in_a_small_scene_on_a_wide_page_keeps_its_detail(local_index: Path, refs_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """A 400-pixel scene on a 1000-pixel white page, the work at 40% of the
+    scene: the content box is found inside the margin, and only a decode at
+    twice the keypoints' working side leaves it enough pixels for tiles."""
+    from scanner.features import local
+    from scanner.media import load_image
+
+    ref = _ref(refs_dir, 2)
+    scene = synthetic_picture(902, (400, 400))
+    small = ref.resize((160, round(160 * ref.height / ref.width)))
+    scene.paste(small, (400 - 160 - 20, 400 - small.height - 20))
+    page = Image.new("RGB", (1000, 1000), "white")
+    page.paste(scene, (300, 300))
+    page.save(tmp_path / "page.png")
+    result, _ = check(tmp_path / "page.png", local_index)
+    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref2.png"]
+    assert found and result.verdict == "flagged", result.reason
+    x0, y0, x1, y1 = found[0]["locator"]["query_box"]
+    assert 0.5 < x0 and 0.5 < y0 and x1 < 0.71 and y1 < 0.71  # where the work sits on the page
+    # decoded at 512, the scene is 205 pixels: no tiles, and the work 82 pixels wide
+    at_512 = local.extract(load_image(tmp_path / "page.png", max_side=512), mirror=True)
+    assert set(np.unique(at_512["view"])) == {0, 1}
+
+
 def test_mirrored_copy_is_found(local_index: Path, refs_dir: Path, tmp_path: Path) -> None:
     ImageOps.mirror(_ref(refs_dir, 5)).crop((0, 0, 260, 240)).save(tmp_path / "mirror.png")
     result, _ = check(tmp_path / "mirror.png", local_index)
