@@ -34,6 +34,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from scanner.pipeline import iter_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CORPORA = [Path("/usr/share/openclipart/png"), Path("/usr/share/games/wesnoth/1.16/data/core/images")]
@@ -140,8 +142,7 @@ def copy_verdicts(results: Path) -> dict[str, int]:
     design) is counted apart from the clear ones.
     """
     out: dict[str, int] = {}
-    for line in results.read_text().splitlines():
-        r = json.loads(line)
+    for r in iter_results(results):
         if Path(r["path"]).name.startswith("copy-"):
             kind = "featureless" if r["verdict"] == "clear" and r.get("featureless") else r["verdict"]
             out[kind] = out.get(kind, 0) + 1
