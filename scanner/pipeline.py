@@ -37,7 +37,7 @@ from scanner.match_melody import expected_chance as melody_expected
 #: (:attr:`Featurizer.decode_side`: ``image-local`` wants 1024, so the content
 #: inside a margin, or one of a query's tiles, keeps the 512 pixels its
 #: keypoints are found at); every image featurizer resamples from it.
-DECODE_SIDE = 512
+DECODE_SIDE = Featurizer.decode_side
 #: Longest side of video keyframes: up to two thousand per file, one at a time.
 KEYFRAME_SIDE = 512
 #: Items embedded and searched together.
