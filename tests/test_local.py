@@ -386,3 +386,38 @@ def test_pictures_are_decoded_at_the_largest_side_the_featurizers_ask_for() -> N
     # box, a tile): the decode keeps twice that when image-local is indexed
     assert decode_side([make("image-phash")]) == DECODE_SIDE
     assert decode_side([make("image-phash"), make("image-local")]) == 2 * WORK_SIDE > DECODE_SIDE
+
+
+def test_a_turned_copy_spends_its_keypoints_on_the_work_not_on_the_ground(local_index: Path, refs_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """A work turned 11 degrees, its corners filled in a plain colour: the
+    edges between picture and ground are strong corners that belong to no
+    work. The query is described set upright, so no keypoint lies on them,
+    and positions still map onto the turned copy (the match is drawn there)."""
+    from scanner.features.content import analyse
+
+    turned = _ref(refs_dir, 3).rotate(11, resample=Image.Resampling.BICUBIC, expand=True,
+                                      fillcolor=(40, 90, 200))
+    content = analyse(turned)
+    assert content.turn is not None
+    m = np.asarray(content.turn.matrix)
+    w, h = content.turn.size
+
+    def edge_distance(kp: np.ndarray) -> np.ndarray:
+        px = kp["xy"] * np.array([turned.width, turned.height])
+        mirrored = kp["view"] == 1
+        px[mirrored, 0] = turned.width - px[mirrored, 0]
+        up = (px - m[:, 2]) @ m[:, :2]  # the matrix is a rotation: its inverse is its transpose
+        return np.minimum(np.minimum(up[:, 0], w - up[:, 0]), np.minimum(up[:, 1], h - up[:, 1]))
+
+    upright_kp = extract(turned, content, mirror=True, tiles=True, turned_back=True)
+    as_given = extract(turned, content, mirror=True, tiles=True)
+    assert len(upright_kp) > 500
+    assert (edge_distance(upright_kp) > 4).all()
+    assert (np.abs(edge_distance(as_given)) < 4).mean() > 0.1  # what the edges took before
+    turned.save(tmp_path / "turned.png")
+    result, _ = check(tmp_path / "turned.png", local_index)
+    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref3.png"]
+    assert found and result.verdict == "flagged", result.reason
+    x0, y0, x1, y1 = found[0]["locator"]["query_box"]
+    assert x0 < 0.15 and y0 < 0.15 and x1 > 0.85 and y1 > 0.85  # the whole turned copy

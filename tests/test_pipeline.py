@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from scanner.demo import MILD_TRANSFORMS, clip_art, flatten, synthetic_picture
 from scanner.pipeline import check, read_results, scan
@@ -175,3 +175,33 @@ def test_a_decoder_crash_costs_one_error_line_not_the_scan(phash_index: Path, tm
     assert len(lines) == 20
     assert lines["o07.png"]["verdict"] == "error" and "crashed" in lines["o07.png"]["error"]
     assert summary.counts["clear"] == 19 and summary.exit_code() == 3
+
+
+def test_a_picture_turned_on_a_plain_ground_is_found_and_set_upright() -> None:
+    from scanner.features.content import analyse, upright
+
+    pic = synthetic_picture(41, (400, 300))
+    for degrees in (-12.0, 7.0):
+        turned = pic.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(30, 160, 90))
+        turn = analyse(turned).turn
+        assert turn is not None and abs(turn.degrees + degrees) < 1.0, (degrees, turn)  # clockwise on screen
+        assert abs(turn.size[0] - 400) < 20 and abs(turn.size[1] - 300) < 20, turn.size
+        back = np.asarray(upright(turned, turn), np.float32)
+        # the same picture, less a block along each edge
+        inner = np.asarray(pic.crop((12, 12, 388, 288)).resize((back.shape[1] - 24, back.shape[0] - 24)),
+                           np.float32)
+        assert np.abs(back[12:-12, 12:-12] - inner).mean() < 12
+        # none of the ground's colour is left in the upright picture
+        assert not (np.abs(back - (30, 160, 90)).max(axis=2) < 8).any()
+
+
+def test_drawings_bordered_pictures_and_diamonds_are_not_turned() -> None:
+    from scanner.features.content import analyse
+
+    disc = Image.new("RGB", (300, 300), "white")
+    ImageDraw.Draw(disc).ellipse((40, 40, 260, 260), fill=(200, 30, 30))
+    bordered = ImageOps.expand(synthetic_picture(42), border=30, fill=(0, 0, 0))
+    diamond = Image.new("RGB", (300, 300), "white")
+    ImageDraw.Draw(diamond).polygon([(150, 10), (290, 150), (150, 290), (10, 150)], fill=(250, 200, 0))
+    for name, pic in (("disc", disc), ("bordered", bordered), ("diamond", diamond)):
+        assert analyse(pic).turn is None, name

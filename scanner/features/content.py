@@ -28,6 +28,18 @@ WORK_SIDE = 128
 MIN_CONTENT_AREA = 0.002
 #: Standard deviation (0–255) of every channel under which content is "near-uniform".
 MIN_CONTENT_STD = 3.0
+#: A picture turned on a plain ground (a copy rotated, its corners filled) is
+#: turned back when it leans at least this much (degrees); less is a frame the
+#: peeling handles.
+MIN_TURN_DEGREES = 1.5
+#: ... and at most this much: a square on its corner (a road sign, a diamond)
+#: is drawn that way, not turned.
+MAX_TURN_DEGREES = 30.0
+#: Share of its leaning rectangle the turned picture must fill: a drawing on a
+#: plain ground (a disc, a figure) does not, a rectangular picture does.
+MIN_TURN_FILL = 0.95
+#: Share of the whole picture the turned picture must cover.
+MIN_TURN_AREA = 0.2
 
 
 def _work_planes(image: Image.Image) -> tuple[np.ndarray, int]:
@@ -124,6 +136,95 @@ def _trim(planes: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray, bo
 
 
 @dataclass(frozen=True)
+class Turn:
+    """A rectangular picture leaning on a plain ground, and how to set it upright.
+
+    Attributes
+    ----------
+    degrees : its lean, in (-45, 45], clockwise on screen
+    size : (width, height) of the upright picture, pixels
+    matrix : 2 x 3 affine map from upright pixels to pixels of the analysed image
+    """
+
+    degrees: float
+    size: tuple[int, int]
+    matrix: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+def _turned(planes: np.ndarray, f: int, origin: tuple[int, int] = (0, 0)) -> Turn | None:
+    """A rectangle leaning on a plain ground in ``planes`` (``[shape=(6, h, w)]``
+    blocks of ``f`` pixels, the first at ``origin`` (x, y) pixels), or ``None``.
+
+    The ground is the plain colour of all four corners and every block of it
+    joined to them; the picture is the largest piece left. It is a turned
+    rectangle when it fills :data:`MIN_TURN_FILL` of its smallest enclosing
+    rectangle and that rectangle leans by :data:`MIN_TURN_DEGREES` to
+    :data:`MAX_TURN_DEGREES`.
+    The upright size leaves out a block along each edge (blocks there mix
+    ground and picture).
+    """
+    import cv2
+    from scipy import ndimage
+
+    _, h, w = planes.shape
+    if min(h, w) < 8:
+        return None
+    lo, hi = planes[:3], planes[3:]
+    mid = (lo + hi) / 2
+    spread = (hi - lo).max(axis=0)
+    cy, cx = [0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]
+    corners = mid[:, cy, cx]
+    if spread[cy, cx].max() > LINE_TOLERANCE:
+        return None
+    ground = np.median(corners, axis=1)
+    if np.abs(corners - ground[:, None]).max() > LINE_TOLERANCE:
+        return None
+    plain = (spread <= LINE_TOLERANCE) & (np.abs(mid - ground[:, None, None]).max(axis=0) <= LINE_TOLERANCE)
+    labels, _ = ndimage.label(plain)
+    pieces, n = ndimage.label(~np.isin(labels, labels[cy, cx]))
+    if not n:
+        return None
+    sizes = np.bincount(pieces.ravel())[1:]
+    area = int(sizes.max())
+    if area < MIN_TURN_AREA * h * w:
+        return None
+    ys, xs = np.nonzero(pieces == 1 + int(sizes.argmax()))
+    pts = np.stack([xs, ys], axis=1).astype(np.float32) + 0.5
+    rect = cv2.minAreaRect(pts)
+    (rw, rh) = rect[1]
+    if area < MIN_TURN_FILL * (rw + 1) * (rh + 1):
+        return None
+    corner = cv2.boxPoints(rect)
+    edge = corner[1] - corner[0]
+    degrees = float(np.degrees(np.arctan2(edge[1], edge[0])))
+    degrees = (degrees + 45.0) % 90.0 - 45.0
+    if not MIN_TURN_DEGREES <= abs(degrees) <= MAX_TURN_DEGREES:
+        return None
+    t = np.radians(degrees)
+    axes = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    centre = np.asarray(rect[0], np.float64)
+    along = (corner - centre) @ axes.T  # corners in the upright frame, blocks
+    width, height = (int(round((along[:, i].max() - along[:, i].min() - 2) * f)) for i in (0, 1))
+    if min(width, height) < 8:
+        return None
+    # upright pixel (u, v) -> image pixel: about the centre, turned by ``degrees``
+    rot = axes.T
+    offset = centre * f + np.asarray(origin) - rot @ np.array([width / 2, height / 2])
+    matrix = tuple(tuple(float(x) for x in row) for row in np.hstack([rot, offset[:, None]]))
+    return Turn(round(degrees, 2), (width, height), matrix)  # type: ignore[arg-type]
+
+
+def upright(image: Image.Image, turn: Turn) -> Image.Image:
+    """The turned picture of ``image`` set upright: RGB, :attr:`Turn.size`."""
+    import cv2
+
+    arr = np.asarray(image.convert("RGB"))
+    flat = cv2.warpAffine(arr, np.asarray(turn.matrix, np.float64), turn.size,
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    return Image.fromarray(flat)
+
+
+@dataclass(frozen=True)
 class Content:
     """Where an image's content sits and whether it carries any expression.
 
@@ -132,10 +233,13 @@ class Content:
     box : (left, top, right, bottom) in pixels of the analysed image, inside
         every uniform frame; ``None`` if the whole picture is one colour
     featureless : ``"near-uniform picture"``, ``"almost empty picture"`` or ``None``
+    turn : a rectangular picture leaning on a plain ground (a copy turned, its
+        corners filled), or ``None``
     """
 
     box: tuple[int, int, int, int] | None
     featureless: str | None
+    turn: Turn | None = None
 
 
 def analyse(image: Image.Image) -> Content:
@@ -143,7 +247,9 @@ def analyse(image: Image.Image) -> Content:
 
     Peels an added border, the empty margin of clip art and the blended ring
     between them, each side on its own; a one-colour band inside the picture is
-    content and stays.
+    content and stays. Inside the frames, a rectangular picture leaning on a
+    plain ground (a copy turned by a few degrees, its corners filled) is
+    found and described (:class:`Turn`) so it can be set :func:`upright`.
 
     Parameters
     ----------
@@ -166,4 +272,4 @@ def analyse(image: Image.Image) -> Content:
     # per channel: two colours of equal grey (a blue and a red band) are not uniform
     if mid.reshape(3, -1).std(axis=1).max() < MIN_CONTENT_STD:
         return Content(box, "near-uniform picture")
-    return Content(box, None)
+    return Content(box, None, _turned(content, f, (left * f, top * f)))

@@ -15,7 +15,10 @@ descriptors of its mirror image (view 1); references are indexed as they are.
 A work pasted small into a larger picture (a collage) gets few of the
 query's keypoints and sits at a scale the pyramid barely reaches, so a large
 query also yields four overlapping tiles (views 2 to 5), each described at
-the working size on its own: a zoom into each part of the picture.
+the working size on its own: a zoom into each part of the picture. A query
+turned on a plain ground (:attr:`Content.turn`) is described set upright, so
+the edges between the turned picture and its ground, strong corners that
+belong to no work, do not take its keypoints.
 
 Positions are stored normalised to the whole picture (``x / width``,
 ``y / height``), with the picture's size at the working scale so geometry
@@ -31,7 +34,7 @@ from PIL import Image
 
 from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
-from scanner.features.content import Content, analyse
+from scanner.features.content import Content, Turn, analyse, upright
 
 #: Longer side (pixels) of the grey content the keypoints are found on.
 WORK_SIDE = 512
@@ -147,28 +150,36 @@ def tile_boxes(box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]
 
 
 def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features: int, mirror: bool,
-              first_view: int) -> list[np.ndarray]:
+              first_view: int, turn: Turn | None = None, frame: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Keypoints of ``image`` inside ``box`` (and of its mirror image), positions
-    normalised to the whole picture of their view."""
+    normalised to the whole picture of their view.
+
+    ``image`` may be the upright picture of a turned one (:func:`upright`):
+    positions then go back through ``turn`` to the turned picture, of size
+    ``frame`` (width, height).
+    """
     x0, y0 = box[0], box[1]
     grey, scale = working_grey(image, box)
-    size = np.array([image.width * scale, image.height * scale], np.float32)
+    frame_size = np.array(frame or (image.width, image.height), np.float32)
     parts = []
     for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror)):
         if view:  # back to the box's pixels, then to the mirrored whole picture
             xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
         px = xy / scale + np.array([x0, y0], np.float32)
-        norm = px / np.array([image.width, image.height], np.float32)
+        if turn is not None:
+            m = np.asarray(turn.matrix, np.float32)
+            px = px @ m[:, :2].T + m[:, 2]
+        norm = px / frame_size
         if view:
             norm[:, 0] = 1.0 - norm[:, 0]
         out = np.zeros(len(xy), KEYPOINT_DTYPE)
-        out["desc"], out["xy"], out["size"], out["view"] = desc, norm, size, first_view + view
+        out["desc"], out["xy"], out["size"], out["view"] = desc, norm, frame_size * scale, first_view + view
         parts.append(out)
     return parts
 
 
 def extract(image: Image.Image, content: Content | None = None, *, mirror: bool = True,
-            n_features: int = N_FEATURES, tiles: bool = False) -> np.ndarray:
+            n_features: int = N_FEATURES, tiles: bool = False, turned_back: bool = False) -> np.ndarray:
     """Keypoints of a picture's content (and of its mirror image, and of its tiles).
 
     Parameters
@@ -180,19 +191,31 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     tiles : also extract from each of the content's :func:`tile_boxes` on its
         own (views 2 to 5), when the content is at least :data:`TILE_MIN_SIDE`
         pixels on its longer side
+    turned_back : describe a picture leaning on a plain ground
+        (:attr:`Content.turn`) set upright, its own margins peeled: the
+        edges between the turned picture and its ground are corners ORB
+        would spend its keypoints on, and they belong to no work
 
     Returns
     -------
-    np.ndarray [shape=(n,)] of :data:`KEYPOINT_DTYPE`; empty for a featureless picture
+    np.ndarray [shape=(n,)] of :data:`KEYPOINT_DTYPE`, positions in ``image``;
+    empty for a featureless picture
     """
     content = content or analyse(image)
     if content.box is None or content.featureless:
         return np.zeros(0, KEYPOINT_DTYPE)
-    parts = _describe(image, content.box, n_features=n_features, mirror=mirror, first_view=0)
-    x0, y0, x1, y1 = content.box
-    if tiles and max(x1 - x0, y1 - y0) >= TILE_MIN_SIDE:
-        for i, box in enumerate(tile_boxes(content.box)):
-            parts += _describe(image, box, n_features=n_features, mirror=False, first_view=2 + i)
+    turn, frame = None, None
+    if turned_back and content.turn is not None:
+        flat = upright(image, content.turn)
+        inner = analyse(flat)
+        if inner.box is not None and not inner.featureless:
+            turn, frame, image, content = content.turn, (image.width, image.height), flat, inner
+    box = content.box
+    parts = _describe(image, box, n_features=n_features, mirror=mirror, first_view=0, turn=turn, frame=frame)
+    if tiles and max(box[2] - box[0], box[3] - box[1]) >= TILE_MIN_SIDE:
+        for i, tile in enumerate(tile_boxes(box)):
+            parts += _describe(image, tile, n_features=n_features, mirror=False, first_view=2 + i,
+                               turn=turn, frame=frame)
     return np.concatenate(parts)
 
 
@@ -290,8 +313,10 @@ class LocalORB(Featurizer):
 
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """A query's keypoints in every view (as given, mirrored, tiles): ``[shape=(n,)]``
-        of :data:`KEYPOINT_DTYPE`."""
-        return extract(image, content, mirror=True, n_features=self.n_features, tiles=True)
+        of :data:`KEYPOINT_DTYPE`. A picture leaning on a plain ground (a copy
+        turned, its corners filled) is described set upright; references are
+        described as drawn."""
+        return extract(image, content, mirror=True, n_features=self.n_features, tiles=True, turned_back=True)
 
     def prepare_reference(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """A reference's keypoints, as given only: ``[shape=(n,)]`` of :data:`KEYPOINT_DTYPE`."""
