@@ -133,6 +133,18 @@ def test_clip_art_reference_found_from_its_bordered_copy(phash_index: Path, refs
     assert result.verdict == "flagged" and Path(result.matches[0]["ref_path"]).name == "ref3.png"
 
 
+def test_a_turned_copy_is_flagged_by_its_upright_hash(phash_index: Path, refs_dir: Path,
+                                                     tmp_path: Path) -> None:
+    """pHash of a turned picture is another picture's; its content set upright hashes like the work."""
+    src = flatten(Image.open(refs_dir / "ref4.png"))
+    src.rotate(-9, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(220, 40, 160)).save(tmp_path / "t.png")
+    result, _ = check(tmp_path / "t.png", phash_index)
+    assert result.verdict == "flagged", result.reason
+    match = result.matches[0]
+    assert Path(match["ref_path"]).name == "ref4.png" and match["expected"] < 1e-3
+    assert match["locator"]["query_view"] == "content inside frames"
+
+
 def test_candidates_recorded_whatever_the_verdict(phash_index: Path, tmp_path: Path) -> None:
     synthetic_picture(4242).save(tmp_path / "new.png")
     seen = []

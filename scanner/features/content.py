@@ -224,6 +224,28 @@ def upright(image: Image.Image, turn: Turn) -> Image.Image:
     return Image.fromarray(flat)
 
 
+def set_upright(image: Image.Image, content: "Content") -> tuple[Image.Image, "Content"] | None:
+    """The turned picture of ``image`` set upright, with its own content analysis.
+
+    Parameters
+    ----------
+    image : RGB picture
+    content : :func:`analyse` of ``image``
+
+    Returns
+    -------
+    (upright picture, its :class:`Content`: its own margins peeled), or
+    ``None`` when ``image`` is not turned or the upright picture is featureless
+    """
+    if content.turn is None:
+        return None
+    flat = upright(image, content.turn)
+    inner = analyse(flat)
+    if inner.box is None or inner.featureless:
+        return None
+    return flat, inner
+
+
 @dataclass(frozen=True)
 class Content:
     """Where an image's content sits and whether it carries any expression.

@@ -34,7 +34,7 @@ from PIL import Image
 
 from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
-from scanner.features.content import Content, Turn, analyse, upright
+from scanner.features.content import Content, Turn, analyse, set_upright
 
 #: Longer side (pixels) of the grey content the keypoints are found on.
 WORK_SIDE = 512
@@ -205,11 +205,10 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     if content.box is None or content.featureless:
         return np.zeros(0, KEYPOINT_DTYPE)
     turn, frame = None, None
-    if turned_back and content.turn is not None:
-        flat = upright(image, content.turn)
-        inner = analyse(flat)
-        if inner.box is not None and not inner.featureless:
-            turn, frame, image, content = content.turn, (image.width, image.height), flat, inner
+    flat = set_upright(image, content) if turned_back else None
+    if flat is not None:
+        turn, frame = content.turn, (image.width, image.height)
+        image, content = flat
     box = content.box
     parts = _describe(image, box, n_features=n_features, mirror=mirror, first_view=0, turn=turn, frame=frame)
     if tiles and max(box[2] - box[0], box[3] - box[1]) >= TILE_MIN_SIDE:

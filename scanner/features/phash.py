@@ -18,7 +18,7 @@ from PIL import Image
 
 from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
-from scanner.features.content import Content, analyse
+from scanner.features.content import Content, analyse, set_upright
 
 
 #: Largest share of bits a code may be off balance (|ones - dim/2| / dim) and
@@ -48,7 +48,7 @@ class PHash(Featurizer):
 
     @property
     def version(self) -> str:
-        return f"phash-whole+trim-{self.hash_size}-v2"
+        return f"phash-whole+trim-{self.hash_size}-v3"
 
     @property
     def dim(self) -> int:
@@ -84,14 +84,19 @@ class PHash(Featurizer):
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """Packed codes of one RGB image: uint8 ``[shape=(2, dim // 8)]``.
 
-        Row 0 hashes the whole picture, row 1 its content inside frames. An
-        all-one-colour picture gets all-zero codes; it is judged featureless
-        upstream and never flagged.
+        Row 0 hashes the whole picture, row 1 its content inside frames: for a
+        picture leaning on a plain ground (a copy turned, its corners filled,
+        :attr:`Content.turn`), the content set upright. An all-one-colour
+        picture gets all-zero codes; it is judged featureless upstream and
+        never flagged.
         """
         content = content or analyse(image)
         if content.box is None:
             return np.zeros((2, self.dim // 8), dtype=np.uint8)
-        return np.stack([self._code(image, (0, 0, image.width, image.height)), self._code(image, content.box)])
+        whole = self._code(image, (0, 0, image.width, image.height))
+        flat = set_upright(image, content)
+        inner = self._code(flat[0], flat[1].box) if flat else self._code(image, content.box)  # type: ignore[arg-type]
+        return np.stack([whole, inner])
 
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Stack prepared codes: uint8 ``[shape=(2 * n, dim // 8)]``, item-major."""
