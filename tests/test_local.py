@@ -43,8 +43,9 @@ def test_keypoints_of_both_views_are_deterministic() -> None:
     # as given, mirrored, and the four tiles of a picture at least TILE_MIN_SIDE wide
     assert set(np.unique(a["view"])) == {0, 1, 2, 3, 4, 5}
     assert 100 < (a["view"] == 0).sum() <= feat.n_features
-    small = feat.prepare(pic.resize((160, 120)))
-    assert set(np.unique(small["view"])) == {0, 1}  # too small to hold detail in a tile
+    assert set(np.unique(feat.prepare(pic.resize((160, 120)))["view"])) == {0, 1, 2, 3, 4, 5}
+    tiny = feat.prepare(pic.resize((96, 72)))
+    assert set(np.unique(tiny["view"])) == {0, 1}  # a tile of it would be a few dozen pixels
     assert ((a["xy"] >= 0) & (a["xy"] <= 1)).all()
     ref = feat.prepare_reference(pic)
     assert (ref["view"] == 0).all() and len(ref) > (a["view"] == 0).sum()
@@ -125,6 +126,26 @@ def test_small_work_in_a_busy_picture_is_found_through_the_tiles(local_index: Pa
     feat = make("image-local")
     whole = local.extract(flatten(Image.open(tmp_path / "busy.png")), mirror=True, n_features=feat.n_features)
     assert set(np.unique(whole["view"])) == {0, 1}
+
+
+def test_work_in_a_small_collage_is_found_through_the_tiles(local_index: Path, refs_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """A 240-pixel picture with a work pasted at 38% of its width: small
+    pictures get tiles too (a tile of it, enlarged to the working side, still
+    shows the pasted work larger than the whole view does)."""
+    from scanner.features import local
+
+    ref = _ref(refs_dir, 5)
+    ground = synthetic_picture(911, (240, 240))
+    small = ref.resize((91, round(91 * ref.height / ref.width)))
+    ground.paste(small, (240 - 91 - 8, 240 - small.height - 8))
+    ground.save(tmp_path / "small.png")
+    assert set(np.unique(local.extract(ground, mirror=True, tiles=True)["view"])) == {0, 1, 2, 3, 4, 5}
+    result, _ = check(tmp_path / "small.png", local_index)
+    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref5.png"]
+    assert found and result.verdict == "flagged", result.reason
+    x0, y0 = found[0]["locator"]["query_box"][:2]
+    assert x0 > 0.5 and y0 > 0.5  # where the work was pasted
 
 
 def test_work_in_a_small_scene_on_a_wide_page_keeps_its_detail(local_index: Path, refs_dir: Path,

@@ -53,8 +53,11 @@ MIN_KEYPOINTS = 8
 TILE_SHARE = 0.65
 TILE_OFFSETS = (0.0, 1.0 - TILE_SHARE)
 #: Queries whose content is smaller than this (longer side, decoded pixels)
-#: get no tiles: a tile of it holds less detail than the working size shows.
-TILE_MIN_SIDE = 320
+#: get no tiles: a tile of it would be a few dozen pixels. Small pictures
+#: above it get tiles too: in a 240-pixel collage a work pasted at 40% is 100
+#: pixels wide, and a tile enlarged to the working side shows it half as large
+#: again as the whole view, with the keypoints of the rest left out.
+TILE_MIN_SIDE = 100
 
 #: One keypoint as :meth:`LocalORB.prepare` returns it: its descriptor, its
 #: position normalised to the whole picture of its view, the view's size in
