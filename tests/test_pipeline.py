@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -205,6 +206,11 @@ def test_a_picture_turned_on_a_plain_ground_is_found_and_set_upright() -> None:
         assert np.abs(back[12:-12, 12:-12] - inner).mean() < 12
         # none of the ground's colour is left in the upright picture
         assert not (np.abs(back - (30, 160, 90)).max(axis=2) < 8).any()
+        # JPEG rings along the turned edges: the lean is still found
+        buf = io.BytesIO()
+        turned.save(buf, "JPEG", quality=60)
+        again = analyse(Image.open(buf).convert("RGB")).turn
+        assert again is not None and abs(again.degrees - turn.degrees) < 1.0
 
 
 def test_drawings_bordered_pictures_and_diamonds_are_not_turned() -> None:
