@@ -230,7 +230,7 @@ def upright(image: Image.Image, turn: Turn) -> Image.Image:
     return Image.fromarray(flat)
 
 
-def set_upright(image: Image.Image, content: "Content") -> tuple[Image.Image, "Content"] | None:
+def set_upright(image: Image.Image, content: Content) -> tuple[Image.Image, Content] | None:
     """The turned picture of ``image`` set upright, with its own content analysis.
 
     Parameters

@@ -157,7 +157,8 @@ def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features:
     """Keypoints of ``image`` inside ``box`` (and of its mirror image), positions
     normalised to the whole picture of their view.
 
-    ``image`` may be the upright picture of a turned one (:func:`upright`):
+    ``image`` may be the upright picture of a turned one
+    (:func:`scanner.features.content.set_upright`):
     positions then go back through ``turn`` to the turned picture, of size
     ``frame`` (width, height).
     """
