@@ -421,14 +421,14 @@ def test_a_turned_copy_spends_its_keypoints_on_the_work_not_on_the_ground(local_
                                       fillcolor=(40, 90, 200))
     content = analyse(turned)
     assert content.turn is not None
-    m = np.asarray(content.turn.matrix)
+    to_turned = np.asarray(content.turn.matrix)
     w, h = content.turn.size
 
     def edge_distance(kp: np.ndarray) -> np.ndarray:
         px = kp["xy"] * np.array([turned.width, turned.height])
         mirrored = kp["view"] == 1
         px[mirrored, 0] = turned.width - px[mirrored, 0]
-        up = (px - m[:, 2]) @ m[:, :2]  # the matrix is a rotation: its inverse is its transpose
+        up = (px - to_turned[:, 2]) @ to_turned[:, :2]  # a rotation: its inverse is its transpose
         return np.minimum(np.minimum(up[:, 0], w - up[:, 0]), np.minimum(up[:, 1], h - up[:, 1]))
 
     upright_kp = extract(turned, content, mirror=True, tiles=True, turned_back=True)

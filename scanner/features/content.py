@@ -186,8 +186,7 @@ def _turned(planes: np.ndarray, f: int, origin: tuple[int, int] = (0, 0)) -> Tur
     if not n:
         return None
     sizes = np.bincount(pieces.ravel())[1:]
-    area = int(sizes.max())
-    if area < MIN_TURN_AREA * h * w:
+    if sizes.max() < MIN_TURN_AREA * h * w:
         return None
     # JPEG ringing along the edges leaves one-block spurs that would widen the rectangle
     piece = ndimage.binary_opening(pieces == 1 + int(sizes.argmax()), np.ones((3, 3), bool))
