@@ -128,6 +128,42 @@ def test_small_work_in_a_busy_picture_is_found_through_the_tiles(local_index: Pa
     assert set(np.unique(whole["view"])) == {0, 1}
 
 
+def test_spread_keypoints_give_every_part_of_the_picture_a_share() -> None:
+    """A busy half with every strong corner and a flat half with weak ones:
+    the strongest alone would all be the busy half's."""
+    from scanner.features.local import spread_keypoints
+
+    rng = np.random.default_rng(0)
+    busy = np.c_[rng.uniform(0, 256, 1000), rng.uniform(0, 512, 1000)]
+    flat = np.c_[rng.uniform(256, 512, 100), rng.uniform(0, 512, 100)]
+    xy, response = np.r_[busy, flat], np.r_[rng.uniform(10, 20, 1000), rng.uniform(1, 5, 100)]
+    kept = spread_keypoints(xy, response, (512, 512), 200, grid=4, strongest=0.5)
+    assert len(kept) == 200 and len(np.unique(kept)) == 200
+    assert np.all(np.diff(response[kept]) <= 0)                      # strongest first
+    assert np.isin(np.argsort(-response)[:100], kept).all()          # the strongest half of the budget
+    assert (xy[kept, 0] >= 256).sum() >= 40                           # the flat half has its share
+    assert (xy[np.argsort(-response)[:200], 0] >= 256).sum() == 0     # which strength alone gives it not
+    assert sorted(spread_keypoints(xy[:50], response[:50], (512, 512), 200)) == list(range(50))
+
+
+def test_flat_work_pasted_into_a_busy_picture_gets_keypoints_in_the_tiles(local_index: Path, refs_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """Clip art (flat colours) at half the width of a picture of coarse noise:
+    every strong corner of the picture is the noise's, and only keypoints
+    spread over each tile put some on the work."""
+    ref = _ref(refs_dir, 3)
+    rng = np.random.default_rng(1)
+    ground = Image.fromarray(rng.integers(0, 256, (600 // 16, 800 // 16, 3), dtype=np.uint8)).resize(
+        (800, 600), Image.NEAREST)
+    small = ref.resize((400, round(400 * ref.height / ref.width)))
+    ground.paste(small, (800 - 400 - 30, 600 - small.height - 30))
+    ground.save(tmp_path / "noise.png")
+    result, _ = check(tmp_path / "noise.png", local_index)
+    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref3.png"]
+    assert found and result.verdict == "flagged", result.reason
+    assert found[0]["locator"]["query_box"][0] > 0.4  # where the work was pasted
+
+
 def test_work_in_a_small_collage_is_found_through_the_tiles(local_index: Path, refs_dir: Path,
                                                             tmp_path: Path) -> None:
     """A 240-pixel picture with a work pasted at 38% of its width: small

@@ -15,7 +15,9 @@ descriptors of its mirror image (view 1); references are indexed as they are.
 A work pasted small into a larger picture (a collage) gets few of the
 query's keypoints and sits at a scale the pyramid barely reaches, so a large
 query also yields four overlapping tiles (views 2 to 5), each described at
-the working size on its own: a zoom into each part of the picture. A query
+the working size on its own: a zoom into each part of the picture, its
+keypoints spread over the tile so that a work with flatter colours than the
+picture around it still gets its share (:func:`spread_keypoints`). A query
 turned on a plain ground (:attr:`Content.turn`) is described set upright, so
 the edges between the turned picture and its ground, strong corners that
 belong to no work, do not take its keypoints.
@@ -58,6 +60,15 @@ TILE_OFFSETS = (0.0, 1.0 - TILE_SHARE)
 #: pixels wide, and a tile enlarged to the working side shows it half as large
 #: again as the whole view, with the keypoints of the rest left out.
 TILE_MIN_SIDE = 100
+#: A tile's keypoints are spread over its picture: ORB finds this many times
+#: the budget, keeps the strongest :data:`SPREAD_STRONGEST` share of the
+#: budget, and deals the rest out cell by cell over a :data:`SPREAD_GRID`
+#: square grid (:func:`spread_keypoints`). A work pasted into a busy picture
+#: has flatter colours than the picture's texture, so the strongest corners
+#: of a tile are nearly all the background's.
+SPREAD_OVERSAMPLE = 4
+SPREAD_GRID = 4
+SPREAD_STRONGEST = 0.5
 
 #: One keypoint as :meth:`LocalORB.prepare` returns it: its descriptor, its
 #: position normalised to the whole picture of its view, the view's size in
@@ -73,8 +84,49 @@ def _cv2() -> Any:
     return cv2
 
 
-def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES,
-                  mirror: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+def spread_keypoints(xy: np.ndarray, response: np.ndarray, shape: tuple[int, int], n: int, *,
+                     grid: int = SPREAD_GRID, strongest: float = SPREAD_STRONGEST) -> np.ndarray:
+    """Which keypoints to keep so that every part of a picture has some.
+
+    The ``strongest * n`` strongest keypoints are kept; the rest of the
+    budget goes round the cells of a ``grid`` x ``grid`` partition of the
+    picture, each cell's next-strongest keypoint in turn (a cell that runs out
+    drops out of the round).
+
+    Parameters
+    ----------
+    xy : float ``[shape=(m, 2)]`` keypoint positions (x, y) in pixels
+    response : float ``[shape=(m,)]`` keypoint strength (larger is stronger)
+    shape : (height, width) of the picture, pixels
+    n : int >= 0, keypoints kept
+    grid : cells per side
+    strongest : share of ``n`` kept by strength alone, in [0, 1]
+
+    Returns
+    -------
+    int64 ``[shape=(min(n, m),)]`` rows of the kept keypoints, strongest first
+    """
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    response = np.asarray(response, np.float64)
+    if len(response) <= n:
+        return np.argsort(-response, kind="stable")
+    h, w = shape
+    col = np.minimum((xy[:, 0] * grid // max(w, 1)).astype(np.int64), grid - 1)
+    row = np.minimum((xy[:, 1] * grid // max(h, 1)).astype(np.int64), grid - 1)
+    cell = row * grid + col
+    # each keypoint's rank by strength within its cell: the round it is dealt in
+    by_cell = np.lexsort((-response, cell))
+    sorted_cells = cell[by_cell]
+    starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
+    rank = np.empty(len(cell), np.float64)
+    rank[by_cell] = np.arange(len(cell)) - np.repeat(starts, np.diff(np.r_[starts, len(cell)]))
+    rank[np.argsort(-response, kind="stable")[:int(strongest * n)]] = -1.0
+    kept = np.lexsort((-response, rank))[:n]
+    return kept[np.argsort(-response[kept], kind="stable")]
+
+
+def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES, mirror: bool = False,
+                  spread: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """ORB keypoints of a grey picture (and of its mirror image).
 
     Parameters
@@ -85,6 +137,9 @@ def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES,
         (the keypoints reflected, their orientation turned back: the
         descriptors are those a detection on the mirror image finds, without
         detecting again)
+    spread : keep keypoints over the whole picture (:func:`spread_keypoints`
+        of :data:`SPREAD_OVERSAMPLE` times ``n_features`` found), not only
+        the strongest
 
     Returns
     -------
@@ -99,9 +154,17 @@ def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES,
     grey = np.ascontiguousarray(grey, dtype=np.uint8)
     if grey.ndim != 2:
         raise ParameterError(f"expected a grey picture of shape (h, w), given shape={grey.shape}")
-    orb = cv2.ORB_create(nfeatures=n_features, scaleFactor=1.2, nlevels=8, edgeThreshold=19,
-                         patchSize=19, fastThreshold=6)
-    kps, desc = orb.detectAndCompute(grey, None)
+    orb = cv2.ORB_create(nfeatures=n_features * (SPREAD_OVERSAMPLE if spread else 1), scaleFactor=1.2,
+                         nlevels=8, edgeThreshold=19, patchSize=19, fastThreshold=6)
+    if spread:
+        kps = orb.detect(grey, None)
+        if len(kps) > n_features:
+            kept = spread_keypoints(np.array([k.pt for k in kps]), np.array([k.response for k in kps]),
+                                    grey.shape, n_features)
+            kps = [kps[i] for i in kept]
+        kps, desc = orb.compute(grey, kps) if kps else ((), None)
+    else:
+        kps, desc = orb.detectAndCompute(grey, None)
     views = [(kps, desc)]
     if mirror:
         w = grey.shape[1]
@@ -153,7 +216,8 @@ def tile_boxes(box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]
 
 
 def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features: int, mirror: bool,
-              first_view: int, turn: Turn | None = None, frame: tuple[int, int] | None = None) -> list[np.ndarray]:
+              first_view: int, spread: bool = False, turn: Turn | None = None,
+              frame: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Keypoints of ``image`` inside ``box`` (and of its mirror image), positions
     normalised to the whole picture of their view.
 
@@ -166,7 +230,8 @@ def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features:
     grey, scale = working_grey(image, box)
     frame_size = np.array(frame or (image.width, image.height), np.float32)
     parts = []
-    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror)):
+    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror,
+                                                                spread=spread)):
         if view:  # back to the box's pixels, then to the mirrored whole picture
             xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
         px = xy / scale + np.array([x0, y0], np.float32)
@@ -194,7 +259,8 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     n_features : keypoints kept per view
     tiles : also extract from each of the content's :func:`tile_boxes` on its
         own (views 2 to 5), when the content is at least :data:`TILE_MIN_SIDE`
-        pixels on its longer side
+        pixels on its longer side, keypoints spread over each tile
+        (:func:`spread_keypoints`)
     turned_back : describe a picture leaning on a plain ground
         (:attr:`Content.turn`) set upright, its own margins peeled: the
         edges between the turned picture and its ground are corners ORB
@@ -218,7 +284,7 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     if tiles and max(box[2] - box[0], box[3] - box[1]) >= TILE_MIN_SIDE:
         for i, tile in enumerate(tile_boxes(box)):
             parts += _describe(image, tile, n_features=n_features, mirror=False, first_view=2 + i,
-                               turn=turn, frame=frame)
+                               spread=True, turn=turn, frame=frame)
     return np.concatenate(parts)
 
 
