@@ -130,20 +130,34 @@ def test_small_work_in_a_busy_picture_is_found_through_the_tiles(local_index: Pa
 
 def test_spread_keypoints_give_every_part_of_the_picture_a_share() -> None:
     """A busy half with every strong corner and a flat half with weak ones:
-    the strongest alone would all be the busy half's."""
+    the strongest alone would all be the busy half's; the extra ones are dealt by cell."""
     from scanner.features.local import spread_keypoints
 
     rng = np.random.default_rng(0)
     busy = np.c_[rng.uniform(0, 256, 1000), rng.uniform(0, 512, 1000)]
     flat = np.c_[rng.uniform(256, 512, 100), rng.uniform(0, 512, 100)]
     xy, response = np.r_[busy, flat], np.r_[rng.uniform(10, 20, 1000), rng.uniform(1, 5, 100)]
-    kept = spread_keypoints(xy, response, (512, 512), 200, grid=4, strongest=0.5)
-    assert len(kept) == 200 and len(np.unique(kept)) == 200
+    kept = spread_keypoints(xy, response, (512, 512), 200, 100, grid=4)
+    assert len(kept) == 300 and len(np.unique(kept)) == 300
     assert np.all(np.diff(response[kept]) <= 0)                      # strongest first
-    assert np.isin(np.argsort(-response)[:100], kept).all()          # the strongest half of the budget
-    assert (xy[kept, 0] >= 256).sum() >= 40                           # the flat half has its share
-    assert (xy[np.argsort(-response)[:200], 0] >= 256).sum() == 0     # which strength alone gives it not
-    assert sorted(spread_keypoints(xy[:50], response[:50], (512, 512), 200)) == list(range(50))
+    assert np.isin(np.argsort(-response)[:200], kept).all()          # the strongest are all kept
+    assert (xy[kept, 0] >= 256).sum() >= 40                           # the flat half has its share of the extra
+    assert (xy[np.argsort(-response)[:300], 0] >= 256).sum() == 0     # which strength alone gives it not
+    assert sorted(spread_keypoints(xy[:50], response[:50], (512, 512), 200, 100)) == list(range(50))
+
+
+def test_tiles_of_a_tall_or_wide_picture_run_along_it() -> None:
+    """Tiles near square: 2 x 2 on a square box, a row of four along a long one, covering it."""
+    from scanner.features.local import tile_boxes
+
+    for box, shape in (((0, 0, 400, 400), (2, 2)), ((0, 0, 350, 1000), (1, 4)), ((20, 10, 1020, 410), (4, 1))):
+        tiles = np.array(tile_boxes(box))
+        assert len(tiles) == 4
+        assert (len(np.unique(tiles[:, 0])), len(np.unique(tiles[:, 1]))) == shape
+        assert tiles[:, :2].min(axis=0).tolist() == list(box[:2]) and tiles[:, 2:].max(axis=0).tolist() == list(box[2:])
+        sides = tiles[:, 2:] - tiles[:, :2]
+        assert np.all(np.maximum(sides[:, 0], sides[:, 1]) <= 1.5 * np.minimum(sides[:, 0], sides[:, 1]))
+        assert np.all(tiles[1:, :2].sum(axis=1) < tiles[:-1, 2:].sum(axis=1))  # neighbours overlap
 
 
 def test_flat_work_pasted_into_a_busy_picture_gets_keypoints_in_the_tiles(local_index: Path, refs_dir: Path,
@@ -162,6 +176,22 @@ def test_flat_work_pasted_into_a_busy_picture_gets_keypoints_in_the_tiles(local_
     found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref3.png"]
     assert found and result.verdict == "flagged", result.reason
     assert found[0]["locator"]["query_box"][0] > 0.4  # where the work was pasted
+
+
+def test_work_pasted_low_in_a_tall_picture_is_found_through_a_row_of_tiles(local_index: Path, refs_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """A work at 45% of the width of a picture three times as tall as wide: a
+    2 x 2 tile (0.65 of the height) would show it no larger than the whole
+    view of a square picture; a row of four tiles down the picture does."""
+    ref = _ref(refs_dir, 0)
+    ground = synthetic_picture(900, (340, 1000))
+    small = ref.resize((153, round(153 * ref.height / ref.width)))
+    ground.paste(small, (340 - 153 - 10, 1000 - small.height - 40))
+    ground.save(tmp_path / "tall.png")
+    result, _ = check(tmp_path / "tall.png", local_index)
+    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref0.png"]
+    assert found and result.verdict == "flagged", result.reason
+    assert found[0]["locator"]["query_box"][1] > 0.75  # near the bottom, where it was pasted
 
 
 def test_work_in_a_small_collage_is_found_through_the_tiles(local_index: Path, refs_dir: Path,

@@ -15,12 +15,13 @@ descriptors of its mirror image (view 1); references are indexed as they are.
 A work pasted small into a larger picture (a collage) gets few of the
 query's keypoints and sits at a scale the pyramid barely reaches, so a large
 query also yields four overlapping tiles (views 2 to 5), each described at
-the working size on its own: a zoom into each part of the picture, its
-keypoints spread over the tile so that a work with flatter colours than the
-picture around it still gets its share (:func:`spread_keypoints`). A query
-turned on a plain ground (:attr:`Content.turn`) is described set upright, so
-the edges between the turned picture and its ground, strong corners that
-belong to no work, do not take its keypoints.
+the working size on its own: a zoom into each part of the picture (a row of
+four along a tall or wide one), with extra keypoints spread over the tile so
+that a work with flatter colours than the picture around it still gets
+some (:func:`spread_keypoints`). A query turned on a plain ground
+(:attr:`Content.turn`) is described set upright, so the edges between the
+turned picture and its ground, strong corners that belong to no work, do
+not take its keypoints.
 
 Positions are stored normalised to the whole picture (``x / width``,
 ``y / height``), with the picture's size at the working scale so geometry
@@ -50,25 +51,27 @@ DESC_BYTES = 32
 #: A reference with fewer keypoints than this is indexed without any (too
 #: few to verify a match on).
 MIN_KEYPOINTS = 8
-#: Tiles of a query: share of the content box each covers, and their offsets
-#: (2 x 2, overlapping), as views 2 to 5.
-TILE_SHARE = 0.65
-TILE_OFFSETS = (0.0, 1.0 - TILE_SHARE)
+#: Tiles of a query (views 2 to 5): four overlapping parts of the content box,
+#: laid out 2 x 2, or in a row of 4 along a box :data:`TILE_ELONGATION` times
+#: longer than it is wide, so that each tile is near square and a work pasted
+#: into a tall or wide picture is enlarged like one in a square picture. The
+#: share of the side each tile covers, by tiles along that side.
+TILE_SHARE = {1: 1.0, 2: 0.65, 4: 0.4}
+TILE_ELONGATION = 2.0
 #: Queries whose content is smaller than this (longer side, decoded pixels)
 #: get no tiles: a tile of it would be a few dozen pixels. Small pictures
 #: above it get tiles too: in a 240-pixel collage a work pasted at 40% is 100
 #: pixels wide, and a tile enlarged to the working side shows it half as large
 #: again as the whole view, with the keypoints of the rest left out.
 TILE_MIN_SIDE = 100
-#: A tile's keypoints are spread over its picture: ORB finds this many times
-#: the budget, keeps the strongest :data:`SPREAD_STRONGEST` share of the
-#: budget, and deals the rest out cell by cell over a :data:`SPREAD_GRID`
-#: square grid (:func:`spread_keypoints`). A work pasted into a busy picture
-#: has flatter colours than the picture's texture, so the strongest corners
-#: of a tile are nearly all the background's.
+#: A tile keeps its strongest keypoints and this share of its budget again,
+#: spread over the tile (:func:`spread_keypoints`, from :data:`SPREAD_OVERSAMPLE`
+#: times the budget found, over a :data:`SPREAD_GRID` square grid): a work
+#: pasted into a busy picture has flatter colours than the picture's texture,
+#: whose corners are nearly all of a tile's strongest.
+SPREAD_EXTRA = 0.5
 SPREAD_OVERSAMPLE = 4
 SPREAD_GRID = 4
-SPREAD_STRONGEST = 0.5
 
 #: One keypoint as :meth:`LocalORB.prepare` returns it: its descriptor, its
 #: position normalised to the whole picture of its view, the view's size in
@@ -84,32 +87,31 @@ def _cv2() -> Any:
     return cv2
 
 
-def spread_keypoints(xy: np.ndarray, response: np.ndarray, shape: tuple[int, int], n: int, *,
-                     grid: int = SPREAD_GRID, strongest: float = SPREAD_STRONGEST) -> np.ndarray:
-    """Which keypoints to keep so that every part of a picture has some.
+def spread_keypoints(xy: np.ndarray, response: np.ndarray, shape: tuple[int, int], n: int, extra: int, *,
+                     grid: int = SPREAD_GRID) -> np.ndarray:
+    """The ``n`` strongest keypoints and ``extra`` more, so that every part of a picture has some.
 
-    The ``strongest * n`` strongest keypoints are kept; the rest of the
-    budget goes round the cells of a ``grid`` x ``grid`` partition of the
-    picture, each cell's next-strongest keypoint in turn (a cell that runs out
-    drops out of the round).
+    The extra ones go round the cells of a ``grid`` x ``grid`` partition of
+    the picture, each cell's strongest keypoint not yet kept in turn (a cell
+    that runs out drops out of the round).
 
     Parameters
     ----------
     xy : float ``[shape=(m, 2)]`` keypoint positions (x, y) in pixels
     response : float ``[shape=(m,)]`` keypoint strength (larger is stronger)
     shape : (height, width) of the picture, pixels
-    n : int >= 0, keypoints kept
+    n, extra : int >= 0, keypoints kept by strength, and dealt out by cell
     grid : cells per side
-    strongest : share of ``n`` kept by strength alone, in [0, 1]
 
     Returns
     -------
-    int64 ``[shape=(min(n, m),)]`` rows of the kept keypoints, strongest first
+    int64 ``[shape=(min(n + extra, m),)]`` rows of the kept keypoints, strongest first
     """
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     response = np.asarray(response, np.float64)
-    if len(response) <= n:
-        return np.argsort(-response, kind="stable")
+    strongest = np.argsort(-response, kind="stable")
+    if len(response) <= n + extra:
+        return strongest
     h, w = shape
     col = np.minimum((xy[:, 0] * grid // max(w, 1)).astype(np.int64), grid - 1)
     row = np.minimum((xy[:, 1] * grid // max(h, 1)).astype(np.int64), grid - 1)
@@ -120,26 +122,26 @@ def spread_keypoints(xy: np.ndarray, response: np.ndarray, shape: tuple[int, int
     starts = np.flatnonzero(np.r_[True, sorted_cells[1:] != sorted_cells[:-1]])
     rank = np.empty(len(cell), np.float64)
     rank[by_cell] = np.arange(len(cell)) - np.repeat(starts, np.diff(np.r_[starts, len(cell)]))
-    rank[np.argsort(-response, kind="stable")[:int(strongest * n)]] = -1.0
-    kept = np.lexsort((-response, rank))[:n]
+    rank[strongest[:n]] = -1.0
+    kept = np.lexsort((-response, rank))[:n + extra]
     return kept[np.argsort(-response[kept], kind="stable")]
 
 
 def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES, mirror: bool = False,
-                  spread: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+                  extra: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """ORB keypoints of a grey picture (and of its mirror image).
 
     Parameters
     ----------
     grey : uint8 ``[shape=(h, w)]``
-    n_features : int > 0, most keypoints kept
+    n_features : int > 0, keypoints kept by strength
     mirror : also describe the same spots in the picture mirrored left to right
         (the keypoints reflected, their orientation turned back: the
         descriptors are those a detection on the mirror image finds, without
         detecting again)
-    spread : keep keypoints over the whole picture (:func:`spread_keypoints`
-        of :data:`SPREAD_OVERSAMPLE` times ``n_features`` found), not only
-        the strongest
+    extra : int >= 0, keypoints kept beyond ``n_features``, spread over the
+        picture (:func:`spread_keypoints` of :data:`SPREAD_OVERSAMPLE` times
+        ``n_features`` found)
 
     Returns
     -------
@@ -149,18 +151,18 @@ def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES, mirror: boo
     desc : uint8 ``[shape=(n, 32)]`` packed 256-bit descriptors
     """
     cv2 = _cv2()
-    if n_features < 1:
-        raise ParameterError(f"n_features must be positive, given {n_features}")
+    if n_features < 1 or extra < 0:
+        raise ParameterError(f"n_features must be positive and extra not negative, given {n_features}, {extra}")
     grey = np.ascontiguousarray(grey, dtype=np.uint8)
     if grey.ndim != 2:
         raise ParameterError(f"expected a grey picture of shape (h, w), given shape={grey.shape}")
-    orb = cv2.ORB_create(nfeatures=n_features * (SPREAD_OVERSAMPLE if spread else 1), scaleFactor=1.2,
+    orb = cv2.ORB_create(nfeatures=n_features * (SPREAD_OVERSAMPLE if extra else 1), scaleFactor=1.2,
                          nlevels=8, edgeThreshold=19, patchSize=19, fastThreshold=6)
-    if spread:
+    if extra:
         kps = orb.detect(grey, None)
-        if len(kps) > n_features:
-            kept = spread_keypoints(np.array([k.pt for k in kps]), np.array([k.response for k in kps]),
-                                    grey.shape, n_features)
+        if len(kps) > n_features + extra:
+            kept = spread_keypoints(cv2.KeyPoint_convert(kps), np.array([k.response for k in kps]),
+                                    grey.shape, n_features, extra)
             kps = [kps[i] for i in kept]
         kps, desc = orb.compute(grey, kps) if kps else ((), None)
     else:
@@ -203,7 +205,9 @@ def working_grey(image: Image.Image, box: tuple[int, int, int, int] | None = Non
 
 
 def tile_boxes(box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
-    """The 2 x 2 overlapping tiles of a content box, each :data:`TILE_SHARE` of its sides.
+    """The four overlapping tiles of a content box: 2 x 2, or a row of 4 along
+    a box :data:`TILE_ELONGATION` times longer than wide, each covering
+    :data:`TILE_SHARE` of the sides it is cut along, evenly spaced.
 
     Returns
     -------
@@ -211,12 +215,14 @@ def tile_boxes(box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]
     """
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    return [(round(x0 + fx * w), round(y0 + fy * h), round(x0 + (fx + TILE_SHARE) * w),
-             round(y0 + (fy + TILE_SHARE) * h)) for fy in TILE_OFFSETS for fx in TILE_OFFSETS]
+    nx, ny = (4, 1) if w >= TILE_ELONGATION * h else (1, 4) if h >= TILE_ELONGATION * w else (2, 2)
+    sx, sy = TILE_SHARE[nx], TILE_SHARE[ny]
+    return [(round(x0 + fx * w), round(y0 + fy * h), round(x0 + (fx + sx) * w), round(y0 + (fy + sy) * h))
+            for fy in np.linspace(0.0, 1.0 - sy, ny) for fx in np.linspace(0.0, 1.0 - sx, nx)]
 
 
 def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features: int, mirror: bool,
-              first_view: int, spread: bool = False, turn: Turn | None = None,
+              first_view: int, extra: int = 0, turn: Turn | None = None,
               frame: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Keypoints of ``image`` inside ``box`` (and of its mirror image), positions
     normalised to the whole picture of their view.
@@ -231,7 +237,7 @@ def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features:
     frame_size = np.array(frame or (image.width, image.height), np.float32)
     parts = []
     for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror,
-                                                                spread=spread)):
+                                                                extra=extra)):
         if view:  # back to the box's pixels, then to the mirrored whole picture
             xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
         px = xy / scale + np.array([x0, y0], np.float32)
@@ -259,8 +265,8 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     n_features : keypoints kept per view
     tiles : also extract from each of the content's :func:`tile_boxes` on its
         own (views 2 to 5), when the content is at least :data:`TILE_MIN_SIDE`
-        pixels on its longer side, keypoints spread over each tile
-        (:func:`spread_keypoints`)
+        pixels on its longer side; a tile keeps :data:`SPREAD_EXTRA` more
+        keypoints, spread over it (:func:`spread_keypoints`)
     turned_back : describe a picture leaning on a plain ground
         (:attr:`Content.turn`) set upright, its own margins peeled: the
         edges between the turned picture and its ground are corners ORB
@@ -284,7 +290,7 @@ def extract(image: Image.Image, content: Content | None = None, *, mirror: bool 
     if tiles and max(box[2] - box[0], box[3] - box[1]) >= TILE_MIN_SIDE:
         for i, tile in enumerate(tile_boxes(box)):
             parts += _describe(image, tile, n_features=n_features, mirror=False, first_view=2 + i,
-                               spread=True, turn=turn, frame=frame)
+                               extra=round(SPREAD_EXTRA * n_features), turn=turn, frame=frame)
     return np.concatenate(parts)
 
 
@@ -353,7 +359,8 @@ class LocalORB(Featurizer):
     Parameters
     ----------
     n_features : int > 0
-        Keypoints kept per query picture and view.
+        Keypoints kept per query picture and view (half as many again in a
+        tile, :data:`SPREAD_EXTRA`).
     ref_features : int > 0
         Keypoints kept per reference (as given; references are not mirrored).
     """
