@@ -910,7 +910,10 @@ class Scanner:
         if feature not in self._tables:
             extra = self.index.landmarks(feature)
             none = np.zeros((0, 2), np.float32)  # an index whose works gave no keypoints at all
-            self._tables[feature] = LandmarkTable(np.asarray(self.index.rows(feature)), self.index.codes(feature),
+            # plain arrays over the memory map: each verified work indexes them, and a
+            # numpy.memmap wraps every slice of one in an object of its own
+            self._tables[feature] = LandmarkTable(np.asarray(self.index.rows(feature)),
+                                                  np.asarray(self.index.codes(feature)),
                                                   extra.get("xy", none), extra.get("size", none))
         return self._tables[feature]
 

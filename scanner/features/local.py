@@ -180,7 +180,7 @@ def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES, mirror: boo
             continue
         # strongest first (stable: ties keep OpenCV's order), so a prefix is the best subset
         order = np.argsort([-kp.response for kp in kps], kind="stable")
-        xy = np.array([kps[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+        xy = cv2.KeyPoint_convert(kps).astype(np.float32).reshape(-1, 2)[order]
         out.append((xy, np.ascontiguousarray(desc[order], dtype=np.uint8)))
     return out
 
