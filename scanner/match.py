@@ -102,13 +102,10 @@ LANDMARK_VOTE_MARGIN = 6
 #: Neighbours searched per query keypoint.
 LANDMARK_K = 8
 #: Keypoints per view of a query that are searched and vote (all are verified).
-#: The search is the largest part of a scan at 10k works; 64 voters find the works.
-LANDMARK_VOTERS = 64
-#: Best-voted (work, view) pairs verified geometrically per query: each costs an
-#: exact search and a RANSAC, and a copy's work is nearly always among the first
-#: four. (64 and 4 instead of 100 and 6: openclipart TUNE 2,488 copies found of
-#: 2,700 instead of 2,492, wesnoth TUNE the same; a 10k-work scan 13% faster.)
-LANDMARK_TOP = 4
+LANDMARK_VOTERS = 100
+#: Best-voted (work, view) pairs verified geometrically per query. (64 voters
+#: and 4 pairs saved 3% of a 10k-work scan's CPU time, and cost copies.)
+LANDMARK_TOP = 6
 #: Views a query may have (as given, mirrored, tiles): keys of (work, view) votes.
 MAX_VIEWS = 16
 #: The view of a query that is its mirror image (boxes are turned back).
