@@ -35,6 +35,18 @@ def _local(result) -> list[dict]:
     return [m for m in result.matches if m["feature"] == "image-local"]
 
 
+def _pasted_low_right(local_index: Path, refs_dir: Path, tmp_path: Path, ground: Image.Image, i: int,
+                      width: int, margin: tuple[int, int]) -> tuple:
+    """Reference ``i`` at ``width`` pixels pasted into ``ground`` ``margin`` (x, y) from its
+    bottom-right corner, checked: (result, its image-local matches of that work)."""
+    ref = _ref(refs_dir, i)
+    small = ref.resize((width, round(width * ref.height / ref.width)))
+    ground.paste(small, (ground.width - width - margin[0], ground.height - small.height - margin[1]))
+    ground.save(tmp_path / "pasted.png")
+    result, _ = check(tmp_path / "pasted.png", local_index)
+    return result, [m for m in _local(result) if Path(m["ref_path"]).name == f"ref{i}.png"]
+
+
 def test_keypoints_of_both_views_are_deterministic() -> None:
     pic = synthetic_picture(0)
     feat = make("image-local")
@@ -165,15 +177,10 @@ def test_flat_work_pasted_into_a_busy_picture_gets_keypoints_in_the_tiles(local_
     """Clip art (flat colours) at half the width of a picture of coarse noise:
     every strong corner of the picture is the noise's, and only keypoints
     spread over each tile put some on the work."""
-    ref = _ref(refs_dir, 3)
     rng = np.random.default_rng(1)
     ground = Image.fromarray(rng.integers(0, 256, (600 // 16, 800 // 16, 3), dtype=np.uint8)).resize(
         (800, 600), Image.NEAREST)
-    small = ref.resize((400, round(400 * ref.height / ref.width)))
-    ground.paste(small, (800 - 400 - 30, 600 - small.height - 30))
-    ground.save(tmp_path / "noise.png")
-    result, _ = check(tmp_path / "noise.png", local_index)
-    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref3.png"]
+    result, found = _pasted_low_right(local_index, refs_dir, tmp_path, ground, 3, 400, (30, 30))
     assert found and result.verdict == "flagged", result.reason
     assert found[0]["locator"]["query_box"][0] > 0.4  # where the work was pasted
 
@@ -183,13 +190,8 @@ def test_work_pasted_low_in_a_tall_picture_is_found_through_a_row_of_tiles(local
     """A work at 45% of the width of a picture three times as tall as wide: a
     2 x 2 tile (0.65 of the height) would show it no larger than the whole
     view of a square picture; a row of four tiles down the picture does."""
-    ref = _ref(refs_dir, 0)
-    ground = synthetic_picture(900, (340, 1000))
-    small = ref.resize((153, round(153 * ref.height / ref.width)))
-    ground.paste(small, (340 - 153 - 10, 1000 - small.height - 40))
-    ground.save(tmp_path / "tall.png")
-    result, _ = check(tmp_path / "tall.png", local_index)
-    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref0.png"]
+    result, found = _pasted_low_right(local_index, refs_dir, tmp_path, synthetic_picture(900, (340, 1000)), 0, 153,
+                                      (10, 40))
     assert found and result.verdict == "flagged", result.reason
     assert found[0]["locator"]["query_box"][1] > 0.75  # near the bottom, where it was pasted
 
@@ -201,14 +203,9 @@ def test_work_in_a_small_collage_is_found_through_the_tiles(local_index: Path, r
     shows the pasted work larger than the whole view does)."""
     from scanner.features import local
 
-    ref = _ref(refs_dir, 5)
     ground = synthetic_picture(911, (240, 240))
-    small = ref.resize((91, round(91 * ref.height / ref.width)))
-    ground.paste(small, (240 - 91 - 8, 240 - small.height - 8))
-    ground.save(tmp_path / "small.png")
+    result, found = _pasted_low_right(local_index, refs_dir, tmp_path, ground, 5, 91, (8, 8))
     assert set(np.unique(local.extract(ground, mirror=True, tiles=True)["view"])) == {0, 1, 2, 3, 4, 5}
-    result, _ = check(tmp_path / "small.png", local_index)
-    found = [m for m in _local(result) if Path(m["ref_path"]).name == "ref5.png"]
     assert found and result.verdict == "flagged", result.reason
     x0, y0 = found[0]["locator"]["query_box"][:2]
     assert x0 > 0.5 and y0 > 0.5  # where the work was pasted
