@@ -33,6 +33,9 @@ class Evidence:
         The index row that matched (-1 for landmark evidence).
     detail : dict, optional
         Landmark evidence: where the match sits (boxes, shares, inliers).
+    pending : tuple, optional
+        Landmark evidence verified without its boxes: what
+        :func:`landmark_detail` builds them from, when they are asked for.
     """
 
     work_id: int
@@ -43,6 +46,7 @@ class Evidence:
     query_locator: int = 0
     row: int = -1
     detail: dict[str, Any] | None = None
+    pending: tuple | None = field(default=None, repr=False, compare=False)
 
 
 def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
@@ -427,7 +431,7 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
                      hypotheses: int = LANDMARK_HYPOTHESES,
                      statistics: Sequence[str] = LANDMARK_STATISTICS,
                      choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                     top: dict[str, int] | None = None) -> list[Evidence]:
+                     top: dict[str, int] | None = None, boxes: bool = True) -> list[Evidence]:
     """Verify candidate works geometrically against one query's keypoints.
 
     Per candidate (work, view of the query) and statistic, query keypoints
@@ -453,6 +457,10 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
         (the null is fitted on each).
     top : per statistic, how many of the first candidates it verifies
         (:data:`STATISTIC_TOP` by default)
+    boxes : build each evidence's boxes and heat maps now; ``False`` leaves
+        ``detail`` with ``inliers`` and ``statistic`` only, the rest built by
+        :func:`landmark_detail` for the evidence that is shown (a scan verifies
+        several works per query and shows few)
 
     Returns
     -------
@@ -498,10 +506,18 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
                 best[w] = i
         keys = [keys[i] for i in sorted(best.values())]
     out = [Evidence(w, feature, float(hits[w, stat][0]), -float(hits[w, stat][0]), 0,
-                    int(hits[w, stat][1] == MIRRORED_VIEW), -1, _landmark_detail(query, table, stat, *hits[w, stat]))
+                    int(hits[w, stat][1] == MIRRORED_VIEW), -1,
+                    _landmark_detail(query, table, stat, *hits[w, stat]) if boxes
+                    else {"inliers": hits[w, stat][0], "statistic": stat},
+                    None if boxes else (query, table, stat, *hits[w, stat]))
            for w, stat in keys]
     out.sort(key=lambda e: -e.raw)
     return out
+
+
+def landmark_detail(e: Evidence) -> dict[str, Any] | None:
+    """The whole detail of landmark evidence, its boxes built now if they were left for later."""
+    return e.detail if e.pending is None else _landmark_detail(*e.pending)
 
 
 def _landmark_detail(query: np.ndarray, table: LandmarkTable, statistic: str, n_in: int, view: int,
@@ -527,8 +543,8 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
                       k: int = LANDMARK_K, top: int = LANDMARK_TOP, per_view: int = LANDMARK_VOTERS,
                       exclude: Sequence[int | None] | None = None,
                       statistics: Sequence[str] = LANDMARK_STATISTICS,
-                      choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-                      ) -> list[list[Evidence]]:
+                      choose: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                      boxes: bool = True) -> list[list[Evidence]]:
     """Per-work landmark evidence for a batch of queries: search, vote, verify.
 
     An even subset of each query's keypoints (:func:`voters`) is searched,
@@ -552,6 +568,7 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
         built before ``repeated`` had its null has only ``unique``)
     choose : per work, which statistic to keep (:func:`verify_landmarks`);
         ``None`` keeps all
+    boxes : build the evidence's boxes now (:func:`verify_landmarks`)
 
     Returns
     -------
@@ -579,7 +596,7 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
             continue
         works, views, _ = landmark_votes(d, i, table.rows, q["view"][c], exclude=ex)
         out.append(verify_landmarks(q, list(zip(works[:top], views[:top])), table, feature=feature,
-                                    statistics=statistics, choose=choose))
+                                    statistics=statistics, choose=choose, boxes=boxes))
     return out
 
 
@@ -650,7 +667,7 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
         q["desc"], q["xy"], q["size"] = table.desc[r], table.xy[r], table.size[r]
         queries.append(q)
     found = landmark_evidence(queries, index, table, feature=feature, exclude=[int(w) for w in sample],
-                              statistics=statistics)
+                              statistics=statistics, boxes=False)
     out = {}
     for stat in statistics:
         slots = STATISTIC_TOP[stat]

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -27,8 +27,8 @@ from scanner.errors import DecodeError, IndexError_, LikenessError, ParameterErr
 from scanner.features import WEIGHT_FREE, Featurizer, make
 from scanner.features.content import analyse
 from scanner.index import search, store
-from scanner.match import (LANDMARK_STATISTICS, STATISTIC_TOP, LandmarkTable, best_per_work, landmark_evidence,
-                           landmark_null_scores)
+from scanner.match import (LANDMARK_STATISTICS, STATISTIC_TOP, LandmarkTable, best_per_work, landmark_detail,
+                           landmark_evidence, landmark_null_scores)
 from scanner.match_audio import AUDIO_TOP, WINDOW, PostingsTable, align, postings_null_scores
 from scanner.match_melody import WorkFrames, fit_melody_null, melody_evidence, melody_null_scores, span_for
 from scanner.match_melody import expected_chance as melody_expected
@@ -46,6 +46,9 @@ BATCH = 64
 K = 10
 #: Matches listed per result.
 MAX_MATCHES = 5
+#: Key of a match whose locator is still to be built (:meth:`Scanner._shown_locators`);
+#: never in a result.
+PENDING = "_locator_pending"
 
 
 class Progress(Protocol):
@@ -956,6 +959,7 @@ class Scanner:
             for q, ev in zip(chunk, self._evidence(chunk)):
                 if q.error is not None or q.featureless or not ev:
                     continue
+                self._shown_locators(ev)  # a keyframe's locator gains its timecode below
                 ev = ev + self._fused(ev)  # within one keyframe: both copy features saw the same picture
                 if q.item.modality == "image":
                     scaled = []
@@ -1031,7 +1035,8 @@ class Scanner:
 
         found = landmark_evidence([batch[i].prepared[feat.name] for i in pos], self.index.faiss_index(feat.name),
                                   self._landmarks(feat.name), feature=feat.name, statistics=tuple(nulls),
-                                  choose=expected)  # per work, its most significant statistic
+                                  choose=expected,  # per work, its most significant statistic
+                                  boxes=False)  # built for the matches shown (_shown_locators)
         for i, evs in zip(pos, found):
             if evs:
                 x = expected(np.array([e.raw for e in evs]), np.array([e.detail["statistic"] for e in evs]))
@@ -1113,7 +1118,19 @@ class Scanner:
             "expected": expected, "chance": pol.one_in(expected),
             "featureless_ref": work.featureless if work else None,
             "locator": self._locator(feat, e, work),
+            **({PENDING: lambda: self._locator(feat, replace(e, detail=landmark_detail(e), pending=None), work)}
+               if getattr(e, "pending", None) is not None else {}),
         }
+
+    @staticmethod
+    def _shown_locators(matches: Iterable[dict[str, Any]]) -> None:
+        """Landmark matches about to be shown get their boxes and heat maps, left for now
+        when verified (:func:`scanner.match.verify_landmarks`): a scan verifies several
+        works per query and shows few."""
+        for m in matches:
+            build = m.pop(PENDING, None)
+            if build is not None:
+                m["locator"] = build()
 
     def _locator(self, feat: Featurizer, e: Any, work: Any) -> dict[str, Any] | None:
         """Where a match sits; in a video work, also the reference keyframe's ``ref_timecode`` (seconds).
@@ -1194,6 +1211,8 @@ class Scanner:
             for m in sorted(evidence, key=lambda m: m["expected"]):
                 nearest.setdefault(m["work_id"], m)
             result.candidates = list(nearest.values())[: self.candidates]
+            self._shown_locators(result.candidates)
+        self._shown_locators(result.matches)
         ledger.honour(result, self.decisions, self.works)
         return result
 

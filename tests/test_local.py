@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +99,13 @@ def test_half_crop_is_flagged_with_its_work_and_the_cropped_part(local_index: Pa
     assert r[2:6, 2:6].max() == 9
     from scanner.pipeline import scan
 
-    scan([tmp_path / "crop.png"], local_index, out_dir=tmp_path / "res")  # the report draws it on both pictures
+    scan([tmp_path / "crop.png"], local_index, out_dir=tmp_path / "res", candidates=3)  # the report draws it
     assert (tmp_path / "res" / "report.html").read_text().count('class="heat"') == (q > 0).sum() + (r > 0).sum()
+    # boxes are built for what a result shows, matches and candidates alike, and nothing else rides along
+    line = json.loads((tmp_path / "res" / "results.jsonl").read_text().splitlines()[0])
+    local = [m for m in line["matches"] + line["candidates"] if m["feature"] == "image-local"]
+    assert local and all("query_box" in m["locator"] and "ref_heat" in m["locator"] for m in local)
+    assert not any(k.startswith("_") for m in line["matches"] + line["candidates"] for k in m)
 
 
 def test_work_pasted_into_another_picture_is_flagged_with_the_pasted_area(local_index: Path, refs_dir: Path,
@@ -411,7 +417,7 @@ def test_repeated_elements_are_matched_by_the_repeated_statistic() -> None:
     """Every arrow of a lattice looks like every other, so Lowe's ratio test
     drops nearly all keypoints; keeping the alike ones as hypotheses lets one
     transform pick the right ones, each keypoint counted once."""
-    from scanner.match import LandmarkTable, verify_landmarks
+    from scanner.match import LandmarkTable, landmark_detail, verify_landmarks
 
     feat = make("image-local")
     codes, extra = feat.index_rows(feat.prepare_reference(_lattice()))
@@ -425,6 +431,10 @@ def test_repeated_elements_are_matched_by_the_repeated_statistic() -> None:
     assert several and several[0].raw >= 40 and several[0].raw >= 3 * max(n_lowe, 1), (lowe, several)
     assert several[0].detail["statistic"] == "repeated" and all(e.detail["statistic"] == "unique" for e in lowe)
     assert several[0].detail["inliers"] == several[0].raw <= min((query["view"] == 0).sum(), len(codes))
+    # a scan leaves the boxes for the matches it shows: built later, they are the same
+    later = verify_landmarks(query, [(0, 0)], table, feature="image-local", statistics=["repeated"], boxes=False)
+    assert later[0].detail == {"inliers": several[0].raw, "statistic": "repeated"}
+    assert landmark_detail(later[0]) == several[0].detail and landmark_detail(several[0]) is several[0].detail
 
 
 def test_expected_landmark_scores_each_statistic_by_its_own_null() -> None:
