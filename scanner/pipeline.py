@@ -1119,7 +1119,7 @@ class Scanner:
             "featureless_ref": work.featureless if work else None,
             "locator": self._locator(feat, e, work),
             **({PENDING: lambda: self._locator(feat, replace(e, detail=landmark_detail(e), pending=None), work)}
-               if getattr(e, "pending", None) is not None else {}),
+               if e.pending is not None else {}),
         }
 
     @staticmethod

@@ -235,15 +235,14 @@ def _describe(image: Image.Image, box: tuple[int, int, int, int], *, n_features:
     x0, y0 = box[0], box[1]
     grey, scale = working_grey(image, box)
     frame_size = np.array(frame or (image.width, image.height), np.float32)
+    to_frame = None if turn is None else np.asarray(turn.matrix, np.float32)
     parts = []
-    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror,
-                                                                extra=extra)):
+    for view, (xy, desc) in enumerate(orb_keypoints(grey, n_features=n_features, mirror=mirror, extra=extra)):
         if view:  # back to the box's pixels, then to the mirrored whole picture
             xy[:, 0] = (grey.shape[1] - 1) - xy[:, 0]
         px = xy / scale + np.array([x0, y0], np.float32)
-        if turn is not None:
-            m = np.asarray(turn.matrix, np.float32)
-            px = px @ m[:, :2].T + m[:, 2]
+        if to_frame is not None:
+            px = px @ to_frame[:, :2].T + to_frame[:, 2]
         norm = px / frame_size
         if view:
             norm[:, 0] = 1.0 - norm[:, 0]
