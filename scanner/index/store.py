@@ -69,6 +69,9 @@ IVF_FROM = 32768
 IVF_NPROBE = 4
 #: faiss files from this size on open memory-mapped: pages are read as searches touch
 #: them (a compressed IVF reads only the lists it probes) and stay in the page cache, shared.
+#: Mapped in place (``IO_FLAG_MMAP_IFC``): an inverted file's lists are searched in
+#: the mapping as in memory, where ``IO_FLAG_MMAP``'s on-disk lists cost a fifth more
+#: per search (5.5 against 7.0 ms per query picture at 8.3M ORB descriptors).
 MMAP_FROM = 256 << 20
 
 
@@ -326,7 +329,7 @@ class Index:
             import faiss
 
             path = self._file(f"{feature}.faiss")
-            flags = faiss.IO_FLAG_MMAP if path.stat().st_size > MMAP_FROM else 0
+            flags = faiss.IO_FLAG_MMAP_IFC if path.stat().st_size > MMAP_FROM else 0
             try:
                 if _is_binary(self.features[feature]["kind"]):
                     self._faiss[feature] = faiss.read_index_binary(str(path), flags)
