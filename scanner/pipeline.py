@@ -295,10 +295,19 @@ def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: 
 
 #: Featurizers seen by forked decode processes (set before the pool forks).
 _FORKED_FEATURIZERS: Sequence[Featurizer] = ()
+#: The scanner forked decode processes judge with, if they judge (set before the pool forks).
+_FORKED_SCANNER: Scanner | None = None
 
 
-def _die_with_parent(parent: int) -> None:
-    """Decode worker start-up: go when the scan process goes, even by ``kill -9``.
+def forks(featurizers: Sequence[Featurizer]) -> bool:
+    """Whether :func:`prepare_stream` prepares for these featurizers in forked processes:
+    weight-free ones only (a model must not be forked), where the system forks."""
+    return hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
+
+
+def _worker_start(parent: int, judge: bool) -> None:
+    """Decode worker start-up: go when the scan process goes, even by ``kill -9``;
+    a judging worker searches on one thread (its siblings hold the other cores).
 
     Otherwise a killed scan leaves its workers behind, holding memory and the
     terminal's pipes, waiting forever for work. Linux sends the worker SIGKILL
@@ -307,6 +316,9 @@ def _die_with_parent(parent: int) -> None:
     import ctypes
     import signal
 
+    if judge:
+        # one thread also keeps faiss's OpenMP off a thread team inherited from the parent
+        search.configure_faiss(1)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -316,13 +328,21 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _prepare_chunk(items: Sequence[media.Input], featurizers: Sequence[Featurizer] | None = None,
-                   reference: bool = False) -> list[Prepared]:
-    return [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers, reference)
-            for item in items]
+                   reference: bool = False, judge: bool = False) -> list[Prepared] | list[Result]:
+    prepared = [_prepare_one(item, _FORKED_FEATURIZERS if featurizers is None else featurizers, reference)
+                for item in items]
+    if not judge or _FORKED_SCANNER is None:
+        return prepared
+    # pictures only: a recording's or a video's features are large, and judging them
+    # here would add the search's memory to the decoder's peak in the same process
+    pictures = [p for p in prepared if p.item.modality == "image"]
+    judged = iter(_FORKED_SCANNER.judge(pictures) if pictures else [])
+    return [next(judged) if p.item.modality == "image" else p for p in prepared]
 
 
 def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurizer], *,
-                   workers: int | None = None, reference: bool = False) -> Iterator[Prepared]:
+                   workers: int | None = None, reference: bool = False,
+                   judge: Scanner | None = None) -> Iterator[Prepared | Result]:
     """Decode and prepare items ahead of the caller, in order, with bounded look-ahead.
 
     ``reference=True`` prepares references being indexed
@@ -332,21 +352,28 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
     the GIL part of the time; processes scale to every core); featurizers with
     a model run in threads, since a model must not be forked and Pillow
     releases the GIL while decoding.
+
+    ``judge``: a scanner the forked processes inherit and judge pictures with
+    (only where they fork, :func:`forks`): the stream then yields a
+    :class:`Result` per picture, and a :class:`Prepared` for any other item
+    and for one whose decoder crashed its process.
     """
-    global _FORKED_FEATURIZERS
+    global _FORKED_FEATURIZERS, _FORKED_SCANNER
     cpus = len(os.sched_getaffinity(0))
-    fork = hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
-    if fork:
+    if forks(featurizers):
         import multiprocessing
 
         _FORKED_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
+        _FORKED_SCANNER = judge
         context = multiprocessing.get_context("fork")
-        chunk, args = 16, (None, reference)
+        chunk, args = 16, (None, reference, judge is not None)
 
         def new_pool() -> Any:
-            return ProcessPoolExecutor(workers or cpus, mp_context=context, initializer=_die_with_parent,
-                                       initargs=(os.getpid(),))
+            return ProcessPoolExecutor(workers or cpus, mp_context=context, initializer=_worker_start,
+                                       initargs=(os.getpid(), judge is not None))
     else:
+        if judge is not None:
+            raise ParameterError("only forked decode workers judge: these featurizers are prepared in threads")
         chunk, args = 1, (featurizers, reference)
 
         def new_pool() -> Any:
@@ -394,15 +421,16 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
             yield from collect(*pending.pop(0))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        _FORKED_SCANNER = None
 
 
-def _batches(stream: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
-    batch: list[Prepared] = []
+def _batches(stream: Iterator[Prepared | Result], size: int) -> Iterator[list[Prepared | Result]]:
+    batch: list[Prepared | Result] = []
     weight = 0
     for p in stream:
         batch.append(p)
         # a video weighs its keyframes: a batch never holds many films' features
-        weight += len(p.parts) if p.parts else 1
+        weight += len(p.parts) if isinstance(p, Prepared) and p.parts else 1
         if weight >= size:
             yield batch
             batch = []
@@ -1217,9 +1245,20 @@ class Scanner:
         return result
 
     def check_paths(self, items: Iterable[media.Input]) -> Iterator[Result]:
-        """Results for items, in order, batched (decoding runs ahead in threads)."""
-        for batch in _batches(prepare_stream(items, self.featurizers), BATCH):
-            yield from self.judge(batch)
+        """Results for items, in order.
+
+        Where decoding runs in forked processes (:func:`forks`) and the
+        search on the CPU, each process judges the pictures it decoded, with
+        this scanner as forked (the index's large files are memory-mapped,
+        their pages shared): every core decodes and searches pictures. The
+        rest (recordings, videos, everything when decoding runs in threads)
+        is judged here, in batches.
+        """
+        judge = self if forks(self.featurizers) and not search.may_use_gpu(self.options.device) else None
+        for batch in _batches(prepare_stream(items, self.featurizers, judge=judge), BATCH):
+            todo = [p for p in batch if isinstance(p, Prepared)]
+            judged = iter(self.judge(todo) if todo else [])
+            yield from (next(judged) if isinstance(p, Prepared) else p for p in batch)
 
     def close(self) -> None:
         self.index.close()

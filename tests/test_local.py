@@ -515,3 +515,45 @@ def test_a_turned_copy_spends_its_keypoints_on_the_work_not_on_the_ground(local_
     assert found and result.verdict == "flagged", result.reason
     x0, y0, x1, y1 = found[0]["locator"]["query_box"]
     assert x0 < 0.15 and y0 < 0.15 and x1 > 0.85 and y1 > 0.85  # the whole turned copy
+
+
+def test_decode_workers_judge_the_pictures_they_decode_as_this_process_would(
+        local_index: Path, refs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every core decodes and searches: a scan's forked decode workers judge their pictures
+    with the scanner they inherit (each reads the catalog through its own connection), and
+    the results are those of judging in this process."""
+    import os
+
+    from scanner import media, pipeline
+    from scanner.demo import MILD_TRANSFORMS
+
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for i in (0, 3, 5):
+        MILD_TRANSFORMS["jpeg-q40"](_ref(refs_dir, i)).save(outs / f"copy{i}.jpg")
+    synthetic_picture(4321).save(outs / "unrelated.png")
+    (outs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    judged_in = tmp_path / "judged-in"
+    real = pipeline.Scanner.judge
+
+    def judge(self, batch):
+        with open(judged_in, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return real(self, batch)
+
+    monkeypatch.setattr(pipeline.Scanner, "judge", judge)
+    seen = []
+    scan([outs], local_index, on_result=seen.append)
+    pids = set(judged_in.read_text().split())
+    assert pids and str(os.getpid()) not in pids  # judged in the workers only
+
+    scanner = pipeline.Scanner(local_index)
+    items = [i for i in media.discover([outs]) if isinstance(i, media.Input)]
+    here = real(scanner, [pipeline._prepare_one(i, scanner.featurizers) for i in items])
+    assert [r.to_dict() for r in seen] == [r.to_dict() for r in here]
+    by_name = {Path(r.path).name: r for r in seen}
+    for i in (0, 3, 5):
+        r = by_name[f"copy{i}.jpg"]
+        assert r.verdict == "flagged" and r.matches[0]["title"] == f"Work {i}", r.reason
+    assert by_name["unrelated.png"].verdict == "clear"
+    assert by_name["broken.png"].verdict == "error"

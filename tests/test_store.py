@@ -29,6 +29,28 @@ def test_index_reopens_identically(phash_index: Path) -> None:
     assert store.verify_index(phash_index)["files"] == 4
 
 
+def test_a_forked_process_reads_the_catalog_through_its_own_connection(phash_index: Path) -> None:
+    """Decode workers judge with the scanner they inherit by fork: one SQLite
+    connection must not serve two processes."""
+    with store.open_index(phash_index) as idx:
+        parent = idx.catalog()
+        titles = {w.title for w in idx.works().values()}
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child answers through the pipe and leaves, whatever happens
+            ok = False
+            try:
+                ok = idx.catalog() is not parent and {idx.work_lookup()[i].title for i in idx.works()} == titles
+            finally:
+                os.write(write, b"1" if ok else b"0")
+                os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.waitpid(pid, 0)
+        assert answer == b"1"
+        assert idx.catalog() is parent  # this process keeps its own
+
+
 def test_add_and_remove_keep_ids_and_vectors_consistent(fresh_index: Path, tmp_path: Path) -> None:
     more = tmp_path / "more"
     more.mkdir()

@@ -198,6 +198,12 @@ def resolve_device(device: str = "auto") -> str:
     raise ParameterError(f"device must be auto, cpu or cuda, given device={device!r}")
 
 
+def may_use_gpu(device: str = "auto") -> bool:
+    """Whether a search asked to run on ``device`` may run on a GPU, answered without
+    importing torch: ``cuda``, or ``auto`` where an NVIDIA driver is loaded."""
+    return device != "cpu" and (device != "auto" or _nvidia_driver())
+
+
 def faiss_gpus() -> int:
     """GPUs faiss itself can search on: 0 with the ``faiss-cpu`` wheel (no GPU code in it)."""
     try:

@@ -267,6 +267,7 @@ class Index:
         self._landmarks: dict[str, dict[str, np.ndarray]] = {}
         self._weights: dict[str, np.ndarray] = {}
         self._catalog: sqlite3.Connection | None = None
+        self._catalog_pid = 0
         self._works: dict[int, Work] | None = None
 
     # -- identity ------------------------------------------------------------------
@@ -399,8 +400,15 @@ class Index:
         return self.path / THUMBS
 
     def catalog(self) -> sqlite3.Connection:
+        if self._catalog is not None and self._catalog_pid != os.getpid():
+            # forked (decode workers judge with the scanner they inherit): one SQLite
+            # connection must not serve two processes, and the file is checked again
+            # in case a writer swapped the index in between
+            self._catalog = None
+            self._checked.discard(CATALOG)
         if self._catalog is None:
             path = self._file(CATALOG)
+            self._catalog_pid = os.getpid()
             # immutable: files in a published index never change (writes swap the directory)
             self._catalog = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
                                             check_same_thread=False)
