@@ -29,25 +29,43 @@ def test_index_reopens_identically(phash_index: Path) -> None:
     assert store.verify_index(phash_index)["files"] == 4
 
 
-def test_a_forked_process_reads_the_catalog_through_its_own_connection(phash_index: Path) -> None:
-    """Decode workers judge with the scanner they inherit by fork: one SQLite
-    connection must not serve two processes."""
-    with store.open_index(phash_index) as idx:
+def _in_child(ask) -> bool:
+    """``ask()`` answered in a forked child (through a pipe; the child leaves whatever happens)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = bool(ask())
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return answer == b"1"
+
+
+def test_a_forked_process_reads_the_catalog_through_its_own_connection(fresh_index: Path) -> None:
+    """Decode workers judge with the scanner they inherit by fork: one SQLite connection
+    must not serve two processes, and a worker started after a writer swapped the index
+    still reads the catalog the scan opened."""
+    with store.open_index(fresh_index) as idx:
         parent = idx.catalog()
         titles = {w.title for w in idx.works().values()}
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child answers through the pipe and leaves, whatever happens
-            ok = False
-            try:
-                ok = idx.catalog() is not parent and {idx.work_lookup()[i].title for i in idx.works()} == titles
-            finally:
-                os.write(write, b"1" if ok else b"0")
-                os._exit(0)
-        os.close(write)
-        answer = os.read(read, 1)
-        os.waitpid(pid, 0)
-        assert answer == b"1"
+
+        def reads_the_same_catalog() -> bool:
+            lookup = idx.work_lookup()
+            return idx.catalog() is not parent and {lookup[i].title for i in idx.works()} == titles \
+                and sorted(lookup) == sorted(idx.works())
+
+        assert _in_child(reads_the_same_catalog)
+        with store.IndexWriter(fresh_index) as w:  # swaps a new index in under the open one
+            w.add_work(path="new.png", sha256="e" * 64, modality="image", title="New")
+        with store.open_index(fresh_index) as new:
+            assert new.n_works == len(titles) + 1
+        assert _in_child(reads_the_same_catalog)
         assert idx.catalog() is parent  # this process keeps its own
 
 

@@ -268,6 +268,7 @@ class Index:
         self._weights: dict[str, np.ndarray] = {}
         self._catalog: sqlite3.Connection | None = None
         self._catalog_pid = 0
+        self._catalog_fd = -1
         self._works: dict[int, Work] | None = None
 
     # -- identity ------------------------------------------------------------------
@@ -402,21 +403,51 @@ class Index:
     def catalog(self) -> sqlite3.Connection:
         if self._catalog is not None and self._catalog_pid != os.getpid():
             # forked (decode workers judge with the scanner they inherit): one SQLite
-            # connection must not serve two processes, and the file is checked again
-            # in case a writer swapped the index in between
-            self._catalog = None
-            self._checked.discard(CATALOG)
+            # connection must not serve two processes
+            self._catalog = self._catalog_after_fork()
+            self._catalog_pid = os.getpid()
         if self._catalog is None:
             path = self._file(CATALOG)
+            # held open: a forked process reads this file even once a writer has swapped the index
+            self._catalog_fd = os.open(path, os.O_RDONLY)
             self._catalog_pid = os.getpid()
-            # immutable: files in a published index never change (writes swap the directory)
-            self._catalog = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
-                                            check_same_thread=False)
+            self._catalog = _read_only(path)
             version = self._catalog.execute("PRAGMA user_version").fetchone()[0]
             if version > CATALOG_SCHEMA:
                 raise IndexError_(f"{path} has catalog schema {version}, newer than this "
                                   f"likeness understands ({CATALOG_SCHEMA}); upgrade likeness")
         return self._catalog
+
+    def _catalog_after_fork(self) -> sqlite3.Connection:
+        """A forked process's own connection to the catalog its parent opened: by its path
+        while the path still holds that file, else from the file's bytes, read through the
+        descriptor the parent holds (a writer swapped the index after the parent opened it)."""
+        path = self.path / CATALOG
+        held = os.fstat(self._catalog_fd)
+
+        def same_file() -> bool:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return False
+            return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+        if same_file():
+            conn = _read_only(path)
+            if same_file():  # not swapped while connecting
+                return conn
+            conn.close()
+        conn = sqlite3.connect(":memory:", check_same_thread=False)
+        if not hasattr(conn, "deserialize"):  # Python 3.10
+            raise IndexError_(f"{self.path} was replaced by a writer while this scan ran; scan again")
+        chunks, offset = [], 0
+        while offset < held.st_size:
+            chunks.append(os.pread(self._catalog_fd, min(1 << 24, held.st_size - offset), offset))
+            if not chunks[-1]:
+                break
+            offset += len(chunks[-1])
+        conn.deserialize(b"".join(chunks))
+        return conn
 
     def works(self) -> dict[int, Work]:
         """Every work in the catalog, by id."""
@@ -437,6 +468,9 @@ class Index:
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
+        if self._catalog_fd >= 0:
+            os.close(self._catalog_fd)
+            self._catalog_fd = -1
 
     def __enter__(self) -> "Index":
         return self
@@ -578,6 +612,12 @@ def _settle(path: Path) -> None:
         if not path.exists() and _siblings(path, "old"):
             with _locked(path):
                 _recover(path)
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a published catalog."""
+    # immutable: files in a published index never change (writes swap the directory)
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
 
 
 def _verify_file(root: Path, name: str, expected: dict[str, Any] | None, *, use_stamp: bool) -> None:
