@@ -921,7 +921,10 @@ class Scanner:
         self._tables: dict[str, LandmarkTable] = {}
         self._postings: dict[str, PostingsTable] = {}
         self._frames: dict[str, WorkFrames] = {}
-        for feat in self.featurizers:  # load and verify everything before the first result
+        # load and verify everything before the first result (and before decode workers
+        # fork and judge with this scanner: what they inherit is the index opened here,
+        # even if a writer swaps another in while the scan runs)
+        for feat in self.featurizers:
             if feat.kind == "postings":
                 extra = self.index.landmarks(feat.name)
                 self._postings[feat.name] = PostingsTable.from_arrays(
@@ -929,8 +932,11 @@ class Scanner:
                 continue
             self.index.faiss_index(feat.name)
             self.index.rows(feat.name)
+            self.index.row_weights(feat.name)
             if feat.kind == "landmark":
                 self._landmarks(feat.name)
+            elif feat.metric == "hamming" and feat.codes_per_item:
+                self._ref_ones(feat.name)
 
     def _ref_ones(self, feature: str) -> np.ndarray:
         if feature not in self._ones:
