@@ -196,7 +196,7 @@ def working_grey(image: Image.Image, box: tuple[int, int, int, int] | None = Non
     """
     cv2 = _cv2()
     box = box or (0, 0, image.width, image.height)
-    grey = np.asarray(image.convert("L").crop(box))
+    grey = np.asarray(image.crop(box).convert("L"))  # the box alone turned grey: tiles are a fraction of it
     h, w = grey.shape
     scale = side / max(h, w, 1)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))

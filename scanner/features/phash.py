@@ -75,7 +75,7 @@ class PHash(Featurizer):
         # imagehash resamples to 4 x hash_size with Lanczos, which is slow from
         # a large picture: a box reduction to twice that size first keeps the
         # hash and costs a fraction
-        grey = image.convert("L").crop(box)
+        grey = image.crop(box).convert("L")
         factor = min(grey.width, grey.height) // (8 * self.hash_size)
         if factor > 1:
             grey = grey.reduce(factor)
