@@ -7,7 +7,9 @@
    image-phash,image-local`` (the index is reused while its list is unchanged).
 2. Queries: ``--queries`` inputs, half copies of indexed works (resized to
    70% and JPEG q75, so every copy goes through geometric verification) and
-   half pictures that are not in the index.
+   half pictures that are not in the index; with ``--side N`` all of them
+   resized to N pixels on their longer side (generated outputs are 1024),
+   which gives every picture its four tiles.
 3. ``likeness scan`` through the real command line, timed as the scan's own
    ``run.json`` seconds (in-process) and wall clock (process start included);
    repeated ``--repeat`` times, best kept. The 1-minute load average is
@@ -17,7 +19,7 @@ Writes ``benchmarks/results/scan_throughput-<works>.json`` and ``.md``.
 
 Usage::
 
-    python benchmarks/scan_throughput.py [--works 10000] [--queries 1000] [--repeat 2] [--work DIR]
+    python benchmarks/scan_throughput.py [--works 10000] [--queries 1000] [--repeat 2] [--side N] [--work DIR]
 """
 
 from __future__ import annotations
@@ -63,15 +65,17 @@ def pictures() -> list[Path]:
     return out
 
 
-def _copy(job: tuple[str, str]) -> None:
+def _copy(job: tuple[str, str, int]) -> None:
+    """One query: the picture at 70% of its size (or with its longer side ``side``), as JPEG q75."""
     from PIL import Image
 
     from scanner.demo import flatten
 
-    src, dst = job
+    src, dst, side = job
     with Image.open(src) as im:
         im = flatten(im)
-        im = im.resize((max(1, round(im.width * 0.7)), max(1, round(im.height * 0.7))))
+        scale = side / max(im.size) if side else 0.7
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
         im.save(dst, "JPEG", quality=75)
 
 
@@ -80,6 +84,9 @@ def set_arguments(ap: argparse.ArgumentParser, *, works: int, queries: int) -> N
     ap.add_argument("--works", type=int, default=works)
     ap.add_argument("--queries", type=int, default=queries)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--side", type=int, default=0,
+                    help="queries resized so their longer side is this many pixels, as generated outputs "
+                         "are (0: copies at 70%%, other pictures as they are)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/likeness-throughput"))
     ap.add_argument("--results", type=Path, default=RESULTS)
 
@@ -92,7 +99,9 @@ def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]
     rng.shuffle(pics)
     refs, others = pics[:args.works], pics[args.works:args.works + args.queries // 2]
     root = args.work / f"works-{args.works}-seed{args.seed}"
-    ref_dir, query_dir, index = root / "refs", root / f"queries-{args.queries}-v{QUERY_VERSION}", root / "index"
+    side = getattr(args, "side", 0)
+    ref_dir, index = root / "refs", root / "index"
+    query_dir = root / (f"queries-{args.queries}-v{QUERY_VERSION}" + (f"-side{side}" if side else ""))
     listing = "\n".join(map(str, refs))
     if not (root / "refs.txt").exists() or (root / "refs.txt").read_text() != listing:
         subprocess.run(["rm", "-rf", str(root)], check=True)
@@ -103,11 +112,14 @@ def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]
     if not query_dir.exists():
         query_dir.mkdir(parents=True)
         copied = rng.sample(refs, args.queries - len(others))
-        jobs = [(str(p), str(query_dir / f"copy-{i:05d}.jpg")) for i, p in enumerate(copied)]
+        jobs = [(str(p), str(query_dir / f"copy-{i:05d}.jpg"), side) for i, p in enumerate(copied)]
+        if side:  # the other pictures at that size too
+            jobs += [(str(p), str(query_dir / f"other-{i:05d}.jpg"), side) for i, p in enumerate(others)]
+        else:
+            for i, p in enumerate(others):
+                os.symlink(p, query_dir / f"other-{i:05d}{p.suffix.lower()}")
         with ProcessPoolExecutor() as ex:
             list(ex.map(_copy, jobs, chunksize=16))
-        for i, p in enumerate(others):
-            os.symlink(p, query_dir / f"other-{i:05d}{p.suffix.lower()}")
     info: dict[str, Any] = {}
     if not (index / "manifest.json").exists():
         t0 = time.perf_counter()
@@ -170,20 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     runs = [scan_once(query_dir, index, args.work / f"out-{i}") for i in range(args.repeat)]
     best = max(runs, key=lambda r: r["images_per_s"])
     rep = {"benchmark": "scan_throughput", "features": FEATURES, "works": args.works, "queries": args.queries,
+           "side": args.side,
            "seed": args.seed, "index": info, "runs": runs, "best": best,
            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()}}
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"scan_throughput-{args.works}"
+    stem = args.results / (f"scan_throughput-{args.works}" + (f"-side{args.side}" if args.side else ""))
     stem.with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
     rows = "\n".join(f"| {i + 1} | {r['inputs']} | {r['seconds']:.1f} | {r['images_per_s']} | "
                      f"{r['images_per_s_wall']} | {r['cpu_ms_per_image']} | {r['load1_before']} / {r['load1_after']} |"
                      for i, r in enumerate(runs))
     text = (f"# Scan throughput, `{FEATURES}`, {info['n_works']} works\n\n"
             f"`python benchmarks/scan_throughput.py --works {args.works} --queries {args.queries} "
-            f"--repeat {args.repeat}` on {rep['machine']['cpus']} cores. Index rows: {info['rows']}"
+            f"--repeat {args.repeat}" + (f" --side {args.side}" if args.side else "")
+            + f"` on {rep['machine']['cpus']} cores. Index rows: {info['rows']}"
             + (f"; built in {info['build_seconds']} s" if "build_seconds" in info else "") + ".\n\n"
-            f"Queries: half copies of indexed works (70%, JPEG q75), half pictures not in the index.\n\n"
-            "| run | inputs | seconds (in-process) | images/s | images/s (wall) | CPU ms per image (all processes) "
+            + (f"Queries: half copies of indexed works, half pictures not in the index, all resized to "
+               f"{args.side} pixels on their longer side and saved as JPEG q75.\n\n" if args.side else
+               "Queries: half copies of indexed works (70%, JPEG q75), half pictures not in the index.\n\n")
+            + "| run | inputs | seconds (in-process) | images/s | images/s (wall) | CPU ms per image (all processes) "
             "| load average before / after |\n"
             "|---:|---:|---:|---:|---:|---:|---|\n" + rows + "\n\n"
             f"Best: **{best['images_per_s']} images/s** (target >= 50). Verdicts of the best run: {best['counts']}; "
