@@ -74,8 +74,9 @@ def _copy(job: tuple[str, str, int]) -> None:
     src, dst, side = job
     with Image.open(src) as im:
         im = flatten(im)
-        scale = side / max(im.size) if side else 0.7
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+        # 70% copies keep Pillow's default (bicubic) resampling, as made since QUERY_VERSION 1
+        scale, resample = (side / max(im.size), Image.Resampling.LANCZOS) if side else (0.7, None)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
         im.save(dst, "JPEG", quality=75)
 
 
@@ -99,7 +100,7 @@ def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]
     rng.shuffle(pics)
     refs, others = pics[:args.works], pics[args.works:args.works + args.queries // 2]
     root = args.work / f"works-{args.works}-seed{args.seed}"
-    side = getattr(args, "side", 0)
+    side = args.side
     ref_dir, index = root / "refs", root / "index"
     query_dir = root / (f"queries-{args.queries}-v{QUERY_VERSION}" + (f"-side{side}" if side else ""))
     listing = "\n".join(map(str, refs))
