@@ -179,9 +179,7 @@ def resolve_device(device: str = "auto") -> str:
     -------
     device : str, ``cpu`` or ``cuda[:N]``
     """
-    if device == "cpu":
-        return "cpu"
-    if device == "auto" and not _nvidia_driver():
+    if not may_use_gpu(device):
         return "cpu"  # without importing torch, which alone costs ~400 MB of memory and a second
     if device == "auto" or device.startswith("cuda"):
         try:
