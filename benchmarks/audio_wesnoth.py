@@ -55,8 +55,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scanner import media, pipeline  # noqa: E402
+from scanner.index import store  # noqa: E402
 from scanner.features import make  # noqa: E402
-from scanner.match_audio import align  # noqa: E402
+from scanner.match.postings import align  # noqa: E402
 
 MUSIC = Path("/usr/share/games/wesnoth/1.16/data/core/music")
 SOUNDS = Path("/usr/share/games/wesnoth/1.16/data/core/sounds")
@@ -249,7 +250,7 @@ def main() -> None:
                     "python": platform.python_version()},
         "index": {"tracks": len(refs), "minutes": round(ref_seconds / 60, 1), "build_s": round(build_s, 2),
                   "build_x_realtime": round(ref_seconds / build_s, 1), "held_out_families": sorted(held),
-                  "null": pipeline.store.open_index(work / "index").null.get("audio-fingerprint")},
+                  "null": store.open_index(work / "index").null.get("audio-fingerprint")},
         "scan": {"files": len(items), "seconds": round(scan_s, 2),
                  "audio_x_realtime": round((len(queries) * args.seconds + sum(
                      duration(Path(n["path"])) for n in negatives)) / scan_s, 1)},

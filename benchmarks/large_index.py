@@ -5,7 +5,7 @@ generator ``bench search`` uses), drawn block by block with a seed per block, so
 copy of the rows is ever held in memory or written to disk (10M x 512 fp32 is 20 GB).
 The index is built the way ``likeness index build`` writes any feature: through
 :class:`scanner.index.store.IndexWriter` (staged, hashed into the manifest, swapped in
-by rename), here from a :class:`scanner.index.search.VectorStream`; past
+by rename), here from a :class:`scanner.search.VectorStream`; past
 ``search.COMPRESSED_MIN_BYTES`` of fp32 rows that is an IVF of SQ8 codes whose recall@10 against
 exact search is measured on held-out queries during the same pass and kept in the
 manifest (``likeness index info`` prints it).
@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scanner.bench import GaussianMixture, load1  # noqa: E402
-from scanner.index import search, store  # noqa: E402
+from scanner import search
+from scanner.index import store  # noqa: E402
 
 FEATURE = "synthetic-dense"
 #: rows per generated block, and per work in the catalog (one work, many locators)

@@ -354,7 +354,8 @@ def diagnose(the_set: dict[str, Any], index_dir: Path, ex: ProcessPoolExecutor) 
     """Hamming distances to the right work and to the nearest wrong one, as quantiles."""
     from scanner import policy as pol
     from scanner.features import make
-    from scanner.index import search, store
+    from scanner import search
+from scanner.index import store
 
     feat = make(FEATURE)
     with store.open_index(index_dir) as idx:

@@ -10,7 +10,7 @@ Every figure is measured in the same process as the limit it is compared with:
   every code once, so for ``Q = 1`` this is the bound; a batch reuses codes from
   cache and is then limited by popcount throughput (ratios above 1 are possible);
 - postings (``kind="postings"``): fingerprint lookups through
-  :func:`scanner.match_audio.lookup`, the scan's own code path, over a sorted
+  :func:`scanner.match.postings.lookup`, the scan's own code path, over a sorted
   table of ``N`` uint32 keys. GB/s of the bytes every lookup must move, probe
   keys in (4 B each) and ``(query, row)`` int64 pairs out (16 B each), against
   the same bandwidth.
@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scanner.errors import ParameterError
-from scanner.index import search
+from scanner import search
 
 LOG = logging.getLogger(__name__)
 
@@ -142,16 +142,16 @@ def synthetic_postings(n: int, *, seed: int = 0, sigma: float = 1.5) -> Any:
 
     Keys are drawn from the :mod:`scanner.features.fingerprint` key space with
     log-normal popularity (``sigma``), so a few keys are common (some past
-    :data:`scanner.match_audio.MAX_POSTINGS_PER_KEY`, stop words) and most are rare,
+    :data:`scanner.match.postings.MAX_POSTINGS_PER_KEY`, stop words) and most are rare,
     as in real indexes; times, spans and pitches are zeros (lookups never read them).
 
     Returns
     -------
-    table : :class:`scanner.match_audio.PostingsTable`, sorted by key
+    table : :class:`scanner.match.postings.PostingsTable`, sorted by key
     weights : float64 ``[shape=(n_keys,)]``, each key's probability (for drawing queries)
     """
     from scanner.features.fingerprint import SIZES
-    from scanner.match_audio import PostingsTable
+    from scanner.match.postings import PostingsTable
 
     rng = np.random.default_rng(seed)
     weights = rng.lognormal(0.0, sigma, int(np.prod(SIZES)))
@@ -335,7 +335,7 @@ def current_rss_mb() -> float:
 
 
 class HnswSearcher(search.Searcher):
-    """An HNSW graph from ``hnswlib`` or ``usearch`` behind the :class:`~scanner.index.search.Searcher` interface.
+    """An HNSW graph from ``hnswlib`` or ``usearch`` behind the :class:`~scanner.search.Searcher` interface.
 
     For comparison in ``bench search`` only (the ``ann`` extra): an HNSW graph cannot
     remove a vector, so the scanner's own indexes are flat or IVF. Both libraries get
@@ -482,7 +482,7 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     seed : int, data seed
     measure_peak : bool, also time the square GEMM / bandwidth (else peak is None)
     index : {"flat", "ivf", "auto"}, faiss dense only: the index
-        :func:`scanner.index.search.build_faiss_index` builds (``ivf``: nprobe tuned
+        :func:`scanner.search.build_faiss_index` builds (``ivf``: nprobe tuned
         to recall@10 >= 0.95, as ``likeness index build`` does past its size threshold)
     single : bool, latency mode: every query searched on its own (a one-asset
         ``check``); ``p50_ms`` is the median per-query time and ``qps`` its inverse
@@ -699,7 +699,7 @@ def bench_postings(*, n_postings: int, n_hashes: int = 10000, backend: str = "nu
                    seed: int = 0, recall_hashes: int = 200, measure_peak: bool = True) -> dict[str, Any]:
     """Time fingerprint lookups of a batch of query hashes against ``n_postings`` postings.
 
-    The timed call is :func:`scanner.match_audio.lookup` (probe expansion, key
+    The timed call is :func:`scanner.match.postings.lookup` (probe expansion, key
     ranges, every ``(query hash, row)`` pair), the scan's own path. ``backend``
     ``numpy`` uses the table's direct-address key directory (built once, before
     timing, as a scan builds it on its first file); ``searchsorted`` forces the
@@ -721,7 +721,7 @@ def bench_postings(*, n_postings: int, n_hashes: int = 10000, backend: str = "nu
         move (4 per probe key, 16 per pair), ``qps`` query hashes per second,
         ``dim`` 32 (key bits), ``k`` the mean pairs per hash
     """
-    from scanner.match_audio import MAX_POSTINGS_PER_KEY, expand_probes, lookup
+    from scanner.match.postings import MAX_POSTINGS_PER_KEY, expand_probes, lookup
 
     if backend not in POSTINGS_BACKENDS:
         raise ParameterError(f"postings backend must be one of {POSTINGS_BACKENDS}, given backend={backend!r}")

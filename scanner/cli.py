@@ -205,7 +205,7 @@ def index_remove(work_ids: List[int] = typer.Argument(..., help="Work ids (see `
 def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json"),
                hmac_key_file: Optional[Path] = HmacOpt) -> None:
     """Describe an index: id, works, features, models, thresholds, search structure and its recall."""
-    from scanner.index.search import describe_index
+    from scanner.search import describe_index
     from scanner.index.store import open_index
 
     with open_index(index, hmac_key=_key(hmac_key_file)) as idx:
@@ -321,7 +321,7 @@ def review_cmd(target: str = typer.Argument(..., help="The output file, or its s
                models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
     """Record a person's decision on an output in the index's decision ledger; later scans honour it."""
     from scanner.ledger import ledger_path
-    from scanner.pipeline import review
+    from scanner.decisions import review
 
     d = review(target, index, decision=decision, by=by, why=why, work_ids=work,
                options=_options(None, clip_model, clip_pretrained, models_dir), hmac_key=_key(hmac_key_file))
@@ -365,7 +365,7 @@ def calibrate_cmd(index: Path = IndexOpt,
                   clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
                   models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
     """Set the index's verdict thresholds from labelled positives and negatives."""
-    from scanner.pipeline import calibrate
+    from scanner.decisions import calibrate
 
     with progress_bar(not quiet and not as_json) as prog:
         cal = calibrate(index, positives, negatives, target_precision=target_precision,

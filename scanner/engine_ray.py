@@ -3,7 +3,7 @@
 Ray Data streams the inputs through pools of actors, each calling the same
 :mod:`scanner.pipeline` functions as the local engine::
 
-    inputs ─▶ decode actors (CPU): pipeline._prepare_one: decoding, per-item features
+    inputs ─▶ decode actors (CPU): pipeline.prepare_one: decoding, per-item features
            ─▶ embed actors (GPU where the cluster has GPUs; only for features with a model,
               image-clip): pipeline.embed_ahead
            ─▶ judge actors: a pipeline.Scanner, the index opened once per actor
@@ -104,7 +104,7 @@ class _Decode:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _kill_once("decode")
-        prepared = [pipeline._prepare_one(media.Input(Path(os.fsdecode(bytes(p))), str(m)),
+        prepared = [pipeline.prepare_one(media.Input(Path(os.fsdecode(bytes(p))), str(m)),
                                           self.featurizers, self.reference)
                     for p, m in zip(batch["path"], batch["modality"])]
         return {"i": batch["i"], "prepared": _objects(prepared)}
@@ -115,7 +115,7 @@ class _Embed:
 
     def __init__(self, how: Recipe, version: str) -> None:
         _same_version(version)
-        self.featurizers = [f for f in _featurizers(how) if pipeline.has_model(f)]
+        self.featurizers = [f for f in _featurizers(how) if f.embeds_with_model]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _kill_once("embed")
@@ -444,7 +444,7 @@ class RayEngine:
                 reference: bool = False) -> Iterator[pipeline.Prepared]:
         """Decoded (and, for model features, embedded) items in order, for :func:`pipeline.build_index`."""
         for _, p in self._stream(items, how=recipe(featurizers), reference=reference,
-                                 with_embed=any(pipeline.has_model(f) for f in featurizers), judge=None,
+                                 with_embed=any(f.embeds_with_model for f in featurizers), judge=None,
                                  ordered=True):
             yield p
 

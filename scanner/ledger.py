@@ -219,7 +219,7 @@ def honour(result: Any, decisions: Decisions, works: Mapping[int, Any]) -> None:
 
     Parameters
     ----------
-    result : a :class:`scanner.pipeline.Result` (``sha256``, ``verdict``,
+    result : a :class:`scanner.results.Result` (``sha256``, ``verdict``,
         ``reason``, ``matches``, ``decision``)
     decisions : the ledger
     works : the index's works by id (for their sha256)

@@ -318,7 +318,7 @@ def fit_inlier_null(inliers: np.ndarray, *, candidates: int,
     """Fit a null model of landmark inlier counts (larger = closer).
 
     ``inliers`` are the counts of chance candidates: references verified
-    against the best-voted other works (:func:`scanner.match.landmark_null_scores`).
+    against the best-voted other works (:func:`scanner.match.landmarks.landmark_null_scores`).
     Above a threshold ``u`` (their median), the chance that a candidate
     reaches ``n`` inliers is modelled as an exponential tail,
     ``P(X >= n) = p_u exp(-(n - u) / scale)`` (a generalised-Pareto tail with

@@ -21,7 +21,7 @@ from scanner import media, pipeline
 from scanner.errors import DecodeError
 from scanner.features import make
 from scanner.features.fingerprint import HASH_DTYPE, Fingerprint
-from scanner.match_audio import PostingsTable, align
+from scanner.match.postings import PostingsTable, align
 
 SR = 22050
 #: Features of the indexes built here (audio-melody has its own tests).

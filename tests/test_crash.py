@@ -207,7 +207,7 @@ def test_torn_last_line_is_never_a_result(tmp_path: Path) -> None:
     # a complete JSON object without its newline is still a torn line: the writer died mid-write
     path.write_text(whole + json.dumps({"path": "b.png", "verdict": "flagged"}))
     assert [r["path"] for r in read_results(path)] == ["a.png"]
-    from scanner.pipeline import _truncate_torn_tail
+    from scanner.results import truncate_torn_tail as _truncate_torn_tail
 
     _truncate_torn_tail(path, block=7)  # small blocks: the search crosses block edges
     assert path.read_text() == whole

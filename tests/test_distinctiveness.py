@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 from scanner import policy as pol
 from scanner.demo import synthetic_picture
 from scanner.index import store
-from scanner.pipeline import FeatureOptions, Scanner, build_index, media
+from scanner import media
+from scanner.pipeline import FeatureOptions, Scanner, build_index
 
 
 def _flip_bits(code: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -14,7 +14,9 @@ from scanner.demo import flatten, synthetic_picture
 from scanner.features import WEIGHT_FREE, make
 from scanner.features.local import KEYPOINT_DTYPE, extract
 from scanner.index import store
-from scanner.match import landmark_votes
+from scanner.search import binary_codes
+from scanner.match import landmarks
+from scanner.match.landmarks import landmark_votes
 from scanner.pipeline import FeatureOptions, build_index, check, remove_from_index, scan
 
 FEATURES = ["image-phash", "image-local"]
@@ -293,10 +295,10 @@ def test_large_landmark_sets_use_an_inverted_file() -> None:
     import faiss
 
     rng = np.random.default_rng(0)
-    codes = rng.integers(0, 256, (store.IVF_FROM + 100, 32), dtype=np.uint8)
-    index = store.binary_index(codes)
+    codes = rng.integers(0, 256, (landmarks.IVF_FROM + 100, 32), dtype=np.uint8)
+    index = landmarks.binary_index(codes)
     assert isinstance(index, faiss.IndexBinaryIVF) and index.ntotal == len(codes)
-    assert np.array_equal(store.binary_codes(index), codes)
+    assert np.array_equal(binary_codes(index), codes)
     D, I = index.search(codes[:50], 1)
     assert (D[:, 0] == 0).all() and np.array_equal(I[:, 0], np.arange(50))
 
@@ -344,7 +346,7 @@ def test_build_measures_how_hash_and_geometry_evidence_correlate(local_index: Pa
 
 
 def test_heat_grid_marks_the_cells_where_points_lie() -> None:
-    from scanner.match import heat_grid
+    from scanner.match.landmarks import heat_grid
 
     grid = heat_grid(np.array([[0.05, 0.05], [0.06, 0.07], [0.95, 0.5]]))
     assert len(grid) == 64 and grid[0] == "9" and grid[4 * 8 + 7] == "5"
@@ -356,7 +358,7 @@ def test_an_inverted_file_keeps_its_codes_memory_mapped_beside_it(tmp_path: Path
     """Reading codes back out of an inverted file walks every list (a second per
     million codes); the store keeps a plain copy that opens memory-mapped."""
     rng = np.random.default_rng(1)
-    n = store.IVF_FROM + 500
+    n = landmarks.IVF_FROM + 500
     codes = rng.integers(0, 256, (n, 32), dtype=np.uint8)
     identity = make("image-local").identity()
     path = tmp_path / "index"
@@ -379,7 +381,8 @@ def test_an_inverted_file_keeps_its_codes_memory_mapped_beside_it(tmp_path: Path
 
 def test_work_rows_from_spans_and_from_a_map() -> None:
     """A work's keypoint rows: spans when rows are in work order (read in blocks), a map otherwise."""
-    from scanner.match import LandmarkTable, _work_spans
+    from scanner.match.base import work_spans as _work_spans
+    from scanner.match.landmarks import LandmarkTable
 
     rng = np.random.default_rng(3)
     for trial in range(100):
@@ -417,7 +420,7 @@ def test_repeated_elements_are_matched_by_the_repeated_statistic() -> None:
     """Every arrow of a lattice looks like every other, so Lowe's ratio test
     drops nearly all keypoints; keeping the alike ones as hypotheses lets one
     transform pick the right ones, each keypoint counted once."""
-    from scanner.match import LandmarkTable, landmark_detail, verify_landmarks
+    from scanner.match.landmarks import LandmarkTable, landmark_detail, verify_landmarks
 
     feat = make("image-local")
     codes, extra = feat.index_rows(feat.prepare_reference(_lattice()))
@@ -467,7 +470,7 @@ def test_fill_tile_copy_is_found_by_the_repeated_statistic(refs_dir: Path, tmp_p
     m = _local(result)[0]
     assert Path(m["ref_path"]).name == "tile.png" and m["locator"]["statistic"] == "repeated"
     assert m["raw"] >= 40 and len({(x["work_id"], x["feature"]) for x in result.matches}) == len(result.matches)
-    from scanner.report.html import describe_match
+    from scanner.report.words import describe_match
 
     assert "repeated elements" in describe_match(m)["words"]  # the report says how the keypoints were paired
 
@@ -549,7 +552,7 @@ def test_decode_workers_judge_the_pictures_they_decode_as_this_process_would(
 
     scanner = pipeline.Scanner(local_index)
     items = [i for i in media.discover([outs]) if isinstance(i, media.Input)]
-    here = real(scanner, [pipeline._prepare_one(i, scanner.featurizers) for i in items])
+    here = real(scanner, [pipeline.prepare_one(i, scanner.featurizers) for i in items])
     assert [r.to_dict() for r in seen] == [r.to_dict() for r in here]
     by_name = {Path(r.path).name: r for r in seen}
     for i in (0, 3, 5):

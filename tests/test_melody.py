@@ -20,7 +20,7 @@ from scanner.cli import app
 from scanner.demo import random_melody
 from scanner.features.melody import (FRAME, REF_HOP, SEGMENT_DTYPE, Melody, melody_segments, normalise_frames,
                                      segments)
-from scanner.match_melody import SPANS, line_score, span_for, work_frames
+from scanner.match.segments import SPANS, line_score, span_for, work_frames
 from scanner.media import AudioChunk
 
 SR = 11025
@@ -268,8 +268,8 @@ def test_score_null_fit_and_rate() -> None:
 
 def test_reference_frames_read_back_from_an_inverted_file() -> None:
     """Reference vectors come back from an IVF index too (its id map built on first use)."""
-    from scanner.index.search import build_faiss_index
-    from scanner.pipeline import _reconstruct
+    from scanner.search import build_faiss_index
+    from scanner.match.segments import reconstruct as _reconstruct
 
     rng = np.random.default_rng(3)
     v = rng.standard_normal((3000, 32)).astype(np.float32)

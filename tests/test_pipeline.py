@@ -169,20 +169,20 @@ def test_a_decoder_crash_costs_one_error_line_not_the_scan(phash_index: Path, tm
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from scanner import pipeline
+    from scanner.pipeline import prepare
 
     outs = tmp_path / "outs"
     outs.mkdir()
     for s in range(20):
         synthetic_picture(800 + s).save(outs / f"o{s:02d}.png")
-    real = pipeline._prepare_one
+    real = prepare.prepare_one
 
     def crashing(item, featurizers, reference=False):  # as a segfaulting C decoder would
         if item.path.name == "o07.png":
             os._exit(139)
         return real(item, featurizers, reference)
 
-    monkeypatch.setattr(pipeline, "_prepare_one", crashing)
+    monkeypatch.setattr(prepare, "prepare_one", crashing)
     summary = scan([outs], phash_index, out_dir=tmp_path / "res")
     lines = {Path(r["path"]).name: r for r in read_results(tmp_path / "res" / "results.jsonl")}
     assert len(lines) == 20

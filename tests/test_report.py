@@ -17,7 +17,8 @@ from scanner.demo import MILD_TRANSFORMS, flatten, synthetic_picture
 from scanner.errors import ParameterError
 from scanner.index import store
 from scanner.pipeline import FeatureOptions, build_index, read_results, scan
-from scanner.report.html import mmss, render_html
+from scanner.report.html import render_html
+from scanner.report.words import mmss
 
 runner = CliRunner()
 XSS = "<img src=x onerror=alert(1)>.png"
@@ -389,7 +390,7 @@ def test_report_of_many_results_lists_those_needing_a_person_and_a_cap_of_clear(
 
     monkeypatch.setattr(pipeline, "read_results", no_list)
     monkeypatch.setattr(report_html, "render_html", render)
-    pipeline._write_outputs(res, {"skipped": 0}, thumbnails=True)
+    pipeline.write_outputs(res, {"skipped": 0}, thumbnails=True)
 
     listed = len(special) + cap  # every line that needs a person, and the cap of clear ones
     assert reached == [listed]

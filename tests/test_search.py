@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scanner.errors import ParameterError
-from scanner.index import search
+from scanner import search
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -173,7 +173,7 @@ def test_ivf_by_size(dense) -> None:
 def test_import_order_of_faiss_and_torch(first: str, second: str) -> None:
     """Both OpenMP runtimes loaded, in either order: searching neither crashes nor hangs."""
     code = (f"import {first}, {second}\n"
-            "import numpy as np\nfrom scanner.index import search\n"
+            "import numpy as np\nfrom scanner import search\n"
             "r = np.random.default_rng(0).standard_normal((5000, 64)).astype('float32')\n"
             "r /= np.linalg.norm(r, axis=1, keepdims=True)\n"
             "a = search.make_searcher(r, backend='faiss').search(r[:300], 5)[1]\n"
@@ -197,7 +197,7 @@ def test_fused_kernel_in_triton_interpreter() -> None:
         # there the compiled kernel runs (benchmarks/search_sweep.py check, every variant
         # against a float64 product), and Triton before 3.7 cannot interpret its tl.range loop
         pytest.skip(f"a GPU is present (Triton {triton.__version__}): the kernels are checked compiled")
-    code = ("import numpy as np, torch\nfrom scanner.index import search\n"
+    code = ("import numpy as np, torch\nfrom scanner import search\n"
             "rng = np.random.default_rng(0)\n"
             "R = rng.standard_normal((2000, 64)).astype(np.float32); R /= np.linalg.norm(R, axis=1, keepdims=True)\n"
             "Q = R[:70].copy()\n"
@@ -252,7 +252,7 @@ def test_postings_ranges_and_runs_match_a_scan(max_key: int) -> None:
     assert np.array_equal(lo, want_lo)
     assert np.array_equal(hi - lo, np.searchsorted(keys, probes, "right") - want_lo)
     n = hi - lo
-    n[n > 30] = 0                                           # the stop-word cap, as match_audio does
+    n[n > 30] = 0                                           # the stop-word cap, as the postings matcher does
     q, r = search.expand_runs(source, lo, n)
     assert q.dtype == r.dtype == np.int64 and len(q) == len(r) == n.sum()
     assert set(zip(q.tolist(), r.tolist())) == _pairs_by_search(keys, probes, source, 30)

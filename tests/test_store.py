@@ -213,7 +213,7 @@ def test_streamed_compressed_ivf_is_written_opened_mapped_and_extended_without_d
 
     from scanner.bench import GaussianMixture
     from scanner.cli import app
-    from scanner.index import search
+    from scanner import search
 
     monkeypatch.setattr(search, "COMPRESSED_MIN_BYTES", 1 << 16)
     monkeypatch.setattr(search, "COMPRESSED_MAX_LISTS", 16)

@@ -222,7 +222,7 @@ def test_each_keyframe_is_a_chance_bonferroni(setup):
     """The same matching keyframe counted among ten is ten times as likely by chance."""
     scanner = pipeline.Scanner(setup / "index")
     try:
-        p = pipeline._prepare_one(media.Input(setup / "clips" / "picture.mp4", "video"), scanner.featurizers)
+        p = pipeline.prepare_one(media.Input(setup / "clips" / "picture.mp4", "video"), scanner.featurizers)
         key = next(q for q in p.parts if q.item.modality == "image" and 2.9 <= (q.timecode or 0) <= 3.5)
         one = pipeline.Prepared(p.item, sha256=p.sha256, parts=[key], video={})
         ten = pipeline.Prepared(p.item, sha256=p.sha256, video={},
@@ -283,7 +283,7 @@ def test_garbled_streams_name_the_problem_and_a_few_bad_packets_pass(setup, tmp_
     (tmp_path / "heavy.mkv").write_bytes(heavy)
     scanner = pipeline.Scanner(setup / "index")
     try:
-        light_r, heavy_r = scanner.judge([pipeline._prepare_one(media.Input(tmp_path / n, "video"), scanner.featurizers)
+        light_r, heavy_r = scanner.judge([pipeline.prepare_one(media.Input(tmp_path / n, "video"), scanner.featurizers)
                                           for n in ("light.mkv", "heavy.mkv")])
     finally:
         scanner.close()

@@ -253,7 +253,7 @@ def best_expected(results: Iterable[dict[str, Any]]) -> dict[str, float]:
     """Each input's strongest evidence, expected chance matches (inf: none), by real path.
 
     Read from the candidates (every feature counted: the harness indexes copy
-    features only), as :func:`scanner.pipeline.calibrate` reads a scan.
+    features only), as :func:`scanner.decisions.calibrate` reads a scan.
     """
     out = {}
     for r in results:

@@ -14,7 +14,7 @@ the index keeps of a reference, and :mod:`scanner.match` verifies their geometry
 Postings featurizers (kind ``"postings"``: audio fingerprint hashes) yield a
 variable number of integer keys per item, each with a time; the index keeps
 them as sorted plain arrays (``<feature>.npz``, no faiss) that are looked up
-with :func:`numpy.searchsorted`, and :mod:`scanner.match_audio` aligns them.
+with :func:`numpy.searchsorted`, and :mod:`scanner.match.postings` aligns them.
 
 Audio featurizers (:class:`AudioFeaturizer`, ``modality = "audio"``) do not
 take a whole decoded file: the pipeline decodes each audio file once, in
@@ -61,6 +61,10 @@ class Featurizer(ABC):
     decode_side : int
         Longest side (pixels) an image featurizer wants pictures decoded to;
         the pipeline decodes once, at the largest its featurizers ask for.
+    embeds_with_model : bool
+        Whether :meth:`embed` runs a model (an accelerator's work, batched; a
+        distributed engine embeds ahead on GPU workers); weight-free featurizers
+        do their work in :meth:`prepare`, in the decode workers.
     """
 
     name: str
@@ -69,6 +73,7 @@ class Featurizer(ABC):
     metric: Literal["ip", "hamming"]
     codes_per_item: int = 1
     decode_side: int = 512
+    embeds_with_model: bool = False
 
     @property
     @abstractmethod

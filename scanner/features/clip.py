@@ -259,6 +259,7 @@ class Clip(Featurizer):
     name = "image-clip"
     modality = "image"
     kind = "dense"
+    embeds_with_model = True
     metric = "ip"
 
     def __init__(

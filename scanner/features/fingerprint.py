@@ -13,14 +13,14 @@ frequency is scaled a little:
   change leaves as it is;
 * two coarse fields add selectivity: the anchor's half-octave band and the
   triplet's time span on a logarithmic scale (a few percent of change rarely
-  moves either; when it might, :func:`scanner.match_audio.expand_probes`
+  moves either; when it might, :func:`scanner.match.postings.expand_probes`
   looks up the neighbouring value too, using the ``near`` bits kept with
   every hash).
 
 Each hash keeps the anchor's time, the triplet's span (seconds) and the
 anchor's pitch (semitones): two matched hashes give the time-scale rate
 (ratio of spans) and the pitch shift (difference of pitches), and
-:mod:`scanner.match_audio` votes over (time offset, rate) to find the
+:mod:`scanner.match.postings` votes over (time offset, rate) to find the
 alignment, so the aligned-hash count is the score.
 
 Peaks are found chunk by chunk (:class:`~scanner.features.base.AudioFeaturizer`):
@@ -302,7 +302,7 @@ class Fingerprint(AudioFeaturizer):
 
     Rows are hash keys (uint32); every hash keeps its anchor time, span and
     pitch (:data:`HASH_DTYPE`). The index stores them sorted by key
-    (``audio-fingerprint.npz``) and :mod:`scanner.match_audio` aligns them.
+    (``audio-fingerprint.npz``) and :mod:`scanner.match.postings` aligns them.
     """
 
     name = "audio-fingerprint"

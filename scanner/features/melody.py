@@ -19,7 +19,7 @@ Transposition invariance is bought at query time: a reference keeps each
 window once (every :data:`REF_HOP` seconds), a query keeps all 12 circular
 shifts of its windows (every :data:`QUERY_HOP` seconds). Windows only propose
 alignments; evidence is scored frame by frame along a line in time
-(:mod:`scanner.match_melody`: the reference's frames are read back from its
+(:mod:`scanner.match.segments`: the reference's frames are read back from its
 rows by :func:`window_frames`), with a null fitted on that same score. A
 melody match is semantic likeness, never copy evidence: alone it is at most
 ``review`` (:data:`scanner.policy.COPY_EVIDENCE` leaves it out).

@@ -1,1 +1,1 @@
-"""Index storage (:mod:`scanner.index.store`) and batched search (:mod:`scanner.index.search`)."""
+"""The index directory (:mod:`scanner.index.store`): manifest, catalog, each feature's files (as its kind in :mod:`scanner.match` keeps them), atomic writes, locking, verification."""

@@ -39,12 +39,13 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from scanner import __version__
 from scanner.errors import IndexError_, IndexLockedError, IndexMismatchError, ParameterError
+from scanner.match import kind_of
 
 FORMAT = "likeness-index"
 FORMAT_VERSION = 1
@@ -59,69 +60,12 @@ STAMP = ".verified.json"
 #: Reference thumbnails (one per work, for reports): display only, so they are
 #: not hashed into the manifest; they move with the index in every atomic swap.
 THUMBS = "thumbs"
-#: Landmark descriptors from this many rows on are searched through an inverted
-#: file (exact flat search below).
-IVF_FROM = 32768
-#: Inverted lists probed per query descriptor (applied when an index is opened, so
-#: indexes built before a change follow it). Voting needs a work's keypoints to find
-#: their own, not every exact nearest descriptor: at 8.3M descriptors, 4 probes cost
-#: about half of 6 and agree on the nearest one for 90% of descriptors.
-IVF_NPROBE = 4
 #: faiss files from this size on open memory-mapped: pages are read as searches touch
 #: them (a compressed IVF reads only the lists it probes) and stay in the page cache, shared.
 #: Mapped in place (``IO_FLAG_MMAP_IFC``): an inverted file's lists are searched in
 #: the mapping as in memory, where ``IO_FLAG_MMAP``'s on-disk lists cost a fifth more
 #: per search (5.5 against 7.0 ms per query picture at 8.3M ORB descriptors).
 MMAP_FROM = 256 << 20
-
-
-def _is_binary(kind: str) -> bool:
-    return kind in ("binary", "landmark")
-
-
-def binary_index(codes: np.ndarray) -> Any:
-    """A faiss binary index over packed codes, rows numbered in order.
-
-    Below :data:`IVF_FROM` rows, exact flat search. From there on, an inverted
-    file whose centroids are a seeded sample of the codes themselves (no
-    training: k-means on millions of ORB descriptors costs minutes and, for
-    voting, finds the same works), with ``4 sqrt(n)`` lists of which
-    :data:`IVF_NPROBE` are probed; the probe count is stored in the file.
-
-    Parameters
-    ----------
-    codes : uint8 ``[shape=(n, nbytes)]``
-    """
-    import faiss
-
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    dim = codes.shape[1] * 8
-    if len(codes) < IVF_FROM:
-        index = faiss.IndexBinaryFlat(dim)
-    else:
-        nlist = int(min(65536, 4 * np.sqrt(len(codes))))
-        quantizer = faiss.IndexBinaryFlat(dim)
-        quantizer.add(codes[np.sort(np.random.default_rng(0).choice(len(codes), nlist, replace=False))])
-        index = faiss.IndexBinaryIVF(quantizer, dim, nlist)
-        index.is_trained = True
-        index.nprobe = IVF_NPROBE
-        index.own_fields = True
-        quantizer.this.disown()
-    index.add(codes)
-    return index
-
-
-def binary_codes(index: Any) -> np.ndarray:
-    """Every code of a faiss binary index (flat or inverted file), in row order, uint8."""
-    import faiss
-
-    if index.ntotal == 0:
-        return np.zeros((0, index.code_size), np.uint8)
-    if isinstance(index, faiss.IndexBinaryFlat):
-        return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
-    index.make_direct_map()
-    return index.reconstruct_n(0, index.ntotal)
-
 
 
 @dataclass
@@ -326,19 +270,13 @@ class Index:
         return path
 
     def faiss_index(self, feature: str) -> Any:
-        """The faiss index of ``feature`` (binary or dense), memory-mapped when large."""
+        """The faiss index of ``feature``, memory-mapped when large: binary or dense, as
+        the file says (:func:`read_faiss`; which files a feature keeps is its kind's
+        business, :mod:`scanner.match`)."""
         if feature not in self._faiss:
-            import faiss
-
             path = self._file(f"{feature}.faiss")
-            flags = faiss.IO_FLAG_MMAP_IFC if path.stat().st_size > MMAP_FROM else 0
             try:
-                if _is_binary(self.features[feature]["kind"]):
-                    self._faiss[feature] = faiss.read_index_binary(str(path), flags)
-                    if isinstance(self._faiss[feature], faiss.IndexBinaryIVF):
-                        self._faiss[feature].nprobe = IVF_NPROBE
-                else:
-                    self._faiss[feature] = faiss.read_index(str(path), flags)
+                self._faiss[feature] = read_faiss(path)
             except RuntimeError as exc:
                 raise IndexError_(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
         return self._faiss[feature]
@@ -355,6 +293,8 @@ class Index:
                 return np.load(path, mmap_mode="r", allow_pickle=False)
             except ValueError as exc:
                 raise IndexError_(f"cannot read {path}: {exc}") from None
+        from scanner.search import binary_codes
+
         return binary_codes(self.faiss_index(feature))
 
     def landmarks(self, feature: str) -> dict[str, np.ndarray]:
@@ -477,6 +417,34 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_faiss(path: Path, *, mmap: bool | None = None) -> Any:
+    """A faiss index file, binary or dense as its header says (binary ones start ``IB``).
+
+    Memory-mapped from :data:`MMAP_FROM` bytes on (``mmap=None``); a binary
+    inverted file probes :data:`scanner.search.BINARY_IVF_NPROBE` lists.
+
+    Raises
+    ------
+    RuntimeError
+        From faiss, for a file it cannot read.
+    """
+    import faiss
+
+    from scanner.search import BINARY_IVF_NPROBE
+
+    if mmap is None:
+        mmap = path.stat().st_size > MMAP_FROM
+    flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+    with open(path, "rb") as fh:
+        binary = fh.read(2) == b"IB"
+    if not binary:
+        return faiss.read_index(str(path), flags)
+    index = faiss.read_index_binary(str(path), flags)
+    if isinstance(index, faiss.IndexBinaryIVF):
+        index.nprobe = BINARY_IVF_NPROBE
+    return index
 
 
 def map_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -683,19 +651,16 @@ def verify_index(path: str | Path, *, hmac_key: bytes | None = None) -> dict[str
         if n_works != index.n_works:
             raise IndexError_(f"{path}: catalog holds {n_works} works, manifest says {index.n_works}")
         for feature, spec in manifest["features"].items():
+            kind = kind_of(spec)
             rows = index.rows(feature)
-            if spec["kind"] == "postings":
-                ntotal = len(index.landmarks(feature).get("key", ()))
-            else:
-                ntotal = index.faiss_index(feature).ntotal
+            ntotal = kind.stored(index, feature)
             if not (len(rows) == ntotal == spec["count"]):
                 raise IndexError_(f"{path}: {feature} has {ntotal} vectors, {len(rows)} row entries, "
                                   f"manifest says {spec['count']}")
-            if spec["kind"] in ("landmark", "postings"):
-                for key, arr in index.landmarks(feature).items():
-                    if len(arr) != ntotal:
-                        raise IndexError_(f"{path}: {feature} has {ntotal} vectors but {len(arr)} "
-                                          f"{key!r} entries in {feature}.npz")
+            for key, arr in kind.arrays(index, feature).items():
+                if len(arr) != ntotal:
+                    raise IndexError_(f"{path}: {feature} has {ntotal} vectors but {len(arr)} "
+                                      f"{key!r} entries in {feature}.npz")
     return {"index_id": manifest["index_id"], "files": len(manifest["files"]), "bytes": total}
 
 
@@ -732,6 +697,68 @@ class _FeatureData:
     extra: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
+class _StagedFeature:
+    """One feature of the staging copy, as its kind reads and writes its files
+    (:class:`scanner.match.base.Staged`). Every file is written under a new name
+    and renamed over the old: ``os.replace`` over a hard link leaves the published
+    copy alone."""
+
+    def __init__(self, writer: IndexWriter, name: str, spec: dict[str, Any]):
+        assert writer.staging is not None
+        self.writer, self.name, self.spec = writer, name, spec
+        self.stream = writer._streams[name][1:] if name in writer._streams else None
+        self.removed = writer._removed_ids()
+        new = writer._features.get(name)
+        self.added = list(new.vectors) if new is not None else []
+        self.added_rows = list(new.rows) if new is not None else []
+
+    def path(self, suffix: str) -> Path:
+        assert self.writer.staging is not None
+        return self.writer.staging / f"{self.name}{suffix}"
+
+    def final(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.writer.vectors(self.name)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.writer.extras(self.name)
+
+    def derived(self, make: Callable[[], Any]) -> Any:
+        return self.writer.derived(self.name, make)
+
+    def _replace(self, suffix: str, write: Callable[[Any], None]) -> None:
+        path = self.path(suffix)
+        tmp = path.with_name(path.name + ".new")
+        with open(tmp, "wb") as fh:  # a file object: np.savez would append .npz to a name
+            write(fh)
+        os.replace(tmp, path)
+
+    def load_npy(self, suffix: str) -> np.ndarray:
+        path = self.path(suffix)
+        return np.load(path, allow_pickle=False)
+
+    def load_npz(self, suffix: str) -> dict[str, np.ndarray]:
+        path = self.path(suffix)
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    def save_npy(self, suffix: str, array: np.ndarray) -> None:
+        self._replace(suffix, lambda fh: np.save(fh, array, allow_pickle=False))
+
+    def save_npz(self, suffix: str, arrays: dict[str, np.ndarray]) -> None:
+        self._replace(suffix, lambda fh: np.savez(fh, **arrays))
+
+    def save_faiss(self, index: Any) -> None:
+        import faiss
+
+        path = self.path(".faiss")
+        tmp = path.with_name(path.name + ".new")
+        (faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index)(index, str(tmp))
+        os.replace(tmp, path)
+
+    def drop(self, suffix: str) -> None:
+        self.path(suffix).unlink(missing_ok=True)
+
+
 class IndexWriter:
     """Stage changes to an index and publish them atomically.
 
@@ -759,7 +786,7 @@ class IndexWriter:
         self._removed: set[int] = set()
         self._final: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._final_extra: dict[str, dict[str, np.ndarray]] = {}
-        self._final_index: dict[str, Any] = {}
+        self._derived: dict[str, Any] = {}
         # dense features given as a VectorStream (more rows than memory): identity, stream, rows
         self._streams: dict[str, tuple[dict[str, Any], Any, np.ndarray]] = {}
         self._committed = False
@@ -885,15 +912,15 @@ class IndexWriter:
             raise ParameterError(f"{n} vectors but {len(work_ids)} work ids")
         loc = np.zeros(n, np.int32) if locators is None else np.asarray(locators, np.int32)
         extra = {k: np.asarray(v) for k, v in (extra or {}).items()}
-        if (identity["kind"] in ("landmark", "postings")) != bool(extra):
-            raise ParameterError(f"{name}: per-row arrays (keypoint positions) are given for landmark "
-                                 f"features, and only for them (kind {identity['kind']!r})")
+        if kind_of(identity).has_arrays != bool(extra):
+            raise ParameterError(f"{name}: per-row arrays (keypoint positions, times) are given for the "
+                                 f"kinds that keep them, and only for them (kind {identity['kind']!r})")
         if any(len(v) != n for v in extra.values()):
             raise ParameterError(f"{n} vectors but per-row arrays of lengths "
                                  f"{ {k: len(v) for k, v in extra.items()} }")
         self._final.clear()
         self._final_extra.clear()
-        self._final_index.clear()
+        self._derived.clear()
         data.vectors.append(vectors)
         data.rows.append(np.stack([np.asarray(work_ids, np.int32), loc], axis=1))
         data.extra.append(extra)
@@ -903,19 +930,19 @@ class IndexWriter:
         """Queue a dense feature whose vectors are read block by block at commit.
 
         For sets larger than memory (10M x 512 fp32 is 20 GB): the index is built by
-        :func:`scanner.index.search.build_faiss_index` in one pass over the stream
-        (compressed IVF past :data:`scanner.index.search.COMPRESSED_MIN_BYTES`) and written like any
+        :func:`scanner.search.build_faiss_index` in one pass over the stream
+        (compressed IVF past :data:`scanner.search.COMPRESSED_MIN_BYTES`) and written like any
         other feature (staged, hashed into the manifest, swapped in).
 
         Parameters
         ----------
         identity : featurizer identity of a ``dense`` feature this index does not hold yet
-        stream : :class:`scanner.index.search.VectorStream` of ``identity["dim"]``-d rows
+        stream : :class:`scanner.search.VectorStream` of ``identity["dim"]``-d rows
         work_ids : int ``[shape=(stream.n,)]``
         locators : int ``[shape=(stream.n,)]``, optional (0 by default)
         """
         name = identity["name"]
-        if identity.get("kind") != "dense" or stream.dim != identity.get("dim"):
+        if not kind_of(identity).streams or stream.dim != identity.get("dim"):
             raise ParameterError(f"{name}: a vector stream is for dense features of the identity's dim, given "
                                  f"kind {identity.get('kind')!r}, dim {identity.get('dim')} and a {stream.dim}-d stream")
         if name in self.manifest["features"] or name in self._features or name in self._streams:
@@ -945,7 +972,7 @@ class IndexWriter:
         self._removed.update(found)
         self._final.clear()
         self._final_extra.clear()
-        self._final_index.clear()
+        self._derived.clear()
         return found
 
     def set(self, key: str, value: Any) -> None:
@@ -971,75 +998,55 @@ class IndexWriter:
 
         Returns
         -------
-        vectors : ``[shape=(n, dim)]`` float32 or ``[shape=(n, dim // 8)]`` uint8
+        vectors : ``[shape=(n, dim)]`` float32 or ``[shape=(n, dim // 8)]`` uint8 (as its kind stores them)
         rows : int32 ``[shape=(n, 2)]`` (work_id, locator)
         """
         if name in self._final:
             return self._final[name]
         if name in self._streams:
             raise ParameterError(f"{name} was given as a vector stream: its vectors are not held in memory")
-        import faiss
-
-        assert self.staging is not None
-        spec = self.manifest["features"].get(name) or self._features[name].identity
-        binary = _is_binary(spec["kind"])
-        fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
-        epath = self.staging / f"{name}.npz"
+        spec = self.spec(name)
+        kind = kind_of(spec)
         parts_v: list[np.ndarray] = []
         parts_r: list[np.ndarray] = []
         parts_e: list[dict[str, np.ndarray]] = []
-        if spec["kind"] == "postings":
-            if epath.exists():  # keys and their per-row arrays, no faiss file
-                with np.load(epath, allow_pickle=False) as data:
-                    old_e = {k: data[k] for k in data.files}
-                parts_v.append(old_e.pop("key"))
-                parts_r.append(np.load(rpath, allow_pickle=False))
-                parts_e.append(old_e)
-        elif fpath.exists():
-            old = faiss.read_index_binary(str(fpath)) if binary else faiss.read_index(str(fpath))
-            if old.ntotal:
-                parts_v.append(binary_codes(old) if binary else old.reconstruct_n(0, old.ntotal))
-                parts_r.append(np.load(rpath, allow_pickle=False))
-                if spec["kind"] == "landmark":
-                    with np.load(epath, allow_pickle=False) as data:
-                        parts_e.append({k: data[k] for k in data.files})
+        old = kind.read(_StagedFeature(self, name, spec))
+        if old is not None:
+            parts_v.append(old[0])
+            parts_r.append(old[1])
+            if old[2]:
+                parts_e.append(old[2])
         new = self._features.get(name)
         if new is not None:
             parts_v += new.vectors
             parts_r += new.rows
             parts_e += new.extra
-        width = spec["dim"] // 8 if binary else spec["dim"]
-        dtype = np.uint8 if binary else np.float32
-        if spec["kind"] == "postings":
-            vecs = np.concatenate(parts_v).astype(np.uint32) if parts_v else np.zeros(0, np.uint32)
-        else:
-            vecs = np.concatenate(parts_v).astype(dtype) if parts_v else np.zeros((0, width), dtype)
+        empty = kind.empty(spec)
+        vecs = np.concatenate(parts_v).astype(empty.dtype) if parts_v else empty
         rows = np.concatenate(parts_r).astype(np.int32) if parts_r else np.zeros((0, 2), np.int32)
         extra = {k: np.concatenate([e[k] for e in parts_e]) for k in (parts_e[0] if parts_e else {})}
         if self._removed and len(rows):
-            keep = ~np.isin(rows[:, 0], np.fromiter(self._removed, np.int32))
+            keep = ~np.isin(rows[:, 0], self._removed_ids())
             vecs, rows = vecs[keep], rows[keep]
             extra = {k: v[keep] for k, v in extra.items()}
         self._final[name] = (vecs, rows)
         self._final_extra[name] = extra
         return vecs, rows
 
-    def landmark_index(self, name: str) -> Any:
-        """The faiss index a landmark feature will be written with (built once, for the null fit too)."""
-        if name not in self._final_index:
-            self._final_index[name] = binary_index(self.vectors(name)[0])
-        return self._final_index[name]
+    def derived(self, name: str, make: Callable[[], Any]) -> Any:
+        """What ``make`` builds from feature ``name``'s final data, built once until the data
+        changes (a landmark feature's faiss index: its null is fitted on the one written)."""
+        if name not in self._derived:
+            self._derived[name] = make()
+        return self._derived[name]
 
     def extras(self, name: str) -> dict[str, np.ndarray]:
-        """Per-row arrays of a landmark feature, row-aligned with :meth:`vectors`."""
+        """Per-row arrays of a feature (keypoint positions, times), row-aligned with :meth:`vectors`."""
         self.vectors(name)
         return self._final_extra[name]
 
-    def feature_kind(self, name: str) -> str:
-        """``dense``, ``binary``, ``landmark`` or ``postings``."""
-        return self._identity(name)["kind"]
-
-    def _identity(self, name: str) -> dict[str, Any]:
+    def spec(self, name: str) -> dict[str, Any]:
+        """Feature ``name``'s manifest entry, or its featurizer identity while it is new to the index."""
         if name in self._streams:
             return self._streams[name][0]
         return self.manifest["features"].get(name) or self._features[name].identity
@@ -1048,114 +1055,15 @@ class IndexWriter:
         """Features the committed index will hold."""
         return sorted(set(self.manifest["features"]) | set(self._features) | set(self._streams))
 
-    def _extend_compressed(self, name: str, spec: dict[str, Any]) -> tuple[Any, np.ndarray]:
-        """A compressed IVF feature with removed works dropped and new vectors added, codes kept.
-
-        Compressed codes cannot be decoded back to the rows they came from, so the
-        index is never rebuilt from its own reconstruction: the trained index is read,
-        the removed rows' codes are deleted and the rest renumbered in row order, and new
-        rows are encoded with the same lists and codebooks. The recall measured at build
-        stays in the manifest, with the rows added since.
-        """
-        import faiss
-
-        assert self.staging is not None
-        index = faiss.read_index(str(self.staging / f"{name}.faiss"))   # the codes: code_bytes + 8 a row
-        rows = np.load(self.staging / f"{name}.rows.npy", allow_pickle=False)
-        if self._removed and len(rows):
-            keep = ~np.isin(rows[:, 0], np.fromiter(self._removed, np.int32))
-            if not keep.all():
-                index.remove_ids(np.flatnonzero(~keep).astype(np.int64))
-                renumber = np.cumsum(keep) - 1                             # old row -> new row
-                lists = index.invlists
-                for lst in range(index.nlist):
-                    size = lists.list_size(lst)
-                    if size:
-                        ids = faiss.rev_swig_ptr(lists.get_ids(lst), size)
-                        ids[:] = renumber[ids]
-                rows = rows[keep]
-        new = self._features.get(name)
-        added = 0
-        if new is not None:
-            for part in new.vectors:
-                index.add(np.ascontiguousarray(part, np.float32))      # ids continue from ntotal
-                added += len(part)
-            rows = np.concatenate([rows] + new.rows) if new.rows else rows
-        spec["index"] = dict(spec["index"], rows_since_recall=int(spec["index"].get("rows_since_recall", 0)) + added)
-        return index, rows
+    def _removed_ids(self) -> np.ndarray:
+        return np.fromiter(self._removed, np.int32, len(self._removed))
 
     def _write_feature(self, name: str) -> None:
-        import faiss
-
+        """Write one feature's files into the staging copy (its kind says which) and its manifest entry."""
         assert self.staging is not None
-        from scanner.index.search import COMPRESSED_TYPES, build_faiss_index
-
-        spec = dict(self._identity(name))
-        index, vecs = None, None
-        if name in self._streams:
-            _, stream, rows = self._streams[name]
-            index, spec["index"] = build_faiss_index(stream, "ip")
-        elif (spec.get("index") or {}).get("type") in COMPRESSED_TYPES:
-            index, rows = self._extend_compressed(name, spec)
-        else:
-            vecs, rows = self.vectors(name)
-        if spec["kind"] == "postings":
-            self._write_postings(name, spec, vecs, rows)
-            return
-        if index is not None:
-            pass
-        elif spec["kind"] == "landmark":
-            index = self.landmark_index(name)
-        elif spec["kind"] == "binary":
-            index = faiss.IndexBinaryFlat(spec["dim"])
-            index.add(np.ascontiguousarray(vecs, dtype=np.uint8))
-        else:
-            # exact flat search below a size threshold, an inverted file above it,
-            # with its parameters and measured recall kept for `index info`
-            index, spec["index"] = build_faiss_index(np.ascontiguousarray(vecs, dtype=np.float32), "ip")
-        # write under new names; os.replace over a hard link leaves the published copy alone
-        fpath, rpath = self.staging / f"{name}.faiss", self.staging / f"{name}.rows.npy"
-        tmpf, tmpr = fpath.with_name(fpath.name + ".new"), rpath.with_name(rpath.name + ".new")
-        (faiss.write_index_binary if _is_binary(spec["kind"]) else faiss.write_index)(index, str(tmpf))
-        with open(tmpr, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(rows, np.int32), allow_pickle=False)
-        if spec["kind"] == "landmark":
-            epath = self.staging / f"{name}.npz"
-            tmpe = epath.with_name(epath.name + ".new")
-            with open(tmpe, "wb") as fh:  # a file object: np.savez would append .npz to a name
-                np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in self.extras(name).items()})
-            os.replace(tmpe, epath)
-            # an inverted file gives its codes back only by walking every list: keep a
-            # plain copy that opens memory-mapped (verification reads a work's keypoints)
-            cpath = self.staging / f"{name}.codes.npy"
-            if isinstance(index, faiss.IndexBinaryIVF):
-                tmpc = cpath.with_name(cpath.name + ".new")
-                with open(tmpc, "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(vecs, np.uint8), allow_pickle=False)
-                os.replace(tmpc, cpath)
-            else:
-                cpath.unlink(missing_ok=True)
-        os.replace(tmpf, fpath)
-        os.replace(tmpr, rpath)
-        spec["count"] = int(index.ntotal)
-        self.manifest["features"][name] = spec
-
-    def _write_postings(self, name: str, spec: dict[str, Any], keys: np.ndarray, rows: np.ndarray) -> None:
-        """Postings as plain arrays sorted by key (a lookup is a binary search): rows and npz."""
-        assert self.staging is not None
-        order = np.argsort(keys, kind="stable")
-        rpath, epath = self.staging / f"{name}.rows.npy", self.staging / f"{name}.npz"
-        tmpr, tmpe = rpath.with_name(rpath.name + ".new"), epath.with_name(epath.name + ".new")
-        with open(tmpr, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(rows[order], np.int32), allow_pickle=False)
-        arrays = {k: np.ascontiguousarray(v[order]) for k, v in self.extras(name).items()}
-        with open(tmpe, "wb") as fh:  # a file object: np.savez would append .npz to a name
-            np.savez(fh, key=np.ascontiguousarray(keys[order], np.uint32), **arrays)
-        os.replace(tmpe, epath)
-        os.replace(tmpr, rpath)
-        (self.staging / f"{name}.faiss").unlink(missing_ok=True)
-        spec["count"] = int(len(keys))
-        self.manifest["features"][name] = spec
+        staged = _StagedFeature(self, name, dict(self.spec(name)))
+        staged.spec["count"] = kind_of(staged.spec).write(staged)
+        self.manifest["features"][name] = staged.spec
 
     def commit(self) -> None:
         """Write data files and the manifest into the staging copy, then swap it in."""

@@ -3,7 +3,7 @@
 Every writer takes the result dicts (as in ``results.jsonl``) and the run's
 provenance (``run.json``); none re-opens inputs or re-runs a scan (the HTML
 report reads thumbnails kept by the scan and the index). Results may stream
-from the file (:func:`scanner.pipeline.iter_results`): no writer needs them
+from the file (:func:`scanner.results.iter_results`): no writer needs them
 all in memory.
 """
 
@@ -27,7 +27,7 @@ def write_all(results: Iterable[Mapping[str, Any]], run: dict[str, Any], out: Pa
     Parameters
     ----------
     results : result lines, iterated twice, so re-iterable: a list, or
-        :class:`scanner.pipeline.ResultsFile`, which re-reads ``results.jsonl``
+        :class:`scanner.results.ResultsFile`, which re-reads ``results.jsonl``
         per pass (a one-shot iterator is refused: its second pass would be empty)
     run : the run's provenance (``run.json``)
     out : the scan's folder

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
-from scanner.report.html import describe_match
+from scanner.report.words import describe_match, plain_verdict
 
 COLOURS = {"flagged": "bold red", "review": "bold yellow", "error": "bold magenta",
            "licensed": "bold blue", "clear": "bold green"}
@@ -25,33 +25,6 @@ def summary_table(counts: Mapping[str, int], *, skipped: int = 0, resumed: int =
     if resumed:
         table.add_row("already done (resumed)", str(resumed))
     return table
-
-
-def _today() -> str:
-    import datetime as _dt
-
-    return _dt.date.today().isoformat()
-
-
-def plain_verdict(result: Mapping[str, Any], run: Mapping[str, Any]) -> str:
-    """The verdict in plain words for a person (never "cleared")."""
-    n, index = run.get("n_works", 0), run.get("index_path", "the index")
-    v = result["verdict"]
-    d = result.get("decision")
-    if d:
-        return (f"Decided by a person: {d.get('decision')} by {d.get('by')} on {(d.get('time') or '')[:10]}: "
-                f"{d.get('why')}")
-    if v == "clear":
-        return (f"No near-copy found among the {n} works of index {index} ({run.get('index_id', '?')}) "
-                f"on {str(run.get('started_at') or _today())[:10]}: {result['reason']}. "
-                "This is not a legal clearance.")
-    if v == "flagged":
-        return "Too close to a protected work: do not use without clearing the rights."
-    if v == "review":
-        return "Doubtful: a person must look at the evidence below and decide."
-    if v == "licensed":
-        return "Matches a work the studio holds the rights to (reported, not flagged)."
-    return f"Could not be checked: {result.get('error')}. This file is NOT cleared."
 
 
 def print_check(console: Console, result: Mapping[str, Any], run: Mapping[str, Any]) -> None:

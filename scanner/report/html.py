@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from scanner import thumbs
+from scanner.report.words import describe_match, mmss, plain_verdict
 
 VERDICT_ORDER = ("flagged", "error", "review", "licensed", "clear")
 #: Verdicts whose evidence a person must see (thumbnails are kept for them).
@@ -46,13 +47,6 @@ PAGE = 100
 #: counted but not listed, so a run of millions gives a page a browser can open.
 MAX_CLEAR = 2000
 
-
-def mmss(seconds: float | None) -> str:
-    """``93.4 -> "1:33"``; ``None -> "?"``."""
-    if seconds is None:
-        return "?"
-    s = max(0, int(round(float(seconds))))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _box(box: Any) -> dict[str, float] | None:
@@ -79,50 +73,8 @@ def _span(start: Any, duration: Any, total: Any) -> dict[str, float] | None:
     return {"left": round(100 * left, 2), "width": round(100 * min(duration / total, 1.0 - left), 2)}
 
 
-def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
-    """One feature's match in display form: strength, "1 in N by chance", raw score in words,
-    where it matched (views, boxes and their shares, mm:ss spans); shared by the HTML and console reports."""
-    loc = m.get("locator") or {}
-    raw, kind = m.get("raw"), m.get("raw_kind")
-    words = {"inliers": f"{raw} keypoints agree on one transform",
-             "hamming_bits": f"{raw} of 256 hash bits differ",
-             "cosine": f"cosine {raw}"}.get(kind or "", "")
-    if kind == "inliers" and isinstance(loc, Mapping) and loc.get("statistic") == "repeated":
-        words += " (repeated elements paired by geometry)"
-    if kind == "fused" and isinstance(m.get("fused_from"), Mapping):
-        from scanner.policy import one_in
-
-        words = "stronger together: " + "; ".join(f"{f} alone {one_in(float(e))}"
-                                                  for f, e in m["fused_from"].items())
-    where = []
-    if isinstance(loc, dict):
-        if loc.get("query_view"):
-            where.append(f"{loc['query_view']} of the output matches the {loc.get('ref_view', 'work')}")
-        if loc.get("mirrored"):
-            where.append("mirrored")
-        if loc.get("query_share") is not None and loc.get("ref_share") is not None:
-            where.append(f"matched area {100 * float(loc['query_share']):.0f}% of the output, "
-                         f"{100 * float(loc['ref_share']):.0f}% of the work")
-        if loc.get("query_start") is not None:
-            d = float(loc.get("duration") or 0)
-            where.append(f"output {mmss(loc['query_start'])}–{mmss(float(loc['query_start']) + d)} "
-                         f"matches work {mmss(loc.get('ref_start'))}–"
-                         f"{mmss(float(loc.get('ref_start') or 0) + d * float(loc.get('rate') or 1))}")
-            if loc.get("rate") is not None:  # audio fingerprint: how the copy was played, and the hashes that agree
-                where.append(f"rate {float(loc['rate']):.3f}, pitch {float(loc.get('pitch_shift') or 0):+.2f} "
-                             f"semitones, {loc.get('aligned')} aligned hashes")
-        if loc.get("timecode") is not None:  # a video's keyframe
-            where.append(f"keyframe at {loc.get('timecode_text') or loc['timecode']} of the output"
-                         + (f", {float(loc['ref_timecode']):.2f} s into the work"
-                            if loc.get("ref_timecode") is not None else ""))
-    score = float(m.get("score") or 0)
-    return {"feature": m.get("feature"), "score": score, "pct": round(100 * min(max(score, 0.0), 1.0), 1),
-            "chance": m.get("chance") or "", "expected": m.get("expected"), "words": words,
-            "where": "; ".join(where), "locator": loc if isinstance(loc, dict) else {}}
-
-
 def _heat(grid: Any) -> list[dict[str, float]] | None:
-    """The cells of a match's heat map (:func:`scanner.match.heat_grid`) to draw: position,
+    """The cells of a match's heat map (:func:`scanner.match.landmarks.heat_grid`) to draw: position,
     size and opacity in CSS units; ``None`` for anything else."""
     if not isinstance(grid, str) or not grid.isdigit():
         return None
@@ -281,7 +233,7 @@ def listing(results: Iterable[Mapping[str, Any]], *, max_clear: int | None = Non
 
     Memory is bounded by the outputs that need a person plus ``max_clear``,
     not by the number of results, so ``results`` may stream from a file of
-    millions of lines (:func:`scanner.pipeline.iter_results`).
+    millions of lines (:func:`scanner.results.iter_results`).
 
     Parameters
     ----------
@@ -367,8 +319,6 @@ def render_html(results: Iterable[Mapping[str, Any]] | Listing, run: Mapping[str
     html : str
     """
     import jinja2
-
-    from scanner.report.console import plain_verdict
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("scanner.report", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -493,7 +443,7 @@ def rebuild(results_path: str | Path, out: str | Path, *, index_dir: str | Path 
     """
     from scanner.errors import LikenessError, ParameterError
     from scanner.index.store import open_index
-    from scanner.pipeline import iter_results
+    from scanner.results import iter_results
 
     results_path = Path(results_path)
     if not results_path.is_file():

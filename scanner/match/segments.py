@@ -1,6 +1,8 @@
-"""Align melody windows with the index: per-work evidence from chroma frames aligned in time.
+"""Aligned segments (``audio-melody``): dense windows, any number per item, aligned in time per work.
 
-Pure functions, no IO. A query's key-invariant windows
+Stored as dense rows are (:class:`scanner.match.dense.Dense`: ``<feature>.faiss``
+and ``<feature>.rows.npy``, a window's start in its locator); the manifest
+names them ``dense`` with ``codes_per_item`` 0. A query's key-invariant windows
 (:func:`scanner.features.melody.segments`, 12 pitch-class shifts each) are
 searched like any dense rows; their neighbours only *propose* alignments. Each
 hit of a query window (start ``qt``, shift ``s``) on a reference window (start
@@ -33,8 +35,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from scanner.features.base import Featurizer
 from scanner.features.melody import FRAME, QUERY_HOP, REF_HOP, WINDOW, segments, window_frames
-from scanner.match import Evidence
+from scanner.features.prepared import Prepared
+from scanner import search
+from scanner.match.base import K, Evidence, IndexFiles, Judge, Writer, item_rows, work_spans
+from scanner.match.dense import Dense
 
 #: Tempo ratios looked for (reference seconds per query second): a re-performance
 #: up to 10% faster or slower.
@@ -256,10 +262,9 @@ class WorkFrames:
 
     def work_rows(self, work_id: int) -> np.ndarray:
         """Row numbers of one work, int64 (in row order)."""
-        from scanner.match import _work_spans
 
         if self._spans is None and self._by_work is None:
-            self._spans = _work_spans(self.rows[:, 0])
+            self._spans = work_spans(self.rows[:, 0])
             if self._spans is None:  # rows out of work order (works removed and re-added): a map
                 order = np.argsort(np.asarray(self.rows[:, 0]), kind="stable")
                 works, starts = np.unique(np.asarray(self.rows[order, 0]), return_index=True)
@@ -479,3 +484,85 @@ def expected_chance(found: Sequence[Evidence], null: dict[str, Any], *, span: fl
     factor = max(1.0, query_seconds / float(null.get("excerpt", NULL_EXCERPT)))
     x = np.array([e.detail["aligned_frames"] for e in found], np.float64)  # type: ignore[index]
     return np.asarray(pol.score_rate(x, model), np.float64) * factor
+
+
+# --- the kind: the null and the judge (stored as dense rows) --------------------------
+
+
+def reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
+    """Stored vectors of a dense faiss index by row number, float32 ``[shape=(len(ids), d)]``
+    (an inverted file gets its id map built on first use)."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, np.int64)
+    try:
+        return index.reconstruct_batch(ids)
+    except RuntimeError:
+        faiss.extract_index_ivf(index).make_direct_map()
+        return index.reconstruct_batch(ids)
+
+
+class Segments(Dense):
+    """Dense windows, any number per item: chroma frames aligned in time per work."""
+
+    name = "segments"
+
+    def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
+            timecodes: np.ndarray | None = None) -> None:
+        item_rows(writer, feat, items, work_ids, timecodes)
+
+    def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
+                 chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        """Reference excerpts aligned against the other works, as a scan would
+        (:func:`melody_null_scores`), searched in an index of the rows to be written."""
+        vecs, rows = writer.vectors(name)
+        if not len(vecs):
+            return fit_melody_null({}, 0)
+        index, _ = search.build_faiss_index(np.ascontiguousarray(vecs, np.float32), "ip")
+        frames = WorkFrames(rows, lambda ids: vecs[ids])
+        scores, works = melody_null_scores(rows, frames, lambda q: search.knn(index, q, K), feature=name,
+                                           skip=[int(w) for w in featureless])
+        return fit_melody_null(scores, works)
+
+    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
+        return SegmentsJudge(index, feat, device)
+
+
+class SegmentsJudge(Judge):
+    """A segments feature of an open index; the works' frames read back from its faiss index as matches need them."""
+
+    def __init__(self, index: IndexFiles, feat: Featurizer, device: str):
+        self.index, self.feat, self.device = index, feat, device
+        index.faiss_index(feat.name)
+        index.rows(feat.name)
+        index.row_weights(feat.name)
+        self.frames = WorkFrames(index.rows(feat.name), lambda ids: reconstruct(index.faiss_index(feat.name), ids))
+
+    def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
+        """Every window is searched like any dense row; the hits vote for lines
+        (work, transposition, tempo ratio, offset) and the best lines are
+        scored frame by frame against the works' frames (:func:`melody_evidence`);
+        the chance of each score comes from the null fitted on the same statistic
+        at build time."""
+        feat = self.feat
+        out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
+        pos = [i for i, p in enumerate(batch)
+               if p.error is None and feat.name in p.prepared and len(p.prepared[feat.name])]
+        if not pos:
+            return out
+        items = [batch[i].prepared[feat.name] for i in pos]
+        vecs = feat.embed(items)
+        D, I = search.knn(self.index.faiss_index(feat.name), vecs, K, device=self.device)
+        I[~feat.informative(vecs)] = -1  # silent windows are no evidence
+        rows = self.index.rows(feat.name)
+        null = self.index.null[feat.name]
+        end = np.cumsum([len(p) for p in items])
+        spans = [float(k) for k in null["spans"]]
+        for i, item, hi in zip(pos, items, end):
+            lo = hi - len(item)
+            seconds = float(item["start"].max()) + feat.window  # type: ignore[attr-defined]
+            span = span_for(seconds, spans)
+            found = melody_evidence(D[lo:hi], I[lo:hi], rows, item, self.frames, feature=feat.name, span=span)
+            if found:
+                out[i] = (found, expected_chance(found, null, span=span, query_seconds=seconds))
+        return out

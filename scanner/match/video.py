@@ -55,7 +55,7 @@ class VideoEvidence:
 
         Parameters
         ----------
-        evidence : evidence dicts of :meth:`scanner.pipeline.Scanner._match`
+        evidence : evidence dicts of :meth:`scanner.pipeline.scan.Scanner._match`
             (``work_id``, ``feature``, ``expected``, ``locator`` ...); a
             keyframe's locators carry its ``timecode`` already.
         keyframe : the keyframe's number, or ``None`` for the soundtrack

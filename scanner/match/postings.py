@@ -1,6 +1,9 @@
-"""Align audio fingerprint hashes with the index's postings: per-work evidence with time spans.
+"""Fingerprint postings (``audio-fingerprint``): hashes aligned per work in time.
 
-Pure functions, no IO. A query's hashes (:data:`scanner.features.fingerprint.HASH_DTYPE`)
+The index keeps no faiss file: ``<feature>.npz`` holds the hash keys sorted
+(``key``) with each posting's anchor time, triplet span, pitch and near-edge
+bits, and ``<feature>.rows.npy`` their (work, posting number) rows, in the
+same order. A query's hashes (:data:`scanner.features.fingerprint.HASH_DTYPE`)
 are looked up in the index's postings, kept sorted by key, with
 :func:`numpy.searchsorted` (:func:`lookup`). Every hit pairs a query hash with a
 reference hash; a copy shows as many pairs that agree on one alignment
@@ -27,7 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scanner.match import Evidence
+from scanner import policy as pol
+from scanner.features.base import Featurizer
+from scanner.features.prepared import Prepared
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, item_rows
 
 #: Largest time-scale change looked for (ref seconds per query second, either way).
 MAX_RATE = 1.12
@@ -94,8 +100,8 @@ class PostingsTable:
 
     @cached_property
     def directory(self) -> np.ndarray | None:
-        """Row where each key value starts (:func:`scanner.index.search.key_directory`), built on first use."""
-        from scanner.index.search import key_directory
+        """Row where each key value starts (:func:`scanner.search.key_directory`), built on first use."""
+        from scanner.search import key_directory
 
         return key_directory(self.key)
 
@@ -154,7 +160,7 @@ def lookup(hashes: np.ndarray, table: PostingsTable, *,
     -------
     q, r : int64 ``[shape=(p,)]`` query hash numbers and table rows
     """
-    from scanner.index.search import expand_runs, postings_ranges
+    from scanner.search import expand_runs, postings_ranges
 
     keys, source = expand_probes(hashes)
     lo, hi = postings_ranges(table.key, keys, directory=table.directory)
@@ -363,3 +369,110 @@ def postings_null_scores(table: PostingsTable, *, feature: str, skip: Sequence[i
         raw = [e.raw for e in align(q, table, feature=feature, top=top, exclude=int(w))][:top]
         scores[j, :len(raw)] = raw
     return scores.ravel()
+
+
+# --- the kind: what the index keeps, the null, the judge ------------------------------
+
+
+def bounded_tail(null: dict[str, Any], scores: np.ndarray) -> dict[str, Any]:
+    """Keep a fitted exponential tail no heavier than twice what its own sample allows.
+
+    A body that does not fall off before the sample ends (a small library:
+    chance counts bunched at a few values) gives no slope, and the fitted
+    scale runs to its cap, far heavier than the sample: ``n`` chance scores
+    whose largest is ``m`` say ``P(X > m)`` is about ``1 / n``, i.e. a scale
+    near ``(m + 1 - u) / ln(p_u n)``. Twice that is kept as the bound (the
+    tail beyond the sample is unknown), before the usual widening.
+    """
+    if null.get("prior") or not len(scores):
+        return null
+    u, p_u, n = null["threshold"], null["p_threshold"], len(scores)
+    if p_u * n <= np.e:
+        return null
+    bound = 2.0 * (float(scores.max()) + 1.0 - u) / np.log(p_u * n)
+    if bound < null["scale"]:
+        null = {**null, "scale_fitted": null["scale"], "scale": max(bound, pol.MIN_INLIER_SCALE)}
+    return null
+
+
+class Postings(FeatureKind):
+    """Hash keys, any number per item, each with a time; aligned per work."""
+
+    name = "postings"
+    raw_kind = "aligned_hashes"
+    has_arrays = True
+
+    def empty(self, spec: dict[str, Any]) -> np.ndarray:
+        return np.zeros(0, np.uint32)
+
+    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        if not staged.path(".npz").exists():
+            return None
+        arrays = staged.load_npz(".npz")
+        return arrays.pop("key"), staged.load_npy(".rows.npy"), arrays
+
+    def write(self, staged: Staged) -> int:
+        """Postings as plain arrays sorted by key (a lookup is a binary search): rows and npz."""
+        keys, rows = staged.final()
+        order = np.argsort(keys, kind="stable")
+        staged.save_npy(".rows.npy", np.ascontiguousarray(rows[order], np.int32))
+        staged.save_npz(".npz", {"key": np.ascontiguousarray(keys[order], np.uint32),
+                                 **{k: np.ascontiguousarray(v[order]) for k, v in staged.arrays().items()}})
+        staged.drop(".faiss")
+        return int(len(keys))
+
+    def stored(self, index: IndexFiles, name: str) -> int:
+        return len(index.landmarks(name).get("key", ()))
+
+    def arrays(self, index: IndexFiles, name: str) -> dict[str, np.ndarray]:
+        return index.landmarks(name)
+
+    def declare(self, writer: Writer, feat: Featurizer) -> None:
+        """Present even when no work has audio: audio scans check against none."""
+        codes, extra = feat.index_rows(np.zeros(0, feat.hash_dtype))  # type: ignore[attr-defined]
+        writer.add_vectors(feat.identity(), codes, np.zeros(0, np.int32), extra=extra)
+
+    def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
+            timecodes: np.ndarray | None = None) -> None:
+        item_rows(writer, feat, items, work_ids, timecodes)
+
+    def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
+                 chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        vecs, rows = writer.vectors(name)
+        table = PostingsTable.from_arrays(vecs, rows[:, 0], writer.extras(name))
+        scores = postings_null_scores(table, feature=name, skip=featureless)
+        # candidates that aligned at all: the empty slots of a small library
+        # would pile up at 0 and make the tail look steeper than it is
+        scores = scores[scores > 0]
+        return bounded_tail({**pol.fit_inlier_null(scores, candidates=AUDIO_TOP, prior=pol.PRIOR_ALIGNED),
+                             "window": WINDOW}, scores)
+
+    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
+        return PostingsJudge(index, feat)
+
+
+class PostingsJudge(Judge):
+    """A postings feature of an open index: its table loaded, each input aligned against it."""
+
+    def __init__(self, index: IndexFiles, feat: Featurizer):
+        self.index, self.feat = index, feat
+        extra = index.landmarks(feat.name)
+        self.table = PostingsTable.from_arrays(extra["key"], np.asarray(index.rows(feat.name))[:, 0], extra)
+
+    def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
+        feat = self.feat
+        null = self.index.null[feat.name]
+        out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
+        for i, p in enumerate(batch):
+            if p.error is not None or feat.name not in p.prepared:
+                continue
+            hashes = p.prepared[feat.name]
+            evs = align(hashes, self.table, feature=feat.name)
+            if not evs:
+                continue
+            # the count is over the best window of the null's length; a longer
+            # query has that many more windows to find a chance alignment in
+            length = float(hashes["t"].max() - hashes["t"].min()) if len(hashes) else 0.0
+            windows = max(1.0, length / null.get("window", WINDOW))
+            out[i] = (evs, pol.expected_inliers(np.array([e.raw for e in evs]), null) * windows)
+        return out

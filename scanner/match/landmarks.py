@@ -1,8 +1,16 @@
-"""Turn raw neighbours into per-work evidence. Pure functions, no IO.
+"""Keypoint landmarks (``image-local``): votes, then geometric verification per work.
 
-A reference work may own several rows of an index (tiles, segments); a query's
-``k`` neighbours are grouped by work and the closest row of each work is kept,
-with its locator, as that work's evidence.
+Any number of rows per item, each a keypoint's packed descriptor with its
+position. The index keeps ``<feature>.faiss`` (a binary faiss index: flat, or
+an inverted file from :data:`IVF_FROM` rows, :func:`binary_index`),
+``<feature>.rows.npy`` (work, keypoint number; a video work's keyframe
+timecode in ms), ``<feature>.npz`` (positions ``xy`` and picture ``size`` per
+row) and, for an inverted file, ``<feature>.codes.npy`` (the codes, mapped
+for verification). A query's keypoints vote for (work, view) pairs
+(:func:`landmark_votes`); the best-voted are verified by one similarity
+transform (:func:`verify_landmarks`), counted by two statistics, each with
+the null fitted at build on references queried against the other works
+(:func:`landmark_null_scores`).
 """
 
 from __future__ import annotations
@@ -12,88 +20,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from scanner import policy as pol
+from scanner.features.base import Featurizer
+from scanner.features.prepared import Prepared
+from scanner.search import BINARY_IVF_NPROBE, binary_codes
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, item_rows, work_spans
 
-@dataclass(frozen=True)
-class Evidence:
-    """The closest row of one work to one query, for one feature.
-
-    Attributes
-    ----------
-    work_id : int
-    feature : str
-    raw : float
-        Search score as returned (Hamming bits, or cosine).
-    distance : float
-        Smaller-is-closer form: Hamming bits, or ``1 - cosine``.
-    locator : int
-        Which row of the work matched (its view, tile or segment).
-    query_locator : int
-        Which of the query's rows matched.
-    row : int
-        The index row that matched (-1 for landmark evidence).
-    detail : dict, optional
-        Landmark evidence: where the match sits (boxes, shares, inliers).
-    pending : tuple, optional
-        Landmark evidence verified without its boxes: what
-        :func:`landmark_detail` builds them from, when they are asked for.
-    """
-
-    work_id: int
-    feature: str
-    raw: float
-    distance: float
-    locator: int
-    query_locator: int = 0
-    row: int = -1
-    detail: dict[str, Any] | None = None
-    pending: tuple | None = field(default=None, repr=False, compare=False)
-
-
-def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
-    """Raw search scores in smaller-is-closer form (``1 - cosine`` for ``ip``)."""
-    raw = np.asarray(raw, dtype=np.float64)
-    return raw if metric == "hamming" else 1.0 - raw
-
-
-def best_per_work(D: np.ndarray, I: np.ndarray, rows: np.ndarray, *, feature: str,
-                  metric: str, codes_per_query: int = 1) -> list[list[Evidence]]:
-    """Group each query's neighbours by work, keeping each work's closest row.
-
-    Parameters
-    ----------
-    D, I : ``[shape=(n * codes_per_query, k)]`` search results
-        (:func:`scanner.index.search.knn`), query rows item-major
-    rows : int32 ``[shape=(n_rows, 2)]`` row -> (work_id, locator)
-    feature : feature name, copied into the evidence
-    metric : ``"hamming"`` or ``"ip"``
-    codes_per_query : rows each query item has (all are pooled)
-
-    Returns
-    -------
-    list of lists
-        Per query, evidence sorted closest first, one entry per work.
-    """
-    k = D.shape[1]
-    D = D.reshape(-1, codes_per_query * k)
-    I = I.reshape(-1, codes_per_query * k)
-    dist = to_distance(D, metric)
-    valid = I >= 0
-    safe = np.where(valid, I, 0)
-    works = np.asarray(rows)[safe, 0]
-    locs = np.asarray(rows)[safe, 1]
-    out: list[list[Evidence]] = []
-    for q in range(len(I)):
-        order = np.argsort(dist[q], kind="stable")
-        seen: set[int] = set()
-        ev = []
-        for j in order:
-            if not valid[q, j] or int(works[q, j]) in seen:
-                continue
-            seen.add(int(works[q, j]))
-            ev.append(Evidence(int(works[q, j]), feature, float(D[q, j]), float(dist[q, j]), int(locs[q, j]),
-                               int(j // k), int(I[q, j])))
-        out.append(ev)
-    return out
+#: Landmark descriptors from this many rows on are searched through an inverted
+#: file (exact flat search below).
+IVF_FROM = 32768
 
 
 # --- landmarks: voting, then geometric verification ------------------------------------
@@ -168,7 +103,7 @@ class LandmarkTable:
     def work_rows(self, work_id: int) -> np.ndarray:
         """Row numbers of one work's keypoints, int64."""
         if self._spans is None and not self._by_work:
-            object.__setattr__(self, "_spans", _work_spans(self.rows[:, 0]))  # a cache on a frozen table
+            object.__setattr__(self, "_spans", work_spans(self.rows[:, 0]))  # a cache on a frozen table
             if self._spans is None:  # rows out of work order (works removed and re-added): a map
                 order = np.argsort(self.rows[:, 0], kind="stable")
                 works, starts = np.unique(self.rows[order, 0], return_index=True)
@@ -180,33 +115,6 @@ class LandmarkTable:
             if at < len(works) and works[at] == work_id:
                 return np.arange(bounds[at], bounds[at + 1], dtype=np.int64)
         return self._by_work.get(int(work_id), np.zeros(0, np.int64))
-
-
-def _work_spans(work_of_row: np.ndarray, block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray] | None:
-    """Where each work's rows start and end, when rows are in work order (as an index writes them).
-
-    Returns the works (sorted) and their bounds (``bounds[i]:bounds[i + 1]``
-    are the rows of ``works[i]``), or ``None`` when the rows are out of
-    order. Read in blocks: the row map may be a memory-mapped file of
-    billions of rows, and only ``O(works)`` is kept.
-    """
-    works: list[np.ndarray] = []
-    starts: list[np.ndarray] = []
-    last = None
-    for lo in range(0, len(work_of_row), block):
-        col = np.asarray(work_of_row[lo:lo + block])
-        if np.any(col[1:] < col[:-1]) or (last is not None and col[0] < last):
-            return None
-        cut = np.flatnonzero(col[1:] != col[:-1]) + 1
-        if last is None or col[0] != last:
-            cut = np.concatenate([[0], cut])
-        works.append(col[cut])
-        starts.append(cut + lo)
-        last = col[-1]
-    if not works:
-        return np.zeros(0, np.int64), np.zeros(1, np.int64)
-    return (np.concatenate(works).astype(np.int64),
-            np.concatenate([*starts, [len(work_of_row)]]).astype(np.int64))
 
 
 def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.ndarray | None = None, *,
@@ -548,7 +456,7 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
     """Per-work landmark evidence for a batch of queries: search, vote, verify.
 
     An even subset of each query's keypoints (:func:`voters`) is searched,
-    all queries in one batch (:func:`scanner.index.search.knn`); these
+    all queries in one batch (:func:`scanner.search.knn`); these
     keypoints vote for works (:func:`landmark_votes`) and the ``top``
     best-voted (work, view) pairs are verified with every keypoint
     (:func:`verify_landmarks`).
@@ -575,7 +483,7 @@ def landmark_evidence(queries: Sequence[np.ndarray], index: Any, table: Landmark
     list of lists of Evidence, one list per query, one Evidence per work and
     statistic kept, most inliers first
     """
-    from scanner.index.search import knn
+    from scanner.search import knn
 
     exclude = list(exclude) if exclude is not None else [None] * len(queries)
     if exclude and any(e is not None for e in exclude):
@@ -679,3 +587,169 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
             cands[j, :len(evs)] = [e.work_id for e in evs]
         out[stat] = (scores.ravel(), np.repeat(sample.astype(np.int64), slots), cands.ravel())
     return out
+
+
+def binary_index(codes: np.ndarray) -> Any:
+    """A faiss binary index over packed codes, rows numbered in order.
+
+    Below :data:`IVF_FROM` rows, exact flat search. From there on, an inverted
+    file whose centroids are a seeded sample of the codes themselves (no
+    training: k-means on millions of ORB descriptors costs minutes and, for
+    voting, finds the same works), with ``4 sqrt(n)`` lists of which
+    :data:`scanner.search.BINARY_IVF_NPROBE` are probed; the probe count is stored in the file.
+
+    Parameters
+    ----------
+    codes : uint8 ``[shape=(n, nbytes)]``
+    """
+    import faiss
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    dim = codes.shape[1] * 8
+    if len(codes) < IVF_FROM:
+        index = faiss.IndexBinaryFlat(dim)
+    else:
+        nlist = int(min(65536, 4 * np.sqrt(len(codes))))
+        quantizer = faiss.IndexBinaryFlat(dim)
+        quantizer.add(codes[np.sort(np.random.default_rng(0).choice(len(codes), nlist, replace=False))])
+        index = faiss.IndexBinaryIVF(quantizer, dim, nlist)
+        index.is_trained = True
+        index.nprobe = BINARY_IVF_NPROBE
+        index.own_fields = True
+        quantizer.this.disown()
+    index.add(codes)
+    return index
+
+
+# --- the kind: what the index keeps, the null, the judge ------------------------------
+
+
+def statistic_nulls(null: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Statistic -> null of a landmark feature: ``unique`` always, the others where the index fitted them."""
+    return {"unique": null, **{s: null[s] for s in LANDMARK_STATISTICS if s != "unique" and s in null}}
+
+
+def fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dict[str, np.ndarray],
+                      index: Any, featureless: np.ndarray,
+                      chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """A landmark feature's null: references queried against the other works, as a scan would.
+
+    The ``unique`` statistic's model is the null itself (as indexes built
+    before the others had it); each other statistic's is kept under its name.
+    The (chance, reference, candidate work) triples of the evidence a scan
+    would keep, the more significant statistic per pair, go to
+    ``chance_pairs[name]`` for :func:`scanner.match.fusion.fit_fusion`.
+    """
+    none = np.zeros((0, 2), np.float32)
+    table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
+    stats = landmark_null_scores(table, index, feature=name, skip=featureless)
+    null = pol.fit_inlier_null(stats["unique"][0], candidates=STATISTIC_TOP["unique"])
+    for stat in LANDMARK_STATISTICS:
+        if stat != "unique":
+            null[stat] = pol.fit_inlier_null(stats[stat][0], candidates=STATISTIC_TOP[stat],
+                                             prior=pol.PRIOR_REPEATED_INLIERS)
+    scores, q, c = (np.concatenate(parts) for parts in zip(*stats.values()))
+    kinds = np.repeat(list(stats), [len(v[0]) for v in stats.values()])
+    strength = -np.log(pol.expected_landmark(scores, kinds, statistic_nulls(null)))
+    # one pair per (reference, candidate): the stronger statistic; slots without a candidate stay
+    key = np.where(c >= 0, q * (int(c.max(initial=0)) + 1) + c, -1 - np.arange(len(c)))
+    order = np.lexsort((-strength, key))
+    first = np.ones(len(order), bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = order[first]
+    chance_pairs[name] = (strength[keep], q[keep], c[keep])
+    return null
+
+
+class Landmarks(FeatureKind):
+    """Keypoints, any number per item, verified per work by geometry."""
+
+    name = "landmark"
+    raw_kind = "inliers"
+    has_arrays = True
+
+    def empty(self, spec: dict[str, Any]) -> np.ndarray:
+        return np.zeros((0, spec["dim"] // 8), np.uint8)
+
+    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        import faiss
+
+        if not staged.path(".faiss").exists():
+            return None
+        old = faiss.read_index_binary(str(staged.path(".faiss")))
+        if not old.ntotal:
+            return None
+        arrays = staged.load_npz(".npz")
+        return binary_codes(old), staged.load_npy(".rows.npy"), arrays
+
+    def write(self, staged: Staged) -> int:
+        import faiss
+
+        vecs, rows = staged.final()
+        index = staged.derived(lambda: binary_index(vecs))  # the one the null was fitted with
+        staged.save_faiss(index)
+        staged.save_npy(".rows.npy", np.ascontiguousarray(rows, np.int32))
+        staged.save_npz(".npz", {k: np.ascontiguousarray(v) for k, v in staged.arrays().items()})
+        # an inverted file gives its codes back only by walking every list: keep a
+        # plain copy that opens memory-mapped (verification reads a work's keypoints)
+        if isinstance(index, faiss.IndexBinaryIVF):
+            staged.save_npy(".codes.npy", np.ascontiguousarray(vecs, np.uint8))
+        else:
+            staged.drop(".codes.npy")
+        return int(index.ntotal)
+
+    def stored(self, index: IndexFiles, name: str) -> int:
+        return int(index.faiss_index(name).ntotal)
+
+    def arrays(self, index: IndexFiles, name: str) -> dict[str, np.ndarray]:
+        return index.landmarks(name)
+
+    def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
+            timecodes: np.ndarray | None = None) -> None:
+        item_rows(writer, feat, items, work_ids, timecodes)
+
+    def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
+                 chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        vecs, rows = writer.vectors(name)
+        index = writer.derived(name, lambda: binary_index(vecs))  # written as fitted
+        return fit_landmark_null(name, vecs, rows, writer.extras(name), index, featureless, chance_pairs)
+
+    def detail(self, e: Evidence) -> dict[str, Any] | None:
+        return landmark_detail(e)
+
+    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
+        return LandmarkJudge(index, feat)
+
+
+class LandmarkJudge(Judge):
+    """A landmark feature of an open index: its reference keypoints loaded, verified per work."""
+
+    def __init__(self, index: IndexFiles, feat: Featurizer):
+        self.index, self.feat = index, feat
+        index.faiss_index(feat.name)
+        index.rows(feat.name)
+        index.row_weights(feat.name)
+        extra = index.landmarks(feat.name)
+        none = np.zeros((0, 2), np.float32)  # an index whose works gave no keypoints at all
+        # plain arrays over the memory map: each verified work indexes them, and a
+        # numpy.memmap wraps every slice of one in an object of its own
+        self.table = LandmarkTable(np.asarray(index.rows(feat.name)), np.asarray(index.codes(feat.name)),
+                                   extra.get("xy", none), extra.get("size", none))
+
+    def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
+        feat = self.feat
+        out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
+        pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
+        nulls = statistic_nulls(self.index.null[feat.name])
+
+        def expected(inliers: np.ndarray, statistics: np.ndarray) -> np.ndarray:
+            return pol.expected_landmark(inliers, statistics, nulls)
+
+        found = landmark_evidence([batch[i].prepared[feat.name] for i in pos], self.index.faiss_index(feat.name),
+                                  self.table, feature=feat.name, statistics=tuple(nulls),
+                                  choose=expected,  # per work, its most significant statistic
+                                  boxes=False)  # built for the matches shown (the scanner asks landmark_detail)
+        for i, evs in zip(pos, found):
+            if evs:
+                out[i] = (evs, expected(np.array([e.raw for e in evs]), np.array([e.detail["statistic"] for e in evs])))
+        return out

@@ -1,0 +1,177 @@
+"""Building and maintaining an index: references prepared, their rows added by each feature's kind, nulls fitted.
+
+Every feature kind (:mod:`scanner.match`) says what it keeps and how its null
+is fitted; this module loops over the features and never asks which kind it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from scanner import media, policy as pol
+from scanner.features import Featurizer
+from scanner.features.prepared import BATCH, Prepared
+from scanner.index import store
+from scanner.match import kind_of
+from scanner.match.fusion import fit_fusion
+from scanner.pipeline.options import FeatureOptions, NoProgress, Progress, available_features, features_for_index
+from scanner.pipeline.prepare import batches
+from scanner.pipeline.scan import Engine, LocalEngine
+
+
+@dataclass
+class BuildSummary:
+    """What an index build or add did."""
+
+    index_id: str
+    added: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_works: int = 0
+
+
+def fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
+    """Fit each feature's null from pairs of rows of different works (by its kind), then the fusion model.
+
+    Featureless works are left out: they collide by construction, and are
+    never evidence at scan time either.
+    """
+    nulls = {}
+    chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    featureless = writer.featureless_work_ids()
+    names = writer.feature_names()
+    specs = {name: writer.spec(name) for name in names}
+    for name in names:
+        nulls[name] = kind_of(specs[name]).fit_null(writer, name, featureless=featureless, chance_pairs=chance_pairs)
+    writer.set("fusion", fit_fusion(writer, names, specs, nulls, chance_pairs))
+    return nulls
+
+
+def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: FeatureOptions | None = None,
+                metadata: str | Path | None = None, create: bool = True, policy: pol.Policy | None = None,
+                hmac_key: bytes | None = None, progress: Progress | None = None,
+                engine: Engine | None = None) -> BuildSummary:
+    """Build (``create=True``) or extend an index of protected reference works.
+
+    Parameters
+    ----------
+    refs : files and folders of reference works (walked like scan inputs)
+    index_dir : the index directory (replaced atomically on success)
+    options : which featurizers; when extending, the index's own are used
+    metadata : CSV/JSON sidecar with title, rights_holder, licence, notes, licensed
+    policy : thresholds to store in the manifest (defaults when building)
+    engine : where references are decoded and featurized (:class:`LocalEngine`
+        by default; ``scanner.engine_ray.RayEngine`` on a cluster); the index is
+        written here, by this process, either way
+
+    Returns
+    -------
+    BuildSummary
+
+    Raises
+    ------
+    IndexError_, IndexLockedError, IndexMismatchError, ModelError, ParameterError
+    """
+    options = options or FeatureOptions()
+    progress = progress or NoProgress()
+    meta = store.read_metadata(metadata) if metadata else {}
+    index_dir = Path(index_dir)
+    with store.IndexWriter(index_dir, create=create, hmac_key=hmac_key) as writer:
+        if create:
+            featurizers, notes = available_features(options)
+        else:
+            featurizers, notes = features_for_index(store.Index(index_dir, writer.manifest, verify=False),
+                                                    options), []
+        summary = BuildSummary(writer.manifest["index_id"], notes=notes,
+                               features=[f.name for f in featurizers])
+        for feat in featurizers:
+            kind_of(feat).declare(writer, feat)
+        roots = [Path(r) for r in refs]
+        items = []
+        for found in media.discover(roots):
+            if isinstance(found, media.Skipped):
+                summary.skipped.append((str(found.path), found.reason))
+            else:
+                items.append(found)
+        progress.start(len(items), "indexing references")
+        seen: dict[str, str] = {}
+        for batch in batches((engine or LocalEngine()).prepare(items, featurizers, reference=True), BATCH):
+            work_ids = []
+            for p in batch:
+                wid = None
+                if p.error is not None:
+                    summary.errors.append((str(p.item.path), p.error))
+                elif p.sha256 in seen or writer.has_sha256(p.sha256 or ""):
+                    summary.duplicates.append(str(p.item.path))
+                else:
+                    seen[p.sha256 or ""] = str(p.item.path)
+                    root = next((r for r in roots if r.is_dir() and r in p.item.path.parents), None)
+                    wid = writer.add_work(path=str(p.item.path), sha256=p.sha256 or "",
+                                          modality=p.item.modality, featureless=p.featureless,
+                                          **store.match_metadata(meta, p.item.path, root))
+                    if p.thumb is not None:
+                        writer.add_thumbnail(wid, p.thumb, p.thumb_meta)
+                    summary.added += 1
+                work_ids.append(wid)
+            for p, wid in zip(batch, work_ids):
+                if wid is not None and p.parts is not None:
+                    _add_video_rows(writer, featurizers, p, wid)
+            for feat in featurizers:
+                kind_of(feat).add(writer, feat, batch, work_ids)
+            progress.advance(len(batch))
+        _check_models(writer, featurizers)
+        writer.set("null", fit_nulls(writer))
+        if create or "policy" not in writer.manifest or not writer.manifest["policy"]:
+            writer.set("policy", (policy or pol.Policy()).validate().get_params())
+        elif policy is not None:
+            writer.set("policy", policy.validate().get_params())
+        writer.commit()
+        summary.n_works = writer.manifest["works"]["count"]
+    return summary
+
+
+def _add_video_rows(writer: store.IndexWriter, featurizers: Sequence[Featurizer], p: Prepared, wid: int) -> None:
+    """Queue a video work's rows: its keyframes' and its soundtrack's, all under the one work.
+
+    A keyframe's rows carry its timecode (ms) in their locator, so a match
+    says where in the reference video it sits (each kind encodes it with its
+    own row locators, :meth:`scanner.match.base.FeatureKind.add`). Featureless
+    keyframes (black, flat) add nothing: they carry no identifiable
+    expression. The soundtrack's rows are an audio work's.
+    """
+    frames = [q for q in p.parts or [] if q.item.modality == "image" and q.error is None and not q.featureless]
+    sound = [q for q in p.parts or [] if q.item.modality == "audio" and q.error is None]
+    for feat in featurizers:
+        if feat.modality == "audio":
+            kind_of(feat).add(writer, feat, sound, [wid] * len(sound))
+            continue
+        have = [q for q in frames if feat.name in q.prepared]
+        ms = np.array([round((q.timecode or 0.0) * 1000) for q in have], np.int64)
+        kind_of(feat).add(writer, feat, have, [wid] * len(have), timecodes=ms)
+
+
+def _check_models(writer: store.IndexWriter, featurizers: Sequence[Featurizer]) -> None:
+    """Refuse a checkpoint whose embeddings of the references are degenerate."""
+    for feat in featurizers:
+        if feat.name == "image-clip" and feat.name in writer.feature_names():
+            from scanner.features.clip import check_informative
+
+            vecs, _ = writer.vectors(feat.name)
+            check_informative(vecs, model_id=feat.model_id or "?")
+
+
+def remove_from_index(index_dir: str | Path, work_ids: Iterable[int], *,
+                      hmac_key: bytes | None = None) -> list[int]:
+    """Remove works by id; returns the ids that were found (and removed)."""
+    with store.IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+        found = writer.remove_works(work_ids)
+        writer.set("null", fit_nulls(writer))
+        writer.commit()
+    return found

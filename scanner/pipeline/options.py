@@ -1,0 +1,112 @@
+"""What a build or a scan runs with: which featurizers, their options, and where progress goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from scanner.errors import LikenessError
+from scanner.features import WEIGHT_FREE, Featurizer, make
+from scanner.index import store
+
+
+class Progress(Protocol):
+    """What the pipeline reports progress to (the CLI draws it with rich)."""
+
+    def start(self, total: int, description: str) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int, description: str) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass
+class FeatureOptions:
+    """Which featurizers to run and how (``image-clip`` needs a checkpoint).
+
+    Parameters
+    ----------
+    names : feature names, or ``None`` for every featurizer that can run here
+    clip_model, clip_pretrained : open_clip model name (or JSON config path)
+        and pretrained tag (or checkpoint path)
+    models_dir : where fetched/imported checkpoints live
+    device : ``auto``, ``cpu`` or ``cuda``
+    """
+
+    names: Sequence[str] | None = None
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    models_dir: str | None = None
+    device: str = "auto"
+
+    def clip_options(self) -> dict[str, Any]:
+        return {"model": self.clip_model, "pretrained": self.clip_pretrained,
+                "models_dir": self.models_dir, "device": self.device}
+
+
+def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[str]]:
+    """Featurizers to build an index with, and notes on those left out.
+
+    With ``options.names`` unset: the weight-free ones, plus ``image-clip`` when
+    its checkpoint resolves locally (CLIP joins when a checkpoint is present).
+    """
+    if options.names:
+        return [make(n, **options.clip_options()) for n in options.names], []
+    feats: list[Featurizer] = []
+    notes = []
+    for n in WEIGHT_FREE:
+        try:
+            feats.append(make(n))
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("scanner."):
+                raise
+            notes.append(f"{n} not used: this likeness has no {exc.name} module")
+    try:
+        from scanner.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
+        from scanner.models import default_models_dir, resolve_checkpoint
+
+        # look for weights first (a registry read): torch is imported only when they exist
+        model = options.clip_model or DEFAULT_MODEL
+        resolve_checkpoint(Path(model).stem if model.endswith(".json") else model,
+                           options.clip_pretrained or DEFAULT_PRETRAINED,
+                           models_dir=options.models_dir or default_models_dir())
+        clip = make("image-clip", **options.clip_options())
+        clip.model_id  # loads and verifies the checkpoint (once), or raises
+        feats.append(clip)
+    except LikenessError as exc:
+        notes.append(f"image-clip not used: {str(exc).split('. ')[0]} (see `likeness models --help`)")
+    except ImportError as exc:
+        notes.append(f"image-clip not used: {exc.name} is not installed (pip install likeness-scanner[clip])")
+    return feats, notes
+
+
+def features_for_index(index: store.Index, options: FeatureOptions) -> list[Featurizer]:
+    """Featurizers matching an index's manifest; a different model is refused."""
+    feats = []
+    for name, spec in index.features.items():
+        if name == "image-clip":
+            opts = options.clip_options()
+            model, _, tag = (spec.get("model") or ":").partition(":")
+            opts["model"] = opts["model"] or spec.get("model_name") or model
+            if not opts["pretrained"]:
+                opts["pretrained"] = tag
+                if tag.startswith("sha256:"):  # built from a file: find it by content in models/
+                    from scanner.models import default_models_dir, find_by_sha256
+
+                    models_dir = Path(options.models_dir or default_models_dir())
+                    entry = find_by_sha256(spec.get("checkpoint_sha256", ""), models_dir=models_dir)
+                    if entry is not None:
+                        opts["pretrained"] = entry.get("pretrained") or str(models_dir / entry["file"])
+            feat = make(name, **opts)
+        else:
+            feat = make(name)
+        index.check_featurizer(feat.identity())
+        feats.append(feat)
+    return feats
