@@ -4,7 +4,7 @@ The reference vectors are a streamed :class:`scanner.bench.GaussianMixture` (the
 generator ``bench search`` uses), drawn block by block with a seed per block, so no
 copy of the rows is ever held in memory or written to disk (10M x 512 fp32 is 20 GB).
 The index is built the way ``likeness index build`` writes any feature: through
-:class:`scanner.index.store.IndexWriter` (staged, hashed into the manifest, swapped in
+:class:`scanner.index.writer.IndexWriter` (staged, hashed into the manifest, swapped in
 by rename), here from a :class:`scanner.search.VectorStream`; past
 ``search.COMPRESSED_MIN_BYTES`` of fp32 rows that is an IVF of SQ8 codes whose recall@10 against
 exact search is measured on held-out queries during the same pass and kept in the
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from scanner.bench import GaussianMixture, load1  # noqa: E402
 from scanner import search
-from scanner.index import store  # noqa: E402
+from scanner.index import store, writer  # noqa: E402
 
 FEATURE = "synthetic-dense"
 #: rows per generated block, and per work in the catalog (one work, many locators)
@@ -87,7 +87,7 @@ def build(args: argparse.Namespace) -> dict:
     st = stream(args.rows, args.dim, args.seed)
     n_works = -(-args.rows // ROWS_PER_WORK)
     t0 = time.perf_counter()
-    with store.IndexWriter(path, create=True) as w:
+    with writer.IndexWriter(path, create=True) as w:
         ids = np.array([w.add_work(path=f"synthetic/{i}", sha256=f"{i:064x}", modality="image")
                         for i in range(n_works)], np.int32)
         rows = np.arange(args.rows)

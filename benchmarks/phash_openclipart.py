@@ -355,7 +355,7 @@ def diagnose(the_set: dict[str, Any], index_dir: Path, ex: ProcessPoolExecutor) 
     from scanner import policy as pol
     from scanner.features import make
     from scanner import search
-from scanner.index import store
+    from scanner.index import store
 
     feat = make(FEATURE)
     with store.open_index(index_dir) as idx:

@@ -25,7 +25,7 @@ import numpy as np
 
 from scanner import thumbs
 from scanner.demo import synthetic_picture
-from scanner.index import store
+from scanner.index import writer
 from scanner.report.html import write_html
 
 MIXES = {"typical": {"flagged": 0.10, "review": 0.10, "licensed": 0.02, "error": 0.01, "clear": 0.77},
@@ -35,7 +35,7 @@ PICTURES = 200
 
 
 def make_index(path: Path, n_works: int, pics: list[bytes]) -> str:
-    with store.IndexWriter(path, create=True) as w:
+    with writer.IndexWriter(path, create=True) as w:
         for i in range(n_works):
             wid = w.add_work(path=f"refs/work-{i:05d}.png", sha256=f"{i:064x}", modality="image",
                              title=f"Work {i}", rights_holder=f"Holder {i % 37}", licence="all rights reserved")

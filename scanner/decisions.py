@@ -20,6 +20,7 @@ import numpy as np
 from scanner import ledger, media, policy as pol
 from scanner.errors import ParameterError
 from scanner.index import store
+from scanner.index.writer import IndexWriter
 from scanner.pipeline import FeatureOptions, Progress, Result, check, scan
 
 
@@ -131,7 +132,7 @@ def calibrate(index_dir: str | Path, positives: Sequence[str | Path], negatives:
     report["calibrated_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = Calibration(policy, report)
     if write:
-        with store.IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+        with IndexWriter(index_dir, hmac_key=hmac_key) as writer:
             writer.set("policy", policy.get_params())
             writer.set("calibration", report)
         out.written = True

@@ -24,6 +24,7 @@ from PIL import Image
 from scanner.demo import synthetic_picture
 from scanner.errors import IndexLockedError
 from scanner.index import store
+from scanner.index.writer import IndexWriter
 from scanner.pipeline import FeatureOptions, build_index, check, read_results, scan
 
 
@@ -88,9 +89,9 @@ def test_kill_during_write_leaves_old_or_new_index(fresh_index: Path, more_refs:
 
 _ADD_WITHOUT_EXCHANGE = """
 import sys
-from scanner.index import store
+from scanner.index import writer
 from scanner.pipeline import build_index
-store._exchange = lambda a, b: False  # as on a file system without RENAME_EXCHANGE
+writer._exchange = lambda a, b: False  # as on a file system without RENAME_EXCHANGE
 build_index([sys.argv[2]], sys.argv[1], create=False)
 """
 
@@ -132,7 +133,7 @@ def test_readers_and_writers_while_a_writer_is_mid_commit(fresh_index: Path, mor
         _wait_stopped(writer)
         # a second writer is refused, naming the one that holds the lock
         with pytest.raises(IndexLockedError, match=f"index {fresh_index} is locked by pid {writer.pid}"):
-            with store.IndexWriter(fresh_index):
+            with IndexWriter(fresh_index):
                 pass
         rc, out, err = _run("index", "remove", "1", "--index", str(fresh_index))
         assert rc == 2 and f"is locked by pid {writer.pid}" in err and "Traceback" not in err, err

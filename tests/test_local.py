@@ -13,7 +13,7 @@ from scanner import policy as pol
 from scanner.demo import flatten, synthetic_picture
 from scanner.features import WEIGHT_FREE, make
 from scanner.features.local import KEYPOINT_DTYPE, extract
-from scanner.index import store
+from scanner.index import store, writer
 from scanner.search import binary_codes
 from scanner.match import landmarks
 from scanner.match.landmarks import landmark_votes
@@ -346,7 +346,7 @@ def test_build_measures_how_hash_and_geometry_evidence_correlate(local_index: Pa
 
 
 def test_heat_grid_marks_the_cells_where_points_lie() -> None:
-    from scanner.match.landmarks import heat_grid
+    from scanner.match.geometry import heat_grid
 
     grid = heat_grid(np.array([[0.05, 0.05], [0.06, 0.07], [0.95, 0.5]]))
     assert len(grid) == 64 and grid[0] == "9" and grid[4 * 8 + 7] == "5"
@@ -362,7 +362,7 @@ def test_an_inverted_file_keeps_its_codes_memory_mapped_beside_it(tmp_path: Path
     codes = rng.integers(0, 256, (n, 32), dtype=np.uint8)
     identity = make("image-local").identity()
     path = tmp_path / "index"
-    with store.IndexWriter(path, create=True) as w:
+    with writer.IndexWriter(path, create=True) as w:
         wid = w.add_work(path="w.png", sha256="0" * 64, modality="image")
         w.add_vectors(identity, codes, np.full(n, wid), extra={"xy": np.zeros((n, 2), np.float32),
                                                                 "size": np.ones((n, 2), np.float32)})

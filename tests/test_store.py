@@ -13,7 +13,7 @@ import pytest
 
 from scanner.demo import synthetic_picture
 from scanner.errors import IndexError_, IndexLockedError, IndexMismatchError
-from scanner.index import store
+from scanner.index import metadata, store, writer
 from scanner.pipeline import FeatureOptions, build_index, remove_from_index
 
 
@@ -61,7 +61,7 @@ def test_a_forked_process_reads_the_catalog_through_its_own_connection(fresh_ind
                 and sorted(lookup) == sorted(idx.works())
 
         assert _in_child(reads_the_same_catalog)
-        with store.IndexWriter(fresh_index) as w:  # swaps a new index in under the open one
+        with writer.IndexWriter(fresh_index) as w:  # swaps a new index in under the open one
             w.add_work(path="new.png", sha256="e" * 64, modality="image", title="New")
         with store.open_index(fresh_index) as new:
             assert new.n_works == len(titles) + 1
@@ -94,7 +94,7 @@ def test_add_and_remove_keep_ids_and_vectors_consistent(fresh_index: Path, tmp_p
 def test_failed_write_leaves_the_old_index_whole(fresh_index: Path) -> None:
     snapshot = {p.name: p.read_bytes() for p in fresh_index.rglob("*") if p.is_file() and not p.name.startswith(".")}
     with pytest.raises(RuntimeError):
-        with store.IndexWriter(fresh_index) as w:
+        with writer.IndexWriter(fresh_index) as w:
             w.add_work(path="x.png", sha256="ab" * 32, modality="image")
             raise RuntimeError("killed")
     assert {p.name: p.read_bytes() for p in fresh_index.rglob("*") if p.is_file() and not p.name.startswith(".")} == snapshot
@@ -111,7 +111,7 @@ def test_swap_interrupted_between_renames_is_recovered(fresh_index: Path) -> Non
 
 
 def _hold_lock(path: str, ready: "mp.synchronize.Event", release: "mp.synchronize.Event") -> None:
-    with store.IndexWriter(path):
+    with writer.IndexWriter(path):
         ready.set()
         release.wait(20)
 
@@ -124,7 +124,7 @@ def test_second_writer_gets_a_clear_locked_error(fresh_index: Path) -> None:
     try:
         assert ready.wait(20)
         with pytest.raises(IndexLockedError, match=f"locked by pid {proc.pid}"):
-            with store.IndexWriter(fresh_index):
+            with writer.IndexWriter(fresh_index):
                 pass
         with store.open_index(fresh_index) as idx:  # readers are not blocked
             assert idx.n_works == 10
@@ -192,12 +192,12 @@ def test_not_an_index(tmp_path: Path) -> None:
 def test_metadata_sidecar_json_and_csv(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps({"a.png": {"title": "A", "rights_holder": "R",
                                                            "license": "CC", "licensed": True}}))
-    meta = store.read_metadata(tmp_path / "m.json")
+    meta = metadata.read_metadata(tmp_path / "m.json")
     assert meta["a.png"] == {"title": "A", "rights_holder": "R", "notes": None, "licence": "CC",
                              "licensed": True}
     (tmp_path / "m.csv").write_text("file,title\na.png,A\n")
     with pytest.raises(Exception, match="no 'path' column"):
-        store.read_metadata(tmp_path / "m.csv")
+        metadata.read_metadata(tmp_path / "m.csv")
 
 
 def _dense_identity(dim: int) -> dict:
@@ -229,7 +229,7 @@ def test_streamed_compressed_ivf_is_written_opened_mapped_and_extended_without_d
 
     stream = search.VectorStream(len(vecs), 32, blocks, lambda size, seed: mix.sample(size, seed=seed + 100))
     path = tmp_path / "big"
-    with store.IndexWriter(path, create=True) as w:
+    with writer.IndexWriter(path, create=True) as w:
         ids = [w.add_work(path=f"w{i}.png", sha256=f"{i:064x}", modality="image") for i in range(40)]
         w.add_vector_stream(_dense_identity(32), stream, np.repeat(ids, 100), np.tile(np.arange(100), 40))
         with pytest.raises(Exception):
@@ -253,7 +253,7 @@ def test_streamed_compressed_ivf_is_written_opened_mapped_and_extended_without_d
         assert any(str(path / "synthetic-dense.faiss") in line for line in open("/proc/self/maps"))
 
     extra = mix.sample(300, seed=7)
-    with store.IndexWriter(path) as w:
+    with writer.IndexWriter(path) as w:
         new = w.add_work(path="new.png", sha256="f" * 64, modality="image")
         w.add_vectors(_dense_identity(32), extra, np.full(300, new))
         assert w.remove_works([ids[0], ids[5]]) == [ids[0], ids[5]]

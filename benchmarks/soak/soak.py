@@ -118,7 +118,7 @@ def soak_scan(files: int, refs: int, features: str, every: float, work: Path) ->
 
 
 def soak_index(vectors: int, kind: str, dim: int, work: Path) -> dict:
-    from scanner.index import store
+    from scanner.index import store, writer
 
     rng = np.random.default_rng(0)
     index = work / "index"
@@ -126,7 +126,7 @@ def soak_index(vectors: int, kind: str, dim: int, work: Path) -> dict:
     identity = {"name": name, "version": "soak", "modality": "image", "dim": dim, "kind": kind,
                 "metric": "hamming" if kind == "binary" else "ip", "model": None}
     t0 = time.perf_counter()
-    with store.IndexWriter(index, create=True) as writer:
+    with writer.IndexWriter(index, create=True) as writer:
         ids = np.empty(vectors, np.int32)
         for i in range(vectors):
             ids[i] = writer.add_work(path=f"refs/{i:07d}.png", sha256=f"{i:064x}", modality="image")

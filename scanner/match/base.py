@@ -163,7 +163,7 @@ class IndexFiles(Protocol):
 
 
 class Writer(Protocol):
-    """An index being written, as a kind adds to it and fits its null (:class:`scanner.index.store.IndexWriter`)."""
+    """An index being written, as a kind adds to it and fits its null (:class:`scanner.index.writer.IndexWriter`)."""
 
     def add_vectors(self, identity: dict[str, Any], vectors: np.ndarray, work_ids: np.ndarray,
                     locators: np.ndarray | None = None, extra: dict[str, np.ndarray] | None = None) -> None: ...
@@ -205,6 +205,8 @@ class Staged(Protocol):
     def arrays(self) -> dict[str, np.ndarray]: ...
 
     def derived(self, make: Callable[[], Any]) -> Any: ...
+
+    def read_faiss(self) -> Any: ...
 
     def load_npy(self, suffix: str) -> np.ndarray: ...
 

@@ -30,12 +30,8 @@ class Dense(RowsKind):
         return np.zeros((0, spec["dim"]), np.float32)
 
     def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        import faiss
-
-        if not staged.path(".faiss").exists():
-            return None
-        old = faiss.read_index(str(staged.path(".faiss")))
-        if not old.ntotal:
+        old = staged.read_faiss()
+        if old is None or not old.ntotal:
             return None
         return old.reconstruct_n(0, old.ntotal), staged.load_npy(".rows.npy"), {}
 

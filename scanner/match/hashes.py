@@ -49,16 +49,10 @@ class Hashes(RowsKind):
         return np.zeros((0, spec["dim"] // 8), np.uint8)
 
     def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        import faiss
-
         from scanner.search import binary_codes
 
-        if not staged.path(".faiss").exists():
-            return None
-        old = faiss.read_index_binary(str(staged.path(".faiss")))
-        if not old.ntotal:
-            return None
-        return binary_codes(old), staged.load_npy(".rows.npy"), {}
+        old = staged.read_faiss()
+        return (binary_codes(old), staged.load_npy(".rows.npy"), {}) if old is not None and old.ntotal else None
 
     def write(self, staged: Staged) -> int:
         import faiss

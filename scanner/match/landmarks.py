@@ -25,6 +25,7 @@ from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
 from scanner.search import BINARY_IVF_NPROBE, binary_codes
 from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, item_rows, work_spans
+from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
 
 #: Landmark descriptors from this many rows on are searched through an inverted
 #: file (exact flat search below).
@@ -161,86 +162,6 @@ def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.nda
     return pairs[order] // MAX_VIEWS, pairs[order] % MAX_VIEWS, votes[order]
 
 
-def _box(points: np.ndarray) -> np.ndarray:
-    """Axis-aligned bounding box ``[x0, y0, x1, y1]`` of normalised points, clipped to [0, 1]."""
-    p = np.clip(points, 0.0, 1.0)
-    return np.concatenate([p.min(axis=0), p.max(axis=0)])
-
-
-def _corners(size: np.ndarray) -> np.ndarray:
-    w, h = float(size[0]), float(size[1])
-    return np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
-
-
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ m[:, :2].T + m[:, 2]
-
-
-def landmark_boxes(m: np.ndarray, q_px: np.ndarray, r_px: np.ndarray, q_size: np.ndarray,
-                   r_size: np.ndarray, *, mirrored: bool) -> dict[str, Any]:
-    """Where a verified match sits in the query and in the work.
-
-    Each box is the other picture's frame carried over by the fitted transform,
-    clipped to this picture and widened to hold every inlier: a crop's query box
-    is the whole output and its work box the cropped part; a pasted work's
-    query box is the pasted area.
-
-    Parameters
-    ----------
-    m : float64 ``[shape=(2, 3)]`` query view pixels -> work pixels
-    q_px, r_px : inlier positions in working pixels, ``[shape=(n, 2)]``
-    q_size, r_size : (width, height) in working pixels of the query view and the work
-    mirrored : the query view is mirrored (its boxes are turned back)
-
-    Returns
-    -------
-    dict with ``query_box``, ``ref_box`` (normalised ``[x0, y0, x1, y1]``),
-    ``query_share``, ``ref_share`` (area shares in [0, 1]) and ``mirrored``
-    """
-    q_size = np.asarray(q_size, np.float64)
-    r_size = np.asarray(r_size, np.float64)
-    ref_box = _box(np.vstack([_apply(m, _corners(q_size)) / r_size, r_px / r_size]))
-    q_pts = q_px / q_size
-    a = m[:, :2]
-    if abs(np.linalg.det(a)) > 1e-9:
-        inv = np.linalg.inv(a)
-        q_pts = np.vstack([(_corners(r_size) - m[:, 2]) @ inv.T / q_size, q_pts])
-    query_box = _box(q_pts)
-    if mirrored:
-        query_box = np.array([1 - query_box[2], query_box[1], 1 - query_box[0], query_box[3]])
-
-    def share(b: np.ndarray) -> float:
-        return round(float(max(b[2] - b[0], 0) * max(b[3] - b[1], 0)), 4)
-
-    return {"query_box": [round(float(v), 4) for v in query_box],
-            "ref_box": [round(float(v), 4) for v in ref_box],
-            "query_share": share(query_box), "ref_share": share(ref_box), "mirrored": bool(mirrored)}
-
-
-#: Cells per side of a match's heat map (where the verified keypoints lie).
-HEAT_GRID = 8
-
-
-def heat_grid(points: np.ndarray, *, n: int = HEAT_GRID) -> str:
-    """Where matched keypoints lie, as an ``n`` x ``n`` heat map in one short string.
-
-    Parameters
-    ----------
-    points : float ``[shape=(m, 2)]`` positions normalised to the picture, ``(x, y)`` in [0, 1]
-
-    Returns
-    -------
-    str of ``n * n`` digits, row by row from the top left: 0 for a cell
-    without matched keypoints, 1-9 for its share of the densest cell
-    """
-    p = np.clip(np.asarray(points, np.float64).reshape(-1, 2), 0.0, 1.0 - 1e-9)
-    if not len(p):
-        return "0" * (n * n)
-    cells = (p[:, 1] * n).astype(int) * n + (p[:, 0] * n).astype(int)
-    counts = np.bincount(cells, minlength=n * n)
-    return "".join(str(int(d)) for d in np.ceil(9 * counts / counts.max()).astype(int))
-
-
 def _ratio_pairs(d: np.ndarray, j: np.ndarray, *, ratio: float, max_distance: int,
                  hypotheses: int = 1, alike_distance: int = LANDMARK_ALIKE_DISTANCE
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -283,53 +204,6 @@ def _ratio_pairs(d: np.ndarray, j: np.ndarray, *, ratio: float, max_distance: in
     ok[:, 0] |= lowe
     rows = np.broadcast_to(np.arange(len(d))[:, None], d.shape)
     return rows[ok].astype(np.int64), j[ok].astype(np.int64)
-
-
-def _one_to_one(qk: np.ndarray, rk: np.ndarray, err: np.ndarray) -> np.ndarray:
-    """Pairs with each query and each work keypoint used once, the least error first.
-
-    Parameters
-    ----------
-    qk, rk : int ``[shape=(m,)]`` query and work keypoints of each pair
-    err : float ``[shape=(m,)]`` reprojection error of each pair
-
-    Returns
-    -------
-    bool ``[shape=(m,)]`` the pairs kept
-    """
-    keep = np.zeros(len(qk), bool)
-    o = np.argsort(err, kind="stable")
-    _, first_q = np.unique(qk[o], return_index=True)
-    sel = np.sort(first_q)  # positions in ``o``: least error first again
-    _, first_r = np.unique(rk[o[sel]], return_index=True)
-    keep[o[sel[first_r]]] = True
-    return keep
-
-
-def _ransac_repeated(q_px: np.ndarray, r_px: np.ndarray, qk: np.ndarray, rk: np.ndarray, *,
-                     tolerance: float, sample: int = RANSAC_SAMPLE) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ``repeated`` statistic's consensus: the transform found on at most
-    ``sample`` of the pairs (an even, fixed subset: a two-point draw hits right
-    pairs as often in it as in all), its inliers counted over every pair, each
-    query and work keypoint once (:func:`_one_to_one`).
-
-    Returns
-    -------
-    inliers : bool ``[shape=(m,)]``; transform : float64 ``[shape=(2, 3)]`` or ``None``
-    """
-    from scanner.features.local import ransac_similarity
-
-    picked = np.arange(len(q_px))
-    if len(picked) > sample:
-        picked = picked[np.linspace(0, len(picked) - 1, sample).astype(np.int64)]
-    _, m = ransac_similarity(q_px[picked], r_px[picked], tolerance=tolerance)
-    if m is None:
-        return np.zeros(len(q_px), bool), None
-    err = np.hypot(*(_apply(m, q_px) - r_px).T)
-    inl = err <= tolerance
-    at = np.flatnonzero(inl)
-    inl[at[~_one_to_one(qk[at], rk[at], err[at])]] = False
-    return inl, m
 
 
 def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], table: LandmarkTable, *,
@@ -399,7 +273,7 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
             q_px = query["xy"][qk].astype(np.float64) * query["size"][qk]
             r_px = table.xy[rk].astype(np.float64) * table.size[rk]
             if stat == "repeated":
-                inl, m = _ransac_repeated(q_px, r_px, qk, rk, tolerance=tolerance)
+                inl, m = ransac_repeated(q_px, r_px, qk, rk, tolerance=tolerance, sample=RANSAC_SAMPLE)
             else:
                 inl, m = ransac_similarity(q_px, r_px, tolerance=tolerance)
             n_in = int(inl.sum())
@@ -672,15 +546,10 @@ class Landmarks(FeatureKind):
         return np.zeros((0, spec["dim"] // 8), np.uint8)
 
     def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        import faiss
-
-        if not staged.path(".faiss").exists():
+        old = staged.read_faiss()
+        if old is None or not old.ntotal:
             return None
-        old = faiss.read_index_binary(str(staged.path(".faiss")))
-        if not old.ntotal:
-            return None
-        arrays = staged.load_npz(".npz")
-        return binary_codes(old), staged.load_npy(".rows.npy"), arrays
+        return binary_codes(old), staged.load_npy(".rows.npy"), staged.load_npz(".npz")
 
     def write(self, staged: Staged) -> int:
         import faiss

@@ -16,6 +16,8 @@ from scanner import media, policy as pol
 from scanner.features import Featurizer
 from scanner.features.prepared import BATCH, Prepared
 from scanner.index import store
+from scanner.index.metadata import match_metadata, read_metadata
+from scanner.index.writer import IndexWriter
 from scanner.match import kind_of
 from scanner.match.fusion import fit_fusion
 from scanner.pipeline.options import FeatureOptions, NoProgress, Progress, available_features, features_for_index
@@ -37,7 +39,7 @@ class BuildSummary:
     n_works: int = 0
 
 
-def fit_nulls(writer: store.IndexWriter) -> dict[str, Any]:
+def fit_nulls(writer: IndexWriter) -> dict[str, Any]:
     """Fit each feature's null from pairs of rows of different works (by its kind), then the fusion model.
 
     Featureless works are left out: they collide by construction, and are
@@ -81,9 +83,9 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
     """
     options = options or FeatureOptions()
     progress = progress or NoProgress()
-    meta = store.read_metadata(metadata) if metadata else {}
+    meta = read_metadata(metadata) if metadata else {}
     index_dir = Path(index_dir)
-    with store.IndexWriter(index_dir, create=create, hmac_key=hmac_key) as writer:
+    with IndexWriter(index_dir, create=create, hmac_key=hmac_key) as writer:
         if create:
             featurizers, notes = available_features(options)
         else:
@@ -115,7 +117,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                     root = next((r for r in roots if r.is_dir() and r in p.item.path.parents), None)
                     wid = writer.add_work(path=str(p.item.path), sha256=p.sha256 or "",
                                           modality=p.item.modality, featureless=p.featureless,
-                                          **store.match_metadata(meta, p.item.path, root))
+                                          **match_metadata(meta, p.item.path, root))
                     if p.thumb is not None:
                         writer.add_thumbnail(wid, p.thumb, p.thumb_meta)
                     summary.added += 1
@@ -137,7 +139,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
     return summary
 
 
-def _add_video_rows(writer: store.IndexWriter, featurizers: Sequence[Featurizer], p: Prepared, wid: int) -> None:
+def _add_video_rows(writer: IndexWriter, featurizers: Sequence[Featurizer], p: Prepared, wid: int) -> None:
     """Queue a video work's rows: its keyframes' and its soundtrack's, all under the one work.
 
     A keyframe's rows carry its timecode (ms) in their locator, so a match
@@ -157,7 +159,7 @@ def _add_video_rows(writer: store.IndexWriter, featurizers: Sequence[Featurizer]
         kind_of(feat).add(writer, feat, have, [wid] * len(have), timecodes=ms)
 
 
-def _check_models(writer: store.IndexWriter, featurizers: Sequence[Featurizer]) -> None:
+def _check_models(writer: IndexWriter, featurizers: Sequence[Featurizer]) -> None:
     """Refuse a checkpoint whose embeddings of the references are degenerate."""
     for feat in featurizers:
         if feat.name == "image-clip" and feat.name in writer.feature_names():
@@ -170,7 +172,7 @@ def _check_models(writer: store.IndexWriter, featurizers: Sequence[Featurizer]) 
 def remove_from_index(index_dir: str | Path, work_ids: Iterable[int], *,
                       hmac_key: bytes | None = None) -> list[int]:
     """Remove works by id; returns the ids that were found (and removed)."""
-    with store.IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+    with IndexWriter(index_dir, hmac_key=hmac_key) as writer:
         found = writer.remove_works(work_ids)
         writer.set("null", fit_nulls(writer))
         writer.commit()

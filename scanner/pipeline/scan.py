@@ -26,8 +26,7 @@ from scanner.features import Featurizer
 from scanner.features.prepared import BATCH, Prepared
 from scanner import search
 from scanner.index import store
-from scanner.match import kind_of
-from scanner.match.fusion import fuse
+from scanner.match import fusion, kind_of
 from scanner.pipeline.options import FeatureOptions, NoProgress, Progress, features_for_index
 from scanner.pipeline.prepare import batches, forks, prepare_stream
 from scanner.results import Result, ResultsFile, iter_results, json_line, truncate_torn_tail
@@ -210,7 +209,7 @@ class Scanner:
 
     def _fused(self, evidence: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Evidence of two copy features for one work, fused (:func:`scanner.match.fusion.fuse`)."""
-        return fuse(evidence, self.index.manifest.get("fusion") or [], self.index.n_works, self.policy)
+        return fusion.fuse(evidence, self.index.manifest.get("fusion") or [], self.index.n_works, self.policy)
 
     def _result(self, p: Prepared, evidence: list[dict[str, Any]], fuse: bool = True) -> Result:
         base = dict(path=str(p.item.path), sha256=p.sha256, modality=p.item.modality,

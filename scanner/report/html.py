@@ -74,7 +74,7 @@ def _span(start: Any, duration: Any, total: Any) -> dict[str, float] | None:
 
 
 def _heat(grid: Any) -> list[dict[str, float]] | None:
-    """The cells of a match's heat map (:func:`scanner.match.landmarks.heat_grid`) to draw: position,
+    """The cells of a match's heat map (:func:`scanner.match.geometry.heat_grid`) to draw: position,
     size and opacity in CSS units; ``None`` for anything else."""
     if not isinstance(grid, str) or not grid.isdigit():
         return None
