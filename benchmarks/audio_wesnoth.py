@@ -185,7 +185,7 @@ def main() -> None:
 
     # speed on one core: decode, extraction and matching timed apart
     feat = make("audio-fingerprint")
-    table = scanner._postings["audio-fingerprint"]
+    table = scanner.judges["audio-fingerprint"].table
     timing = {"decode": 0.0, "extract": 0.0, "match": 0.0, "seconds": 0.0}
     for q in queries[:: max(1, len(queries) // 80)] + negatives[:: max(1, len(negatives) // 20)]:
         audio = media.open_audio(q["path"])
