@@ -202,7 +202,18 @@ def _best_time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = la
     return best
 
 
-def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None = None, repeat: int = 3) -> float:
+def has_torch() -> bool:
+    """Whether torch can be imported here (the ``clip`` extra); found without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:  # a module set to None in sys.modules: as good as absent
+        return False
+
+
+def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None = None,
+              repeat: int = 3) -> float | None:
     """GFLOP/s of one square ``size³`` GEMM in the compute precision of ``precision``.
 
     Parameters
@@ -216,30 +227,35 @@ def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None 
 
     Returns
     -------
-    gflops : float
+    gflops : float, or ``None`` for a precision no library installed here multiplies in
+        (without torch only numpy's fp32 GEMM is measured, on the CPU)
     """
-    import torch
-
     device = search.resolve_device(device)
     cuda = device.startswith("cuda")
     size = size or (8192 if cuda else 4096)
-    _, dtype = search._torch_dtype(precision, device)
-    if dtype == torch.int8:
-        a = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
-        b = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
-        product = lambda: torch._int_mm(a, b.T)  # noqa: E731  (the search's layout: rows x codes.T)
-    else:
-        a = torch.randn(size, size, device=device).to(dtype)
-        b = torch.randn(size, size, device=device).to(dtype)
-        product = lambda: a @ b  # noqa: E731
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, not TF32
-    try:
-        t = _best_time(product, repeat, sync)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
-    flops = 2 * size**3 / t / 1e9
+    flops = 0.0
+    if has_torch():
+        import torch
+
+        _, dtype = search._torch_dtype(precision, device)
+        if dtype == torch.int8:
+            a = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
+            b = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
+            product = lambda: torch._int_mm(a, b.T)  # noqa: E731  (the search's layout: rows x codes.T)
+        else:
+            a = torch.randn(size, size, device=device).to(dtype)
+            b = torch.randn(size, size, device=device).to(dtype)
+            product = lambda: a @ b  # noqa: E731
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, not TF32
+        try:
+            t = _best_time(product, repeat, sync)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+        flops = 2 * size**3 / t / 1e9
+    elif precision != "fp32":
+        return None
     if not cuda and precision == "fp32":
         # faiss multiplies with its own BLAS; count the faster of the two as the peak
         x = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
@@ -502,6 +518,9 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
             raise ParameterError("kind='postings' is a CPU lookup of uint32 keys: use --precision fp32 --device cpu")
         return bench_postings(n_postings=n_refs, n_hashes=n_queries, backend=backend, repeat=repeat, seed=seed,
                               recall_hashes=min(recall_queries, n_queries), measure_peak=measure_peak)
+    if backend.startswith("torch") and not has_torch():
+        raise ParameterError(f"backend={backend!r} needs torch, which is not installed "
+                             "(pip install 'likeness-scanner[clip]'); faiss and numpy need nothing more")
     return bench_compare([f"{backend}:{precision}"], n_refs=n_refs, dim=dim, n_queries=n_queries, k=k,
                          device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed,
                          measure_peak=measure_peak, index=index, single=single, options=options)[0]
@@ -561,6 +580,11 @@ def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries:
                 if skipped is not None:
                     skipped(f"{backend}: not installed (pip install 'likeness-scanner[ann]'), left out")
                 continue
+        elif backend.startswith("torch") and not has_torch():
+            if skipped is not None:
+                skipped(f"{backend}:{precision}: torch is not installed (pip install 'likeness-scanner[clip]'), "
+                        "left out")
+            continue
         elif backend == "torch-plain" and (precision != "fp32" or kind != "dense"):
             raise ParameterError("backend='torch-plain' is the dense fp32 baseline only")
         elif backend not in ANN_BACKENDS + ("torch-plain",) + search.BACKENDS:

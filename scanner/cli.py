@@ -507,7 +507,8 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
         rows = bench_compare([e for e in compare.split(",") if e.strip()], n_refs=refs, dim=dim, n_queries=queries,
                              k=k, device=device, kind=kind, recall_queries=recall_queries, repeat=repeat, seed=seed,
                              index=index_kind, single=single,
-                             skipped=lambda line: err.print(f"bench: {line}", highlight=False))
+                             skipped=lambda line: err.print(f"bench: {line}", markup=False, highlight=False,
+                                                            soft_wrap=True))
         if not rows:
             raise typer.BadParameter(f"--compare {compare!r}: every path was left out")
         if as_json:
@@ -555,12 +556,16 @@ def bench_scan_cmd(work_dir: Path = typer.Option(Path("bench-work"), "--work-dir
                    skip: list[str] = typer.Option([], "--skip", help="Leave out a part: clip or check."),
                    as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
     """image-clip end-to-end images/s against the bare encoder, and cold `likeness check` latency."""
-    from scanner.bench import bench_check_cold, bench_clip_scan
+    from scanner.bench import bench_check_cold, bench_clip_scan, has_torch
 
     bad = set(skip) - {"clip", "check"}
     if bad or images < 1 or check_works < 1 or check_runs < 1:
         raise typer.BadParameter(f"--skip takes clip or check (given {sorted(bad)}); counts must be >= 1")
     result: dict = {}
+    if "clip" not in skip and not has_torch():
+        err.print("bench: the image-clip part left out: torch is not installed "
+                  "(pip install 'likeness-scanner[clip]')", markup=False, highlight=False, soft_wrap=True)
+        skip = [*skip, "clip"]
     if "clip" not in skip:
         result["clip"] = bench_clip_scan(work_dir=work_dir, arch=arch, n_images=images, device=device)
     if "check" not in skip:

@@ -171,3 +171,35 @@ def test_cli_compare_prints_a_json_list() -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     assert [r["backend"] for r in doc] == ["faiss", "numpy"] and list(doc[0]) == list(bench.KEYS)
+
+
+@pytest.fixture
+def no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch as absent as in a base install (no ``clip`` extra): ``import torch`` fails."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert not bench.has_torch()
+
+
+def test_bench_search_without_torch_takes_its_peak_from_numpy(no_torch: None) -> None:
+    res = CliRunner().invoke(app, ["bench", "search", "--refs", "2000", "--dim", "16", "--queries", "40",
+                                   "--k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    assert doc["backend"] == "faiss" and doc["peak_gflops"] > 0 and doc["ratio"] > 0
+    assert bench.gemm_peak("int8", size=64, repeat=1) is None  # no library here multiplies int8
+
+
+def test_bench_without_torch_leaves_torch_rows_out_in_one_line(no_torch: None, tmp_path) -> None:
+    res = CliRunner().invoke(app, ["bench", "search", "--refs", "2000", "--dim", "16", "--queries", "40",
+                                   "--compare", "faiss,torch:int8,torch-plain", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["backend"] for r in json.loads(res.stdout.strip().splitlines()[-1])] == ["faiss"]
+    assert res.stderr.count("torch is not installed (pip install 'likeness-scanner[clip]')") == 2
+    assert "Traceback" not in res.output
+    alone = CliRunner().invoke(app, ["bench", "search", "--refs", "100", "--backend", "torch"])
+    assert alone.exit_code == 2 and "needs torch" in alone.output and "Traceback" not in alone.output
+    scan = CliRunner().invoke(app, ["bench", "scan", "--work-dir", str(tmp_path), "--skip", "check", "--json"])
+    assert scan.exit_code == 0 and json.loads(scan.stdout) == {}
+    assert "image-clip part left out: torch is not installed (pip install 'likeness-scanner[clip]')" in scan.stderr
