@@ -1,4 +1,4 @@
-"""People's decisions: a reviewer's verdict on one output (the ledger) and thresholds from labelled examples (the policy).
+"""People's decisions: a verdict on one output (the ledger), thresholds from labelled examples (the policy).
 
 :func:`review` appends to the decision ledger beside the index
 (:mod:`scanner.ledger`), which later scans honour; :func:`calibrate` scans

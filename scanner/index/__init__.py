@@ -1,1 +1,3 @@
-"""The index directory (:mod:`scanner.index.store`): manifest, catalog, each feature's files (as its kind in :mod:`scanner.match` keeps them), atomic writes, locking, verification."""
+"""The index directory: reading and verifying (:mod:`~scanner.index.store`), atomic writes
+(:mod:`~scanner.index.writer`) and works' metadata (:mod:`~scanner.index.metadata`); each
+feature's files are kept as its kind in :mod:`scanner.match` says."""

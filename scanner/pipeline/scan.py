@@ -164,17 +164,18 @@ class Scanner:
 
     def _match(self, feat: Featurizer, e: Any, expected: float, strength: float) -> dict[str, Any]:
         work = self.works.get(e.work_id)
+        kind = self.kinds[feat.name]
         raw = int(e.raw) if feat.metric == "hamming" else round(e.raw, 4)
         return {
             "work_id": e.work_id, "ref_path": work.path if work else None,
             "title": work.title if work else None, "rights_holder": work.rights_holder if work else None,
             "licence": work.licence if work else None, "licensed": bool(work and work.licensed),
             "feature": feat.name, "score": round(strength, 4), "raw": raw,
-            "raw_kind": self.kinds[feat.name].raw_kind,
+            "raw_kind": kind.raw_kind,
             "expected": expected, "chance": pol.one_in(expected),
             "featureless_ref": work.featureless if work else None,
             "locator": self._locator(feat, e, work),
-            **({PENDING: lambda: self._locator(feat, replace(e, detail=self.kinds[feat.name].detail(e), pending=None), work)}
+            **({PENDING: lambda: self._locator(feat, replace(e, detail=kind.detail(e), pending=None), work)}
                if e.pending is not None else {}),
         }
 
