@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scanner import blas
 from scanner.errors import ParameterError
 from scanner import search
 
@@ -47,7 +48,7 @@ LOG = logging.getLogger(__name__)
 
 #: The JSON keys of every result, in order.
 KEYS = ("qps", "gflops", "peak_gflops", "ratio", "recall", "rss_mb", "backend", "precision",
-        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms", "build_s", "index_mb")
+        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms", "build_s", "index_mb", "blas")
 KINDS = ("dense", "binary", "postings")
 
 
@@ -712,6 +713,7 @@ def _result(*, qps: float, achieved: float | None, peak: float | None, recall: f
         "p50_ms": None if p50_ms is None else round(p50_ms, 3),
         "build_s": None if build_s is None else round(build_s, 3),
         "index_mb": None if index_mb is None else round(index_mb, 1),
+        "blas": blas.libraries(),  # each loaded BLAS: version and the kernel it runs
     }
     return {key: result[key] for key in KEYS}
 

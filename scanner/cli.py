@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from scanner import __version__
+from scanner import __version__, blas
 from scanner.errors import LikenessError
 
 app = typer.Typer(help="likeness: find generated outputs that reproduce protected works.",
@@ -121,6 +122,12 @@ def _engine(name: str, address: Optional[str], workers: Optional[int]) -> Iterat
         yield engine
 
 
+def _warn_blas() -> None:
+    """Say where a BLAS this process searches with runs a kernel older than the CPU can (scanner.blas)."""
+    for line in blas.warnings(blas.in_use()):
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 def _key(path: Optional[Path]) -> bytes | None:
     from scanner.index.store import load_hmac_key
 
@@ -156,6 +163,7 @@ def index_build(refs: List[Path] = typer.Argument(..., help="Reference files or 
                 engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
                 quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Build a new index from reference works (replaces any index at --index, atomically)."""
+    _warn_blas()
     from scanner.pipeline import build_index
 
     with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
@@ -177,6 +185,7 @@ def index_add(refs: List[Path] = typer.Argument(..., help="Reference files or fo
               engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
               quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """Add reference works to an existing index (with the index's own features)."""
+    _warn_blas()
     from scanner.pipeline import build_index
 
     with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
@@ -213,7 +222,7 @@ def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--js
         info = {"path": str(index), "index_id": idx.index_id, "format_version": m["format_version"],
                 "created_at": m.get("created_at"), "updated_at": m.get("updated_at"), "works": m["works"],
                 "features": m["features"], "policy": m.get("policy"),
-                "size_bytes": sum(f["size"] for f in m["files"].values())}
+                "size_bytes": sum(f["size"] for f in m["files"].values()), "blas": blas.in_use()}
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -225,6 +234,8 @@ def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--js
                   + (f", search: {describe_index(spec['index'])}" if spec.get("index") else ""), highlight=False)
     out.print(f"  thresholds (expected chance matches): {info['policy']}", highlight=False)
     out.print(f"  size: {info['size_bytes'] / 1e6:.1f} MB; updated {info['updated_at']}", highlight=False)
+    out.print("  BLAS: " + "; ".join(f"{b['library']}'s {b['api']} {b['version']} ({b['kernel']} kernel, "
+                                     f"{b['threads']} threads)" for b in info["blas"]), highlight=False)
 
 
 @index_app.command("verify")
@@ -256,6 +267,7 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
              engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
     """Scan outputs against an index; one verdict per input."""
+    _warn_blas()
     from scanner.pipeline import scan
     from scanner.report.console import summary_table
 
@@ -284,6 +296,7 @@ def check_cmd(file: Path = typer.Argument(..., help="One asset to check."), inde
               models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
               no_thumbnails: bool = NoThumbsOpt) -> None:
     """Check one asset and explain the verdict in plain words (and on a one-asset HTML page)."""
+    _warn_blas()
     from scanner.pipeline import ScanSummary, check
     from scanner.report import write_html
     from scanner.report.console import print_check
@@ -501,6 +514,7 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
                      as_json: bool = typer.Option(False, "--json",
                                                   help="Print one JSON object (a list with --compare).")) -> None:
     """Batched top-k search throughput vs the machine's GEMM peak (or memory bandwidth for binary/postings)."""
+    _warn_blas()
     from scanner.bench import bench_compare, bench_search
 
     if compare:

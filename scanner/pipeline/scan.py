@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from scanner import __version__
-from scanner import ledger, media, policy as pol
+from scanner import blas, ledger, media, policy as pol
 from scanner.features import Featurizer
 from scanner.features.prepared import BATCH, Prepared
 from scanner import search
@@ -394,7 +394,7 @@ def scan(inputs: Sequence[str | Path], index_dir: str | Path, *, out_dir: str | 
             "ended_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3), "inputs": [str(i) for i in inputs],
             "counts": {v: summary.counts[v] for v in pol.VERDICTS}, "skipped": summary.skipped,
-            "resumed": summary.resumed, "engine": engine.describe(),
+            "resumed": summary.resumed, "engine": engine.describe(), "blas": blas.libraries(),
         }
         scanner.close()
         if out_dir is not None:
