@@ -280,21 +280,23 @@ class FeatureKind(ABC):
         """Rows an open index holds of feature ``name`` (``index verify`` checks them against the manifest)."""
 
     def arrays(self, index: IndexFiles, name: str) -> dict[str, np.ndarray]:
-        """Per-row arrays of feature ``name`` in an open index, each row-aligned (none by default)."""
-        return {}
+        """Per-row arrays of feature ``name`` in an open index, each row-aligned (``<feature>.npz``
+        for kinds that keep them, :attr:`has_arrays`)."""
+        return index.landmarks(name) if self.has_arrays else {}
 
     # -- building
     def declare(self, writer: Writer, feat: Featurizer) -> None:
         """Make the feature present in a new index even if no reference gives it rows (nothing by default)."""
 
-    @abstractmethod
     def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
             timecodes: np.ndarray | None = None) -> None:
         """Queue the rows of new references (``work_ids[i]`` ``None``: not added).
 
         ``timecodes``: int ms ``[shape=(len(items),)]`` when the items are a video
-        work's keyframes: the rows' locators carry them.
+        work's keyframes: the rows' locators carry them. By default each work's
+        own rows, any number, from :meth:`Featurizer.index_rows` (:func:`item_rows`).
         """
+        item_rows(writer, feat, items, work_ids, timecodes)
 
     @abstractmethod
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,

@@ -24,7 +24,7 @@ from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
 from scanner.search import BINARY_IVF_NPROBE, binary_codes
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, item_rows, work_spans
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, work_spans
 from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
 
 #: Landmark descriptors from this many rows on are searched through an inverted
@@ -569,13 +569,6 @@ class Landmarks(FeatureKind):
 
     def stored(self, index: IndexFiles, name: str) -> int:
         return int(index.faiss_index(name).ntotal)
-
-    def arrays(self, index: IndexFiles, name: str) -> dict[str, np.ndarray]:
-        return index.landmarks(name)
-
-    def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
-            timecodes: np.ndarray | None = None) -> None:
-        item_rows(writer, feat, items, work_ids, timecodes)
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import numpy as np
 from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, item_rows
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
 
 #: Largest time-scale change looked for (ref seconds per query second, either way).
 MAX_RATE = 1.12
@@ -424,17 +424,10 @@ class Postings(FeatureKind):
     def stored(self, index: IndexFiles, name: str) -> int:
         return len(index.landmarks(name).get("key", ()))
 
-    def arrays(self, index: IndexFiles, name: str) -> dict[str, np.ndarray]:
-        return index.landmarks(name)
-
     def declare(self, writer: Writer, feat: Featurizer) -> None:
         """Present even when no work has audio: audio scans check against none."""
         codes, extra = feat.index_rows(np.zeros(0, feat.hash_dtype))  # type: ignore[attr-defined]
         writer.add_vectors(feat.identity(), codes, np.zeros(0, np.int32), extra=extra)
-
-    def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
-            timecodes: np.ndarray | None = None) -> None:
-        item_rows(writer, feat, items, work_ids, timecodes)
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:

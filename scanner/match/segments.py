@@ -39,7 +39,7 @@ from scanner.features.base import Featurizer
 from scanner.features.melody import FRAME, QUERY_HOP, REF_HOP, WINDOW, segments, window_frames
 from scanner.features.prepared import Prepared
 from scanner import search
-from scanner.match.base import K, Evidence, IndexFiles, Judge, Writer, item_rows, work_spans
+from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, Writer, work_spans
 from scanner.match.dense import Dense
 
 #: Tempo ratios looked for (reference seconds per query second): a re-performance
@@ -506,10 +506,8 @@ class Segments(Dense):
     """Dense windows, any number per item: chroma frames aligned in time per work."""
 
     name = "segments"
-
-    def add(self, writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None], *,
-            timecodes: np.ndarray | None = None) -> None:
-        item_rows(writer, feat, items, work_ids, timecodes)
+    #: any number of windows per item, each a row of its own (not Dense's fixed rows per item)
+    add = FeatureKind.add
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
