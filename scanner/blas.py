@@ -26,8 +26,12 @@ from typing import Any
 
 ENV = "OPENBLAS_CORETYPE"
 
-#: Instruction-set level of OpenBLAS core types (lower case): 0 SSE, 1 AVX, 2 AVX2+FMA, 3 AVX-512.
-_LEVEL = {"sandybridge": 1, "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 3, "sapphirerapids": 3}
+#: Instruction-set level of OpenBLAS x86 core types (lower case): 0 SSE, 1 AVX, 2 AVX2+FMA, 3 AVX-512.
+#: A name not listed is never called old (a newer OpenBLAS may know more).
+_LEVEL = {**dict.fromkeys(("katmai", "coppermine", "northwood", "prescott", "banias", "core2", "penryn",
+                           "dunnington", "nehalem", "atom", "athlon", "opteron", "opteron_sse3", "barcelona",
+                           "bobcat", "bulldozer", "piledriver", "steamroller", "excavator"), 0),
+          "sandybridge": 1, "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 3, "sapphirerapids": 3}
 #: AVX-512 subsets OpenBLAS's SkylakeX kernels use.
 _AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 #: Where a BLAS library came from, by a folder in its path: which package's it is.
@@ -141,13 +145,16 @@ def warnings(libs: list[dict[str, Any]] | None = None) -> list[str]:
     best = core_type(*found)
     lines = []
     for lib in libraries() if libs is None else libs:
-        kernel = str(lib.get("kernel") or "")
-        if lib.get("api") != "openblas" or not kernel or _LEVEL.get(kernel.lower(), 0) >= want:
+        kernel = str(lib.get("kernel") or "").lower()
+        if lib.get("api") != "openblas" or kernel not in _LEVEL:
+            continue
+        # OpenBLAS names every AMD Zen generation "Zen", AVX-512 ones included
+        if _LEVEL[kernel] >= want or (kernel == "zen" and found[0] == "AuthenticAMD"):
             continue
         user = os.environ.get(ENV) and os.environ.get(ENV) != os.environ.get("LIKENESS_SET_" + ENV)
         why = (f"{ENV}={os.environ[ENV]} is set in the environment" if user
                else "this OpenBLAS does not know this CPU")
-        lines.append(f"{lib['library']}'s OpenBLAS {lib.get('version')} runs its {kernel} kernel, older than this "
+        lines.append(f"{lib['library']}'s OpenBLAS {lib.get('version')} runs its {lib['kernel']} kernel, older than this "
                      f"CPU can run ({best}): {why}; searches run far below the machine's peak. "
                      + (f"Unset {ENV} or set it to {best}." if user else f"Set {ENV}={best} before starting."))
     return lines

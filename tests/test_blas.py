@@ -84,3 +84,14 @@ def test_run_json_and_index_info_name_the_blas_in_use(phash_index, tmp_path) -> 
     assert any(b["library"] == "numpy" for b in libs)
     info = CliRunner().invoke(app, ["index", "info", "--index", str(phash_index), "--json"])
     assert info.exit_code == 0 and any(b["library"] == "faiss" for b in json.loads(info.stdout)["blas"])
+
+
+def test_only_kernels_known_to_be_older_are_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = {"library": "faiss", "api": "openblas", "version": "0.3.15", "threads": 2}
+    monkeypatch.setattr(blas, "cpu", lambda: ("GenuineIntel", AVX512))
+    assert len(blas.warnings([{**lib, "kernel": "Prescott"}])) == 1
+    assert len(blas.warnings([{**lib, "kernel": "Haswell"}])) == 1             # AVX2 kernels on an AVX-512 CPU
+    assert blas.warnings([{**lib, "kernel": "SkylakeX"}]) == []
+    assert blas.warnings([{**lib, "kernel": "GraniteRapids"}]) == []            # a name newer than this list
+    monkeypatch.setattr(blas, "cpu", lambda: ("AuthenticAMD", AVX512))
+    assert blas.warnings([{**lib, "kernel": "Zen"}]) == []                      # OpenBLAS's name for every Zen
