@@ -99,7 +99,6 @@ def dispatch() -> str | None:
     choice = core_type(*found) if found else None
     if choice is not None:
         os.environ[ENV] = choice
-        os.environ["LIKENESS_SET_" + ENV] = choice  # told apart from the user's own, in child processes too
     return choice
 
 
@@ -151,7 +150,8 @@ def warnings(libs: list[dict[str, Any]] | None = None) -> list[str]:
         # OpenBLAS names every AMD Zen generation "Zen", AVX-512 ones included
         if _LEVEL[kernel] >= want or (kernel == "zen" and found[0] == "AuthenticAMD"):
             continue
-        user = os.environ.get(ENV) and os.environ.get(ENV) != os.environ.get("LIKENESS_SET_" + ENV)
+        # dispatch() only ever sets the best core type: any other value is the user's own
+        user = bool(os.environ.get(ENV)) and os.environ[ENV].upper() != best
         why = (f"{ENV}={os.environ[ENV]} is set in the environment" if user
                else "this OpenBLAS does not know this CPU")
         lines.append(f"{lib['library']}'s OpenBLAS {lib.get('version')} runs its {lib['kernel']} kernel, older than this "

@@ -76,7 +76,7 @@ def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
 
     Returns False where the system or file system cannot, so the caller falls
-    back to two renames (and :func:`_recover` after a kill between them).
+    back to two renames (and :func:`scanner.index.store.recover` after a kill between them).
     """
     import ctypes
 

@@ -176,6 +176,10 @@ class Writer(Protocol):
 
     def set_row_weights(self, name: str, weights: np.ndarray | None) -> None: ...
 
+    def spec(self, name: str) -> dict[str, Any]: ...
+
+    def feature_names(self) -> list[str]: ...
+
 
 class Staged(Protocol):
     """One feature of an index being written, as its kind reads and writes its files.

@@ -9,7 +9,7 @@ unrelated works allows: measured at build (:func:`fit_fusion`, kept in
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,8 +18,7 @@ from scanner.match import kind_of
 from scanner.match.base import Writer
 
 
-def fit_fusion(writer: Writer, names: Sequence[str], specs: Mapping[str, Mapping[str, Any]],
-               nulls: dict[str, Any],
+def fit_fusion(writer: Writer, nulls: dict[str, Any],
                chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
     """How correlated the copy features' evidence is between unrelated works.
 
@@ -29,19 +28,14 @@ def fit_fusion(writer: Writer, names: Sequence[str], specs: Mapping[str, Mapping
     scored by the second too, and the rank correlation of the two is kept:
     :func:`scanner.policy.fused_rate` discounts fused evidence by it.
 
-    Parameters
-    ----------
-    names : the index's features, in manifest order
-    specs : each feature's manifest entry (its kind)
-
     Returns
     -------
     list of ``{"features": [a, b], "correlation": rho, "pairs": m}``
     """
     out = []
     for landmark, (scores, q, c) in chance_pairs.items():
-        for name in names:
-            kind = kind_of(specs[name])
+        for name in writer.feature_names():
+            kind = kind_of(writer.spec(name))
             if not kind.fuses or name not in nulls:
                 continue
             ok = c >= 0

@@ -48,11 +48,10 @@ def fit_nulls(writer: IndexWriter) -> dict[str, Any]:
     nulls = {}
     chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     featureless = writer.featureless_work_ids()
-    names = writer.feature_names()
-    specs = {name: writer.spec(name) for name in names}
-    for name in names:
-        nulls[name] = kind_of(specs[name]).fit_null(writer, name, featureless=featureless, chance_pairs=chance_pairs)
-    writer.set("fusion", fit_fusion(writer, names, specs, nulls, chance_pairs))
+    for name in writer.feature_names():
+        nulls[name] = kind_of(writer.spec(name)).fit_null(writer, name, featureless=featureless,
+                                                          chance_pairs=chance_pairs)
+    writer.set("fusion", fit_fusion(writer, nulls, chance_pairs))
     return nulls
 
 
