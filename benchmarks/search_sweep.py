@@ -45,8 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from scanner import bench
-from scanner import search
+from scanner import bench, search
 
 
 def _row(t: float, n_refs: int, dim: int, nq: int, k: int, peak: float, recall: float | None,

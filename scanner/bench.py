@@ -40,9 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scanner import blas
+from scanner import blas, search
 from scanner.errors import ParameterError
-from scanner import search
 
 LOG = logging.getLogger(__name__)
 

@@ -16,11 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scanner import policy as pol
+from scanner import policy as pol, search
 from scanner.features import WEIGHT_FREE, make
 from scanner.features.base import Featurizer
 from scanner.features.prepared import BATCH, Prepared, embed_prepared
-from scanner import search
 from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, Writer, best_per_work
 
 

@@ -13,12 +13,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from scanner import media, thumbs
+from scanner import media, search, thumbs
 from scanner.errors import DecodeError, LikenessError, ParameterError
 from scanner.features import WEIGHT_FREE, Featurizer
 from scanner.features.content import analyse
 from scanner.features.prepared import BATCH, Prepared, embed_prepared
-from scanner import search
 from scanner.results import Result
 
 

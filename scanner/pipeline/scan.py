@@ -21,10 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from scanner import __version__
-from scanner import blas, ledger, media, policy as pol
+from scanner import blas, ledger, media, policy as pol, search
 from scanner.features import Featurizer
 from scanner.features.prepared import BATCH, Prepared
-from scanner import search
 from scanner.index import store
 from scanner.match import fusion, kind_of
 from scanner.pipeline.options import FeatureOptions, NoProgress, Progress, features_for_index
