@@ -40,14 +40,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scanner import blas, search
+from scanner import blas, search, search_choice
+from scanner.search import has_torch  # noqa: F401  (bench.has_torch, as the CLI asks it)
 from scanner.errors import ParameterError
 
 LOG = logging.getLogger(__name__)
 
 #: The JSON keys of every result, in order.
 KEYS = ("qps", "gflops", "peak_gflops", "ratio", "recall", "rss_mb", "backend", "precision",
-        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms", "build_s", "index_mb", "blas")
+        "n_refs", "dim", "n_queries", "k", "kind", "unit", "load1", "index", "p50_ms", "build_s", "index_mb", "blas", "chosen")
 KINDS = ("dense", "binary", "postings")
 
 
@@ -200,16 +201,6 @@ def _best_time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = la
         sync()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def has_torch() -> bool:
-    """Whether torch can be imported here (the ``clip`` extra); found without importing it."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except ValueError:  # a module set to None in sys.modules: as good as absent
-        return False
 
 
 def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None = None,
@@ -488,7 +479,9 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
         ``torch-plain`` is the naive fp32 ``matmul`` + ``topk`` baseline
         (:func:`plain_torch_knn`); ``hnswlib`` and ``usearch`` build an HNSW graph
         (:class:`HnswSearcher`, the ``ann`` extra) whose ``ef`` is tuned to recall@10
-        >= 0.95 on separate queries; ``auto`` is faiss for dense and binary, numpy for postings
+        >= 0.95 on separate queries; ``auto`` is the scanner's own choice for dense search
+        (:func:`scanner.search_choice.choose`: measured once on this machine for this shape,
+        then cached; its row has ``chosen`` true), faiss for binary, numpy for postings
     precision : {"fp32", "bf16", "fp16", "int8"}
     device : {"cpu", "cuda", "auto"}
     kind : {"dense", "binary", "postings"}
@@ -511,8 +504,11 @@ def bench_search(*, n_refs: int, dim: int = 512, n_queries: int = 10000, k: int 
     if kind not in KINDS:
         raise ParameterError(f"kind must be one of {KINDS}, given kind={kind!r}")
     _check_sizes(n_refs=n_refs, dim=dim, n_queries=n_queries, k=k, repeat=repeat)
-    if backend == "auto":
+    if backend == "auto" and kind != "dense":
         backend = "numpy" if kind == "postings" else "faiss"
+    elif backend == "auto" and (index != "flat" or precision != "fp32" or search.resolve_device(device) != "cpu"):
+        # the choice is measured for flat fp32-exact search on the CPU; elsewhere the scanner's path is fixed
+        backend = "faiss" if index != "flat" else "torch"
     if kind == "postings":
         if precision != "fp32" or search.resolve_device(device) != "cpu":
             raise ParameterError("kind='postings' is a CPU lookup of uint32 keys: use --precision fp32 --device cpu")
@@ -543,8 +539,10 @@ def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries:
     Parameters
     ----------
     entries : list of ``backend[:precision]``, e.g. ``["faiss", "torch:int8", "hnswlib",
-        "usearch:int8"]``; ``faiss-ivf`` is faiss's IVF (see :func:`bench_search` for the
-        backends). ``hnswlib`` and ``usearch`` entries are left out when the library is
+        "usearch:int8"]``; ``faiss-ivf`` is faiss's IVF, ``auto`` the scanner's own choice
+        (see :func:`bench_search` for the backends). Dense flat search on the CPU also
+        asks :func:`scanner.search_choice.choose` (its cache, or a short measurement) which
+        path the scanner would take for this shape: that row has ``chosen`` true. ``hnswlib`` and ``usearch`` entries are left out when the library is
         not installed, with a line through ``skipped``
     turns : int or None, queries per slice in batch mode (None: all queries in one call;
         every backend blocks queries by 1024 to 4096 itself, so slices of 2048 keep its shape)
@@ -567,6 +565,8 @@ def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries:
         backend, precision, path_index = _parse_entry(entry, "fp32")
         if path_index == "flat":
             path_index = index
+        if backend == "auto" and (kind != "dense" or path_index != "flat"):
+            raise ParameterError("backend 'auto' is the scanner's choice for flat dense search only")
         if backend in search.PRECISIONS or precision not in search.PRECISIONS:
             raise ParameterError(f"an entry is backend[:precision], given {entry!r}")
         if path_index != "flat" and (backend != "faiss" or kind != "dense"):
@@ -587,13 +587,18 @@ def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries:
             continue
         elif backend == "torch-plain" and (precision != "fp32" or kind != "dense"):
             raise ParameterError("backend='torch-plain' is the dense fp32 baseline only")
-        elif backend not in ANN_BACKENDS + ("torch-plain",) + search.BACKENDS:
+        elif backend not in ANN_BACKENDS + ("torch-plain", "auto") + search.BACKENDS:
             raise ParameterError(f"backend must be one of {search.BACKENDS + ('torch-plain',) + ANN_BACKENDS}, "
                                  f"given backend={backend!r}")
         paths.append((backend, precision, path_index))
     LOG.info("bench: %s %s on %s, %d refs x %d, %d queries, k=%d", kind, entries, device, n_refs, dim,
              n_queries, k)
     refs, queries = _dataset(kind, n_refs, dim, n_queries, seed)
+    choice = None
+    if kind == "dense" and not cuda and (index == "flat" or any(p[0] == "auto" for p in paths)):
+        # what the scanner would search this shape with, in calls of the slices timed here
+        choice = search_choice.choose(n_refs, dim, k, min(turns or n_queries, n_queries), refs=refs, seed=seed)
+        paths = [(choice.backend, choice.precision, "flat") if p[0] == "auto" else p for p in paths]
     m = min(recall_queries, n_queries)
     truth = None
     if m and kind == "dense":
@@ -684,14 +689,16 @@ def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries:
                             backend=backend, precision=precision, n_refs=n_refs, dim=dim, n_queries=n_queries,
                             k=k, kind=kind, index=b["label"],
                             p50_ms=float(np.median(b["lat"])) * 1e3 if single else None,
-                            build_s=b["build_s"], index_mb=b["index_mb"]))
+                            build_s=b["build_s"], index_mb=b["index_mb"],
+                            chosen=choice is not None and b["label"] == "flat"
+                            and (backend, precision) == (choice.backend, choice.precision)))
     return rows
 
 
 def _result(*, qps: float, achieved: float | None, peak: float | None, recall: float | None, backend: str,
             precision: str, n_refs: int, dim: int, n_queries: int, k: int, kind: str, index: str = "flat",
             p50_ms: float | None = None, build_s: float | None = None,
-            index_mb: float | None = None) -> dict[str, Any]:
+            index_mb: float | None = None, chosen: bool = False) -> dict[str, Any]:
     result = {
         "qps": round(qps, 2),
         "gflops": None if achieved is None else round(achieved, 2),
@@ -713,6 +720,7 @@ def _result(*, qps: float, achieved: float | None, peak: float | None, recall: f
         "build_s": None if build_s is None else round(build_s, 3),
         "index_mb": None if index_mb is None else round(index_mb, 1),
         "blas": blas.libraries(),  # each loaded BLAS: version and the kernel it runs
+        "chosen": chosen,  # the path the scanner's own choice takes (scanner.search_choice)
     }
     return {key: result[key] for key in KEYS}
 

@@ -38,23 +38,38 @@ _AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 _OWNERS = (("numpy", "numpy"), ("scipy", "scipy"), ("faiss", "faiss"), ("torch", "torch"))
 
 
-def cpu() -> tuple[str, set[str]] | None:
-    """The CPU's vendor and feature flags (``/proc/cpuinfo``), or ``None`` off Linux x86-64."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty off Linux x86-64)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
+        return {}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return None
-    vendor, flags = "", set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
+        if not line.strip():
             break
-    return vendor, flags
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu() -> tuple[str, set[str]] | None:
+    """The CPU's vendor and feature flags (``/proc/cpuinfo``), or ``None`` off Linux x86-64."""
+    fields = _cpuinfo()
+    if not fields:
+        return None
+    return fields.get("vendor_id", ""), set(fields.get("flags", "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its family and model numbers, e.g. ``AMD EPYC (family 25 model 1)``;
+    the machine type off Linux x86-64."""
+    fields = _cpuinfo()
+    if not fields:
+        return platform.machine() or "unknown"
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
 
 
 def level(flags: set[str]) -> int:

@@ -98,12 +98,15 @@ def progress_bar(enabled: bool = True) -> Iterator[RichProgress | None]:
 
 
 def _options(features: Optional[str], clip_model: Optional[str], clip_pretrained: Optional[str],
-             models_dir: Optional[str], device: str = "auto") -> Any:
+             models_dir: Optional[str], device: str = "auto", backend: str = "auto",
+             precision: Optional[str] = None) -> Any:
     from scanner.pipeline import FeatureOptions
+    from scanner.search_choice import Plan
 
+    Plan(device, backend, precision)  # a bad --backend/--precision is refused before any work
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     return FeatureOptions(names=names, clip_model=clip_model, clip_pretrained=clip_pretrained,
-                          models_dir=models_dir, device=device)
+                          models_dir=models_dir, device=device, backend=backend, precision=precision)
 
 
 @contextlib.contextmanager
@@ -259,6 +262,11 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
                                                     "results.csv, report.html, run.json."),
              resume: bool = typer.Option(False, "--resume", help="Skip inputs already in --out/results.jsonl."),
              device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+             backend: str = typer.Option("auto", "--backend",
+                                         help="Dense search: auto (the fastest measured on this machine, "
+                                              "cached), faiss, torch or numpy."),
+             precision: Optional[str] = typer.Option(None, "--precision",
+                                                     help="With --backend torch: fp32, bf16, fp16 or int8."),
              candidates: int = typer.Option(0, "--candidates", min=0, help="Also record the N nearest works "
                                             "per input, whatever the verdict (for evaluation)."),
              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
@@ -277,7 +285,8 @@ def scan_cmd(inputs: List[Path] = typer.Argument(..., help="Output files or fold
         _fail("--resume needs --out (the folder whose results.jsonl to continue)")
     with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
         summary = scan(inputs, index, out_dir=out_dir, resume=resume,
-                       options=_options(None, clip_model, clip_pretrained, models_dir, device),
+                       options=_options(None, clip_model, clip_pretrained, models_dir, device, backend,
+                                        precision),
                        hmac_key=_key(hmac_key_file), progress=prog, candidates=candidates,
                        thumbnails=not no_thumbnails, engine=eng)
     out.print(summary_table(summary.counts, skipped=summary.skipped, resumed=summary.resumed))
@@ -492,7 +501,9 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
                      k: int = typer.Option(10, "--k", help="Neighbours per query."),
                      backend: str = typer.Option("auto", "--backend",
                                                  help="faiss, torch, numpy, torch-plain, searchsorted (postings) "
-                                                      "or auto (faiss; numpy for postings)."),
+                                                      "or auto: the scanner's own choice, measured once on this "
+                                                      "machine and cached (faiss for binary, numpy for "
+                                                      "postings)."),
                      precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 or int8."),
                      device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
                      kind: str = typer.Option("dense", "--kind", help="dense, binary (Hamming codes) or postings "
@@ -533,7 +544,8 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
                   f"{rows[-1]['load1']}", highlight=False)
         fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
         for r in rows:
-            out.print(f"  {r['backend']} {r['precision']} ({r['index']}): {r['qps']:.1f} queries/s "
+            out.print(f"  {r['backend']} {r['precision']} ({r['index']}){' [chosen]' if r['chosen'] else ''}: "
+                      f"{r['qps']:.1f} queries/s "
                       f"({r['qps'] / base:.2f}x the first), {fmt(r['ratio'], '.0%')} of peak, recall "
                       f"{fmt(r['recall'], '.4f')}, built in {fmt(r['build_s'], '.1f')} s, index "
                       f"{fmt(r['index_mb'], '.0f')} MB" + (f", p50 {r['p50_ms']:.2f} ms" if single else ""),
@@ -546,8 +558,9 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
         print(json.dumps(result))
         return
     unit = result["unit"]
-    out.print(f"{result['backend']} {result['precision']} {kind}: {result['n_refs']} refs x {result['dim']}, "
-              f"{result['n_queries']} queries, k={result['k']}", highlight=False)
+    out.print(f"{result['backend']} {result['precision']} {kind}"
+              f"{' (chosen by the scanner on this machine)' if result['chosen'] else ''}: {result['n_refs']} refs x "
+              f"{result['dim']}, {result['n_queries']} queries, k={result['k']}", highlight=False)
     speed = ("" if result["gflops"] is None or result["peak_gflops"] is None else
              f"{result['gflops']:.1f} {unit} of {result['peak_gflops']:.1f} peak ({result['ratio']:.0%}), ")
     held = "" if result["index_mb"] is None else f"index {result['index_mb']:.0f} MB, "
@@ -555,6 +568,33 @@ def bench_search_cmd(refs: int = typer.Option(100_000, "--refs", help="Reference
               f"{result['rss_mb']:.0f} MB, load average {result['load1']}", highlight=False)
     if result["p50_ms"] is not None:
         out.print(f"  one query at a time ({result['index']}): p50 {result['p50_ms']:.2f} ms", highlight=False)
+
+
+@bench_app.command("choice")
+@handled
+def bench_choice_cmd(clear: bool = typer.Option(False, "--clear", help="Delete every cached choice: the next "
+                                                                      "scan of each shape measures again."),
+                     as_json: bool = typer.Option(False, "--json", help="Print the cached choices as JSON.")) -> None:
+    """The dense search paths this machine measured fastest, per index shape (and where they are cached)."""
+    from scanner import search_choice
+
+    if clear:
+        n = search_choice.clear()
+        out.print(f"cleared {n} cached search choice{'s' if n != 1 else ''} ({search_choice.cache_path()})",
+                  highlight=False)
+        return
+    entries = search_choice.cached()
+    if as_json:
+        print(json.dumps(entries))
+        return
+    out.print(f"{len(entries)} cached search choice{'s' if len(entries) != 1 else ''} in "
+              f"{search_choice.cache_path()}", highlight=False)
+    for e in entries:
+        key = e["key"]
+        speeds = ", ".join(f"{name} {t['qps']:.0f}/s" + ("" if t["recall"] is None else f" (recall {t['recall']})")
+                           for name, t in sorted(e.get("timings", {}).items()))
+        out.print(f"  {key['rows']} rows x {key['dim']}, {key['batch']} queries a call, {key['threads']} threads: "
+                  f"{e['backend']} {e['precision']}  [{speeds}]", markup=False, highlight=False)
 
 
 @bench_app.command("scan")

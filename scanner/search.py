@@ -139,7 +139,11 @@ def configure_faiss(threads: int | None = None) -> None:
     _configured = True
 
 
-def _threads() -> int:
+def threads() -> int:
+    """The threads searches run on (faiss's OpenMP team; torch is given the same):
+    :func:`configure_faiss`'s setting, the CPUs this process may use by default."""
+    if not _configured:
+        configure_faiss()
     return _n_threads
 
 
@@ -166,6 +170,16 @@ def _pad(D: np.ndarray, I: np.ndarray, k: int, binary: bool) -> tuple[np.ndarray
 
 
 # --------------------------------------------------------------------------- devices
+
+
+def has_torch() -> bool:
+    """Whether torch can be imported here (the ``clip`` extra); found without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:  # a module set to None in sys.modules: as good as absent
+        return False
 
 
 def _nvidia_driver() -> bool:
@@ -544,7 +558,7 @@ def build_compressed_ivf(stream: VectorStream, *, codec: str = COMPRESSED_CODEC,
     try:
         index.train(train)
     finally:
-        faiss.omp_set_num_threads(_threads())
+        faiss.omp_set_num_threads(threads())
     ntrain = len(train)
     del train
     LOG.info("%s: trained in %.1f s", name, time.perf_counter() - t0)
@@ -698,7 +712,7 @@ class FaissSearcher(Searcher):
 
         n = len(queries)
         if self.device == "cpu":
-            faiss.omp_set_num_threads(1 if min(n, self.query_block) * self.visited < PARALLEL_WORK else _threads())
+            faiss.omp_set_num_threads(1 if min(n, self.query_block) * self.visited < PARALLEL_WORK else threads())
         out_d, out_i = [], []
         for start in range(0, n, self.query_block):
             d, i = self.index.search(np.ascontiguousarray(queries[start:start + self.query_block]), k)
@@ -841,7 +855,9 @@ class TorchSearcher(Searcher):
     ``round(r / s)`` with a per-dimension scale ``s = max|r_d| / 127`` folded into
     the queries (``q·r ≈ (q ∘ s)·round(r / s)``). Low-precision scores choose
     ``kk = oversample · k`` candidates; the fp32 re-score then orders them, so the
-    only recall loss is a true neighbour ranked below ``kk`` by rounding.
+    only recall loss is a true neighbour ranked below ``kk`` by rounding. On the CPU the
+    re-score reads the caller's fp32 rows (kept by reference), so every precision returns
+    exact fp32 scores.
 
     int8 on the CPU is integer arithmetic end to end: each query block, ``q ∘ s``
     rounded to int8 with its own scale (a per-query factor does not change that
@@ -928,8 +944,14 @@ class TorchSearcher(Searcher):
             amax = np.abs(refs).max(0)
             scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         self.scale = None if scale is None else torch.from_numpy(scale).to(self.device)
-        # int8 GEMM on the CPU: candidates are re-scored against these fp32 rows (no copy)
-        self.exact = refs if self.int8_gemm else None
+        # reduced precision on the CPU: candidates are re-scored against the caller's fp32 rows
+        # (no copy), so scores are exact fp32 whichever precision chose them
+        self.exact = refs if not cuda and precision != "fp32" else None
+        if not cuda and precision == "fp32":
+            # the caller's rows as they are (a view, not a copy: the scanner's index already holds them)
+            self.refs = torch.from_numpy(refs)
+            self.nbytes = 0
+            return
         # copy in slices: never hold a second full fp32 copy on the device
         self.refs = torch.empty((self.ntotal, self.dim), dtype=self.storage_dtype, device=self.device)
         for r0 in range(0, self.ntotal, 1 << 18):
@@ -1496,8 +1518,9 @@ _CACHE: dict[tuple[Any, ...], tuple[Any, Searcher]] = {}
 _CACHE_SIZE = 4
 
 
-def _vectors_of(index: Any) -> np.ndarray:
-    """The rows of a flat faiss index as an array (no copy for flat float indexes)."""
+def vectors_of(index: Any) -> np.ndarray:
+    """The rows of a faiss index as an array: float32 ``[shape=(N, d)]`` (a view of a flat
+    index's own rows, not a copy) or uint8 codes ``[shape=(N, bytes)]`` for a binary one."""
     import faiss
 
     if isinstance(index, faiss.IndexBinaryFlat):
@@ -1529,7 +1552,7 @@ def searcher_for(index: Any, *, backend: str = "faiss", device: str = "cpu", pre
         s = FaissSearcher(index, device="cuda" if device == "auto" else device, **options)
     else:
         metric = "hamming" if isinstance(index, faiss.IndexBinary) else "ip"
-        s = make_searcher(_vectors_of(index), metric=metric, backend=backend, device=device, precision=precision,
+        s = make_searcher(vectors_of(index), metric=metric, backend=backend, device=device, precision=precision,
                           **options)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))

@@ -13,6 +13,19 @@ from scanner.pipeline import FeatureOptions, build_index
 N_REFS = 10
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Search choices measured by tests go to a folder of the test session, never the user's cache
+    (subprocesses inherit it through the environment)."""
+    import os
+
+    from scanner import search_choice
+
+    path = tmp_path_factory.mktemp("cache")
+    os.environ[search_choice.ENV] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def refs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Ten reference works (two are RGBA clip art) and a metadata CSV beside them."""

@@ -203,3 +203,23 @@ def test_bench_without_torch_leaves_torch_rows_out_in_one_line(no_torch: None, t
     scan = CliRunner().invoke(app, ["bench", "scan", "--work-dir", str(tmp_path), "--skip", "check", "--json"])
     assert scan.exit_code == 0 and json.loads(scan.stdout) == {}
     assert "image-clip part left out: torch is not installed (pip install 'likeness-scanner[clip]')" in scan.stderr
+
+
+def test_the_default_row_is_the_scanners_choice_and_the_cache_can_be_listed_and_cleared(tmp_path,
+                                                                                       monkeypatch) -> None:
+    from scanner import search_choice
+
+    monkeypatch.setenv(search_choice.ENV, str(tmp_path))
+    monkeypatch.setattr(search_choice, "MIN_ROWS", 1000)
+    r = bench.bench_search(n_refs=3000, dim=32, n_queries=100, k=5, measure_peak=False)
+    assert r["chosen"] is True and r["recall"] >= search_choice.TARGET_RECALL
+    entry = search_choice.cached()[0]
+    assert (entry["backend"], entry["precision"]) == (r["backend"], r["precision"])
+    rows = bench.bench_compare(["faiss", "numpy"], n_refs=3000, dim=32, n_queries=100, k=5, measure_peak=False)
+    assert [row["chosen"] for row in rows] == [r["backend"] == "faiss", False]
+    res = CliRunner().invoke(app, ["bench", "choice", "--json"], env={search_choice.ENV: str(tmp_path)})
+    assert res.exit_code == 0 and json.loads(res.stdout)[0]["key"]["rows"] == 4096
+    res = CliRunner().invoke(app, ["bench", "choice"], env={search_choice.ENV: str(tmp_path)})
+    assert f"{r['backend']} {r['precision']}" in res.stdout and "faiss:fp32" in res.stdout
+    res = CliRunner().invoke(app, ["bench", "choice", "--clear"], env={search_choice.ENV: str(tmp_path)})
+    assert "cleared 1 cached search choice" in res.stdout and search_choice.cached() == []

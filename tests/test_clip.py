@@ -7,6 +7,7 @@ path a real checkpoint takes. Nothing is downloaded; a socket guard makes sure.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -549,3 +550,42 @@ def test_embedding_ahead_gives_the_same_results(tmp_path: Path) -> None:
         assert [(c["feature"], c["work_id"]) for c in a.candidates] == [(c["feature"], c["work_id"]) for c in b.candidates]
         np.testing.assert_allclose([c["score"] for c in a.candidates], [c["score"] for c in b.candidates], rtol=1e-5)
     assert any(c["feature"] == "image-clip" for r in early for c in r.candidates)
+
+
+def test_scans_find_the_same_works_whichever_search_path_runs(tmp_path: Path, monkeypatch) -> None:
+    """--backend auto (measured here), faiss, numpy and torch int8/bf16 give the same candidates."""
+    from scanner import search_choice
+    from scanner.demo import MILD_TRANSFORMS, synthetic_picture
+    from scanner.pipeline import FeatureOptions, build_index, scan
+
+    monkeypatch.setattr(search_choice, "MIN_ROWS", 1)             # measure even this small index
+    config, ckpt = make_tiny_checkpoint(tmp_path / "m", seed=0)
+    refs, outs = tmp_path / "refs", tmp_path / "outs"
+    refs.mkdir()
+    outs.mkdir()
+    for s in range(8):
+        synthetic_picture(s).save(refs / f"r{s}.png")
+        MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(s)).save(outs / f"c{s}.png")
+        synthetic_picture(60 + s).save(outs / f"n{s}.png")
+    base = dict(names=["image-clip"], clip_model=str(config), clip_pretrained=str(ckpt),
+                models_dir=str(tmp_path / "models"), device="cpu")
+    build_index([refs], tmp_path / "index", options=FeatureOptions(**base))
+    seen = {}
+    for backend, precision in [("faiss", None), ("auto", None), ("numpy", None), ("torch", "int8"), ("torch", "bf16")]:
+        out = tmp_path / f"out-{backend}-{precision}"
+        summary = scan([outs], tmp_path / "index", out_dir=out, candidates=3,
+                       options=FeatureOptions(**base, backend=backend, precision=precision))
+        lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        seen[backend, precision] = {r["path"]: (r["verdict"], [(c["work_id"], round(c["score"], 3))
+                                                               for c in r["candidates"]]) for r in lines}
+        run = json.loads((out / "run.json").read_text())
+        if backend == "auto":
+            (shape, used), = run["search"].items()
+            assert shape == "8x32" and used["source"] in ("measured", "cache")
+        else:
+            assert run["search"] == {}
+        assert sum(summary.counts.values()) == 16
+        tops = {Path(r["path"]).stem: Path(r["candidates"][0]["ref_path"]).stem for r in lines if r["candidates"]}
+        assert sum(tops.get(f"c{s}") == f"r{s}" for s in range(8)) >= 6   # a copy's nearest work is its own
+    first = seen["faiss", None]
+    assert all(v == first for v in seen.values())

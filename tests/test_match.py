@@ -16,6 +16,7 @@ from scanner.features.prepared import Prepared, embed_prepared
 from scanner.index import store
 from scanner.match import KINDS, kind_of
 from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
+from scanner.search_choice import Plan
 from scanner.pipeline import FeatureOptions, build_index, check, read_results, remove_from_index, scan
 
 SCANNER = Path(__file__).resolve().parent.parent / "scanner"
@@ -110,7 +111,7 @@ class Exact(FeatureKind):
         codes, rows = writer.vectors(name)
         return {"distinct_codes": int(len(np.unique(codes, axis=0)))}
 
-    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return ExactJudge(index, feat)
 
 

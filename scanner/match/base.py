@@ -31,6 +31,7 @@ import numpy as np
 
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
+from scanner.search_choice import Plan
 
 
 @dataclass(frozen=True)
@@ -322,8 +323,9 @@ class FeatureKind(ABC):
         return e.detail
 
     @abstractmethod
-    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
-        """Load (and verify) what a scan needs of feature ``feat``; returns its judge."""
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
+        """Load (and verify) what a scan needs of feature ``feat``; returns its judge, which
+        searches by ``plan`` (device, backend, precision; the default plan when None)."""
 
 
 def item_rows(writer: Writer, feat: Featurizer, items: Sequence[Prepared], work_ids: Sequence[int | None],

@@ -24,6 +24,7 @@ from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
 from scanner.search import BINARY_IVF_NPROBE, binary_codes
+from scanner.search_choice import Plan
 from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, work_spans
 from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
 
@@ -579,7 +580,7 @@ class Landmarks(FeatureKind):
     def detail(self, e: Evidence) -> dict[str, Any] | None:
         return landmark_detail(e)
 
-    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return LandmarkJudge(index, feat)
 
 

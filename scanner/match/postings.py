@@ -33,6 +33,7 @@ import numpy as np
 from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
+from scanner.search_choice import Plan
 from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
 
 #: Largest time-scale change looked for (ref seconds per query second, either way).
@@ -440,7 +441,7 @@ class Postings(FeatureKind):
         return bounded_tail({**pol.fit_inlier_null(scores, candidates=AUDIO_TOP, prior=pol.PRIOR_ALIGNED),
                              "window": WINDOW}, scores)
 
-    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return PostingsJudge(index, feat)
 
 

@@ -16,10 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scanner import policy as pol, search
+from scanner import policy as pol
 from scanner.features import WEIGHT_FREE, make
 from scanner.features.base import Featurizer
 from scanner.features.prepared import BATCH, Prepared, embed_prepared
+from scanner.search_choice import Plan
 from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, Writer, best_per_work
 
 
@@ -77,15 +78,15 @@ class RowsKind(FeatureKind):
     def preload(self, judge: RowsJudge) -> None:
         """Load what :meth:`distances` needs before the first result (nothing by default)."""
 
-    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
-        return RowsJudge(self, index, feat, device)
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
+        return RowsJudge(self, index, feat, plan or Plan())
 
 
 class RowsJudge(Judge):
     """A rows feature of an open index: k-NN search, the closest row per work, its chance."""
 
-    def __init__(self, kind: RowsKind, index: IndexFiles, feat: Featurizer, device: str):
-        self.kind, self.index, self.feat, self.device = kind, index, feat, device
+    def __init__(self, kind: RowsKind, index: IndexFiles, feat: Featurizer, plan: Plan):
+        self.kind, self.index, self.feat, self.plan = kind, index, feat, plan
         self.cache: dict[str, Any] = {}
         index.faiss_index(feat.name)
         index.rows(feat.name)
@@ -98,8 +99,9 @@ class RowsJudge(Judge):
         pos, vecs = embed_prepared(feat, batch)
         if not pos:
             return out
-        # --device: dense features go to torch on CUDA when asked (auto: when present)
-        D, I = search.knn(self.index.faiss_index(feat.name), vecs, K, device=self.device)
+        # --device: dense features go to torch on CUDA when asked (auto: when present); on the
+        # CPU a large index goes by the path measured fastest here (--backend auto)
+        D, I = self.plan.knn(self.index.faiss_index(feat.name), vecs, K)
         I[~feat.informative(vecs)] = -1  # a flat code's neighbours are no evidence
         rows = self.index.rows(feat.name)
         per_query = best_per_work(D, I, rows, feature=feat.name, metric=feat.metric,

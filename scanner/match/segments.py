@@ -39,6 +39,7 @@ from scanner.features.base import Featurizer
 from scanner.features.melody import FRAME, QUERY_HOP, REF_HOP, WINDOW, segments, window_frames
 from scanner.features.prepared import Prepared
 from scanner import search
+from scanner.search_choice import Plan
 from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, Writer, work_spans
 from scanner.match.dense import Dense
 
@@ -522,15 +523,15 @@ class Segments(Dense):
                                            skip=[int(w) for w in featureless])
         return fit_melody_null(scores, works)
 
-    def open(self, index: IndexFiles, feat: Featurizer, *, device: str = "auto") -> Judge:
-        return SegmentsJudge(index, feat, device)
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
+        return SegmentsJudge(index, feat, plan or Plan())
 
 
 class SegmentsJudge(Judge):
     """A segments feature of an open index; the works' frames read back from its faiss index as matches need them."""
 
-    def __init__(self, index: IndexFiles, feat: Featurizer, device: str):
-        self.index, self.feat, self.device = index, feat, device
+    def __init__(self, index: IndexFiles, feat: Featurizer, plan: Plan):
+        self.index, self.feat, self.plan = index, feat, plan
         index.faiss_index(feat.name)
         index.rows(feat.name)
         index.row_weights(feat.name)
@@ -550,7 +551,7 @@ class SegmentsJudge(Judge):
             return out
         items = [batch[i].prepared[feat.name] for i in pos]
         vecs = feat.embed(items)
-        D, I = search.knn(self.index.faiss_index(feat.name), vecs, K, device=self.device)
+        D, I = self.plan.knn(self.index.faiss_index(feat.name), vecs, K)
         I[~feat.informative(vecs)] = -1  # silent windows are no evidence
         rows = self.index.rows(feat.name)
         null = self.index.null[feat.name]

@@ -38,6 +38,9 @@ class FeatureOptions:
         and pretrained tag (or checkpoint path)
     models_dir : where fetched/imported checkpoints live
     device : ``auto``, ``cpu`` or ``cuda``
+    backend, precision : dense search path (``auto``: the fastest measured on this
+        machine, :mod:`scanner.search_choice`; or ``faiss``, ``torch``, ``numpy`` with
+        ``fp32``, ``bf16``, ``fp16``, ``int8``)
     """
 
     names: Sequence[str] | None = None
@@ -45,6 +48,8 @@ class FeatureOptions:
     clip_pretrained: str | None = None
     models_dir: str | None = None
     device: str = "auto"
+    backend: str = "auto"
+    precision: str | None = None
 
     def clip_options(self) -> dict[str, Any]:
         return {"model": self.clip_model, "pretrained": self.clip_pretrained,

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
-from scanner import media, search, thumbs
+from scanner import media, search, search_choice, thumbs
 from scanner.errors import DecodeError, LikenessError, ParameterError
 from scanner.features import WEIGHT_FREE, Featurizer
 from scanner.features.content import analyse
@@ -173,8 +173,10 @@ def _worker_start(parent: int, judge: bool) -> None:
     import signal
 
     if judge:
-        # one thread also keeps faiss's OpenMP off a thread team inherited from the parent
+        # one thread also keeps faiss's OpenMP off a thread team inherited from the parent;
+        # faiss only: a torch copy of the rows in every worker would multiply the index's memory
         search.configure_faiss(1)
+        search_choice.faiss_only()
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):

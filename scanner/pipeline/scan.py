@@ -29,6 +29,7 @@ from scanner.match import fusion, kind_of
 from scanner.pipeline.options import FeatureOptions, NoProgress, Progress, features_for_index
 from scanner.pipeline.prepare import batches, forks, prepare_stream
 from scanner.results import Result, ResultsFile, iter_results, json_line, truncate_torn_tail
+from scanner.search_choice import Plan
 
 #: Matches listed per result.
 MAX_MATCHES = 5
@@ -82,12 +83,14 @@ class Scanner:
         # fork and judge with this scanner: what they inherit is the index opened here,
         # even if a writer swaps another in while the scan runs)
         self.kinds = {feat.name: kind_of(self.index.features[feat.name]) for feat in self.featurizers}
-        self.judges = {feat.name: self.kinds[feat.name].open(self.index, feat, device=self.options.device)
+        self.plan = Plan(self.options.device, self.options.backend, self.options.precision)
+        self.judges = {feat.name: self.kinds[feat.name].open(self.index, feat, plan=self.plan)
                        for feat in self.featurizers}
 
     def describe(self) -> dict[str, Any]:
-        """Provenance for ``run.json`` and report headers."""
-        return provenance(self.index, self.policy)
+        """Provenance for ``run.json`` and report headers; ``search``: the dense search paths
+        chosen by measurement so far (:class:`scanner.search_choice.Plan`)."""
+        return {**provenance(self.index, self.policy), "search": dict(self.plan.used)}
 
     def judge(self, batch: Sequence[Prepared]) -> list[Result]:
         """Embed, search, match and decide one batch of prepared inputs.
