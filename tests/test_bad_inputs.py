@@ -393,8 +393,10 @@ def _encode(src: Path, dst: Path) -> Path | None:
 
 @pytest.fixture(scope="module")
 def audio_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An index of one picture and one recording, with every default featurizer."""
-    from scanner.pipeline import build_index
+    """An index of one picture and one recording, with every weight-free featurizer (decoded in
+    forked workers: a featurizer with a model moves decoding into the scan process's threads)."""
+    from scanner.features import WEIGHT_FREE
+    from scanner.pipeline import FeatureOptions, build_index
 
     root = tmp_path_factory.mktemp("audio-refs")
     refs = root / "refs"
@@ -402,7 +404,7 @@ def audio_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synthetic_picture(1).save(refs / "pic.png")
     _wav(refs / "song.wav", _tone(20.0, seed=1))
     index = root / "index"
-    summary = build_index([refs], index)
+    summary = build_index([refs], index, options=FeatureOptions(names=list(WEIGHT_FREE)))
     assert not summary.errors, summary.errors
     return index
 

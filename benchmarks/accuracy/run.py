@@ -97,9 +97,10 @@ def code_state() -> dict[str, Any]:
                                           if len(ln) > 3]}
 
 
-def feature_tag(features: str) -> str:
-    """``image-phash,image-local`` -> ``phash+local``."""
-    return "+".join(f.strip().removeprefix("image-") for f in features.split(",") if f.strip())
+def feature_tag(features: str, sscd_model: str | None = None) -> str:
+    """``image-phash,image-local`` -> ``phash+local``; ``sscd-distilled`` for image-sscd's other model."""
+    tags = [f.strip().removeprefix("image-") for f in features.split(",") if f.strip()]
+    return "+".join(f"{t}-{sscd_model}" if t == "sscd" and sscd_model not in (None, "full") else t for t in tags)
 
 
 def set_variant(args: argparse.Namespace, *, seed: bool = True) -> str:
@@ -118,7 +119,7 @@ def set_variant(args: argparse.Namespace, *, seed: bool = True) -> str:
 
 
 def set_name(args: argparse.Namespace, corpus: str) -> str:
-    return f"{corpus}-{feature_tag(args.features)}{set_variant(args)}"
+    return f"{corpus}-{feature_tag(args.features, args.sscd_model)}{set_variant(args)}"
 
 
 def run_cli(the_set: dict[str, Any], root: Path, args: argparse.Namespace, log: Any = print
@@ -132,10 +133,10 @@ def run_cli(the_set: dict[str, Any], root: Path, args: argparse.Namespace, log: 
         ``timing``: build seconds and, per folder, inputs, wall and in-process seconds.
     """
     cli = likeness_command()
-    tag = feature_tag(args.features)
+    tag = feature_tag(args.features, args.sscd_model)
     index_dir, out_root = root / f"index-{tag}", root / f"out-{tag}"
     extra: list[str] = []
-    for opt in ("clip_model", "clip_pretrained", "models_dir"):
+    for opt in ("clip_model", "clip_pretrained", "models_dir", "sscd_model"):
         value = getattr(args, opt)
         if value:
             extra += [f"--{opt.replace('_', '-')}", value]
@@ -397,6 +398,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--clip-model", default=None, help="passed to likeness (with image-clip)")
     ap.add_argument("--clip-pretrained", default=None, help="passed to likeness (with image-clip)")
     ap.add_argument("--models-dir", default=None, help="passed to likeness (with image-clip)")
+    ap.add_argument("--sscd-model", default=None, help="passed to likeness index build (with image-sscd)")
     args = ap.parse_args(argv)
     args.transforms = [t.strip() for t in args.transforms.split(",") if t.strip()]
     unknown = [t for t in args.transforms if any(s not in tf.STEPS for s in t.split("+"))]

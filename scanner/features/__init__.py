@@ -12,9 +12,12 @@ from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
 
 #: Every featurizer name likeness knows, in the order reports list them.
-NAMES = ("image-phash", "image-local", "image-clip", "audio-fingerprint", "audio-melody")
+NAMES = ("image-phash", "image-local", "image-sscd", "image-clip", "audio-fingerprint", "audio-melody")
 #: Those that need no downloaded weights.
 WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody")
+#: Dense features whose distances are read against each query's neighbourhood in the index
+#: (a learned copy descriptor: :mod:`scanner.match.dense`).
+QUERY_ADAPTIVE = frozenset({"image-sscd"})
 
 
 def make(name: str, **options: Any) -> Featurizer:
@@ -26,7 +29,8 @@ def make(name: str, **options: Any) -> Featurizer:
         One of :data:`NAMES`.
     **options
         Passed to the featurizer's constructor (``model``, ``pretrained``,
-        ``models_dir``, ``device`` for ``image-clip``); unknown ones are ignored
+        ``models_dir``, ``device`` for ``image-clip``; ``model``, ``device``,
+        ``threads``, ``expect_sha256`` for ``image-sscd``); unknown ones are ignored
         by featurizers that take none.
 
     Raises
@@ -42,6 +46,11 @@ def make(name: str, **options: Any) -> Featurizer:
         from scanner.features.local import LocalORB
 
         return LocalORB()
+    if name == "image-sscd":
+        from scanner.features.sscd import SSCD
+
+        return SSCD(**{k: v for k, v in options.items() if k in ("model", "device", "threads", "expect_sha256")
+                       and v is not None})
     if name == "image-clip":
         from scanner.features.clip import Clip
 

@@ -6,6 +6,18 @@ threshold, an inverted file above it, a compressed one past
 :func:`scanner.search.build_faiss_index`, its parameters and measured
 recall in the manifest entry's ``index``) and ``<feature>.rows.npy``. Only
 this kind can be built from a vector stream larger than memory.
+
+Query-adaptive null (features in :data:`scanner.features.QUERY_ADAPTIVE`, the learned
+copy descriptor): a descriptor's cosine is not comparable across queries. Clip art on
+white is close to many works at once (raw cosine 0.69 to some unrelated work), a busy
+photograph to none; one threshold fails both. So each distance is read against the
+query's own neighbourhood, as the SSCD paper's score normalisation does with a
+background set, here the index's own works: ``d' = d - r + c``, where ``r`` is the
+distance to the query's :data:`ADAPT_RANK`-th nearest work after its nearest (the
+nearest may be the copied work itself) and ``c`` the median of ``r`` over the index's
+own rows. A generic query (``r`` small) is held to a closer match; the null is fitted
+at build on ``d'`` of pairs of different works, each row's ``r`` found among the other
+works of the index, exactly as a query's.
 """
 
 from __future__ import annotations
@@ -15,8 +27,61 @@ from typing import Any, Sequence
 import numpy as np
 
 from scanner import policy as pol
+from scanner.features import QUERY_ADAPTIVE
 from scanner.match.base import Evidence, IndexFiles, Staged, Writer
 from scanner.match.rows import RowsJudge, RowsKind
+
+
+#: The nearest other work whose distance a query's distances are read against (see above).
+ADAPT_RANK = 5
+#: Rows whose neighbourhood is searched to fit a query-adaptive null (a sample past this).
+ADAPT_ROWS = 4000
+
+
+def other_work_distance(vecs: np.ndarray, works: np.ndarray, idx: np.ndarray, *, rank: int = ADAPT_RANK,
+                        spare: int = 32) -> np.ndarray:
+    """Distance (``1 - cosine``) from rows ``idx`` to their ``rank``-th nearest work other than their own.
+
+    Parameters
+    ----------
+    vecs : float32 ``[shape=(n, d)]``, L2-normalised; works : int ``[shape=(n,)]`` each row's work
+    idx : int ``[shape=(m,)]`` the rows asked about
+    rank : int >= 1; spare : extra neighbours searched for works with several rows
+
+    Returns
+    -------
+    float64 ``[shape=(m,)]``; the farthest found where fewer than ``rank`` other works
+    were within reach, NaN where none was
+    """
+    import faiss
+
+    out = np.full(len(idx), np.nan)
+    if len(idx) == 0 or len(vecs) < 2:
+        return out
+    k = min(len(vecs), rank + 1 + spare)
+    D, I = faiss.knn(np.ascontiguousarray(vecs[idx], np.float32), np.ascontiguousarray(vecs, np.float32), k,
+                     metric=faiss.METRIC_INNER_PRODUCT)
+    for q, (d_row, i_row) in enumerate(zip(D, I)):
+        seen: set[int] = {int(works[idx[q]])}
+        for s, i in zip(d_row, i_row):
+            if i < 0 or int(works[i]) in seen:
+                continue
+            seen.add(int(works[i]))
+            out[q] = 1.0 - float(s)
+            if len(seen) > rank:
+                break
+    return out
+
+
+def adaptive_distances(found: Sequence[Evidence], adapt: dict[str, Any]) -> np.ndarray:
+    """Each evidence's distance read against the query's neighbourhood: ``d - r + c`` (module docstring);
+    ``r`` is the :data:`ADAPT_RANK`-th work after the nearest in ``found`` (sorted closest first,
+    one entry per work), the farthest there when fewer; unchanged when ``found`` holds one work."""
+    d = np.array([e.distance for e in found], np.float64)
+    if len(found) < 2:
+        return d
+    r = found[min(int(adapt["rank"]), len(found) - 1)].distance
+    return d - r + float(adapt["centre"])
 
 
 class Dense(RowsKind):
@@ -96,7 +161,19 @@ class Dense(RowsKind):
             a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
         kept = vecs[keep]
         d = 1.0 - np.einsum("ij,ij->i", kept[a], kept[b])
-        return pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
+        if name not in QUERY_ADAPTIVE:
+            return pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE)
+        # each pair read as a query (row a) against the index: its distance shifted by a's neighbourhood
+        asked = np.unique(a)
+        if len(asked) > ADAPT_ROWS:
+            asked = np.sort(np.random.default_rng(0).choice(asked, ADAPT_ROWS, replace=False))
+        r = np.full(len(kept), np.nan)
+        r[asked] = other_work_distance(kept, rows[keep, 0], asked)
+        use = ~np.isnan(r[a])
+        centre = float(np.nanmedian(r[asked])) if np.isfinite(r[asked]).any() else 0.0
+        null = pol.fit_null(d[use] - r[a[use]] + centre, prior=pol.PRIOR_COSINE_DISTANCE)
+        return {**null, "adaptive": {"rank": ADAPT_RANK, "centre": centre, "rows": int(len(asked))}}
 
     def distances(self, judge: RowsJudge, vecs: np.ndarray, j: int, found: Sequence[Evidence]) -> np.ndarray:
-        return np.array([e.distance for e in found])
+        adapt = judge.index.null[judge.feat.name].get("adaptive")
+        return np.array([e.distance for e in found]) if adapt is None else adaptive_distances(found, adapt)

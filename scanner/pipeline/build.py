@@ -138,6 +138,92 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
     return summary
 
 
+def add_features(refs: Sequence[str | Path], index_dir: str | Path, *, options: FeatureOptions,
+                 hmac_key: bytes | None = None, progress: Progress | None = None,
+                 engine: Engine | None = None) -> BuildSummary:
+    """Add features to an existing index, computed from its works' own files.
+
+    The index keeps the features it was built with; this gives it more (say
+    ``image-sscd`` once its models are installed) without a rebuild. Every file
+    under ``refs`` is matched to the work holding the same content (sha256); its
+    rows of the new features are added under that work, the nulls and the fusion
+    refitted, and the index written in one atomic step. Files that are no work of
+    the index are skipped (listed in ``skipped``); works whose file is not among
+    ``refs`` get no rows of the new features (counted in ``notes``).
+
+    Parameters
+    ----------
+    refs : the reference files and folders the index was built from
+    index_dir : the index to extend
+    options : ``options.names`` the features to add (each must be new to the index)
+
+    Returns
+    -------
+    BuildSummary (``added``: works given rows of the new features)
+
+    Raises
+    ------
+    ParameterError : no feature named, or one the index has already
+    """
+    from scanner.errors import ParameterError
+
+    progress = progress or NoProgress()
+    if not options.names:
+        raise ParameterError("name the features to add with --features (e.g. image-sscd)")
+    with IndexWriter(Path(index_dir), hmac_key=hmac_key) as writer:
+        have = set(writer.feature_names())
+        already = [n for n in options.names if n in have]
+        if already:
+            raise ParameterError(f"index {index_dir} already has {', '.join(already)}; "
+                                 "features are added once (rebuild the index to change one)")
+        featurizers, _ = available_features(options)
+        summary = BuildSummary(writer.manifest["index_id"], features=[f.name for f in featurizers])
+        for feat in featurizers:
+            kind_of(feat).declare(writer, feat)
+        items = []
+        for found in media.discover([Path(r) for r in refs]):
+            if isinstance(found, media.Skipped):
+                summary.skipped.append((str(found.path), found.reason))
+            else:
+                items.append(found)
+        progress.start(len(items), "adding " + ", ".join(summary.features))
+        done: set[int] = set()
+        for batch in batches((engine or LocalEngine()).prepare(items, featurizers, reference=True), BATCH):
+            work_ids: list[int | None] = []
+            for p in batch:
+                wid = None if p.error is not None else writer.has_sha256(p.sha256 or "")
+                if p.error is not None:
+                    summary.errors.append((str(p.item.path), p.error))
+                elif wid is None:
+                    summary.skipped.append((str(p.item.path), "not a work of this index"))
+                elif wid in done:
+                    wid = None                                   # the same content twice: once is enough
+                else:
+                    done.add(wid)
+                    if p.parts is not None:
+                        _add_video_rows(writer, featurizers, p, wid)
+                work_ids.append(None if p.parts is not None else wid)
+            for feat in featurizers:
+                kind_of(feat).add(writer, feat, batch, work_ids)
+            progress.advance(len(batch))
+        _check_models(writer, featurizers)
+        writer.set("null", fit_nulls(writer))
+        stored = dict(writer.manifest.get("policy") or {})
+        if "copy_features" in stored:
+            # a new copy feature is copy evidence in this index too, as in one built with it
+            new_copy = [n for n in summary.features if n in pol.COPY_EVIDENCE and n not in stored["copy_features"]]
+            if new_copy:
+                writer.set("policy", {**stored, "copy_features": sorted([*stored["copy_features"], *new_copy])})
+        writer.commit()
+        summary.added = len(done)
+        summary.n_works = writer.manifest["works"]["count"]
+        missing = summary.n_works - len(done)
+        if missing:
+            summary.notes.append(f"{missing} work(s) of the index were not among the files given: "
+                                 f"they have no {', '.join(summary.features)} rows")
+    return summary
+
+
 def _add_video_rows(writer: IndexWriter, featurizers: Sequence[Featurizer], p: Prepared, wid: int) -> None:
     """Queue a video work's rows: its keyframes' and its soundtrack's, all under the one work.
 

@@ -38,6 +38,8 @@ class FeatureOptions:
         and pretrained tag (or checkpoint path)
     models_dir : where fetched/imported checkpoints live
     device : ``auto``, ``cpu`` or ``cuda``
+    sscd_model : ``full`` or ``distilled`` (``image-sscd``; None: the default,
+        :data:`scanner.features.sscd.DEFAULT_MODEL`)
     backend, precision : dense search path (``auto``: the fastest measured on this
         machine, :mod:`scanner.search_choice`; or ``faiss``, ``torch``, ``numpy`` with
         ``fp32``, ``bf16``, ``fp16``, ``int8``)
@@ -48,6 +50,7 @@ class FeatureOptions:
     clip_pretrained: str | None = None
     models_dir: str | None = None
     device: str = "auto"
+    sscd_model: str | None = None
     backend: str = "auto"
     precision: str | None = None
 
@@ -55,15 +58,24 @@ class FeatureOptions:
         return {"model": self.clip_model, "pretrained": self.clip_pretrained,
                 "models_dir": self.models_dir, "device": self.device}
 
+    def model_options(self, name: str) -> dict[str, Any]:
+        """Constructor options of featurizer ``name`` (none for weight-free ones)."""
+        if name == "image-clip":
+            return self.clip_options()
+        if name == "image-sscd":
+            return {"model": self.sscd_model, "device": self.device}
+        return {}
+
 
 def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[str]]:
     """Featurizers to build an index with, and notes on those left out.
 
-    With ``options.names`` unset: the weight-free ones, plus ``image-clip`` when
-    its checkpoint resolves locally (CLIP joins when a checkpoint is present).
+    With ``options.names`` unset: the weight-free ones, plus ``image-sscd`` when its
+    package is installed and ``image-clip`` when its checkpoint resolves locally
+    (each joins when its model is present).
     """
     if options.names:
-        return [make(n, **options.clip_options()) for n in options.names], []
+        return [make(n, **options.model_options(n)) for n in options.names], []
     feats: list[Featurizer] = []
     notes = []
     for n in WEIGHT_FREE:
@@ -73,6 +85,12 @@ def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[
             if not (exc.name or "").startswith("scanner."):
                 raise
             notes.append(f"{n} not used: this likeness has no {exc.name} module")
+    from scanner.features import sscd
+
+    if sscd.available():
+        feats.append(make("image-sscd", **options.model_options("image-sscd")))
+    else:
+        notes.append(f"image-sscd not used: its models are not installed ({sscd.INSTALL})")
     try:
         from scanner.features.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED
         from scanner.models import default_models_dir, resolve_checkpoint
@@ -110,6 +128,10 @@ def features_for_index(index: store.Index, options: FeatureOptions) -> list[Feat
                     if entry is not None:
                         opts["pretrained"] = entry.get("pretrained") or str(models_dir / entry["file"])
             feat = make(name, **opts)
+        elif name == "image-sscd":
+            # the index's own model, whatever --sscd-model says; its file must be the same
+            feat = make(name, **{**options.model_options(name), "model": spec.get("model_name"),
+                                 "expect_sha256": spec.get("model_sha256")})
         else:
             feat = make(name)
         index.check_featurizer(feat.identity())

@@ -1,0 +1,153 @@
+"""image-sscd: the learned copy descriptor from the installed package, its query-adaptive null,
+and adding it to an index built without it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.demo import MILD_TRANSFORMS, clip_art, flatten, synthetic_picture
+from scanner.errors import IndexMismatchError, ModelError
+from scanner.features import make, sscd
+from scanner.match.base import Evidence
+from scanner.match.dense import ADAPT_RANK, adaptive_distances, other_work_distance
+from scanner.index.store import open_index
+from scanner.pipeline import FeatureOptions, available_features, build_index, check
+
+needs_sscd = pytest.mark.skipif(not sscd.available(), reason=f"image-sscd models not installed ({sscd.INSTALL})")
+
+
+@pytest.fixture(scope="module")
+def feat():
+    return make("image-sscd", model="distilled")
+
+
+@needs_sscd
+def test_a_copy_is_nearer_than_unrelated_pictures(feat) -> None:
+    works = [flatten(clip_art(i)) for i in range(6)]
+    copies = [MILD_TRANSFORMS[t](works[0]) for t in ("resize-50", "jpeg-q40", "border-5")]
+    prepared = [feat.prepare(p) for p in works + copies]
+    assert prepared[0].shape == (sscd.SIDE, sscd.SIDE, 3) and prepared[0].dtype == np.uint8
+    v = feat.embed(prepared)
+    assert v.shape == (9, 512) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    sims = v @ v[0]
+    assert sims[6:].min() > sims[1:6].max()
+
+
+@needs_sscd
+def test_the_identity_names_the_model_file_and_another_file_is_refused(feat) -> None:
+    ident = feat.identity()
+    assert ident["model_sha256"] == sscd.sha256_of(sscd.model_file("distilled"))
+    assert ident["model"].startswith("sscd-distilled:sha256:") and ident["model_package"].startswith(sscd.PACKAGE)
+    other = make("image-sscd", model="distilled", expect_sha256="0" * 64)
+    with pytest.raises(ModelError, match="0000000000000000.*" + ident["model_sha256"][:16]):
+        other.embed([feat.prepare(synthetic_picture(1))])
+
+
+def test_without_the_package_it_is_left_out_with_the_install_command(monkeypatch) -> None:
+    monkeypatch.setattr(sscd, "package_dir", lambda: None)
+    feats, notes = available_features(FeatureOptions())
+    assert "image-sscd" not in [f.name for f in feats]
+    assert any("image-sscd not used" in n and sscd.INSTALL in n for n in notes)
+    with pytest.raises(ModelError, match="ignore-requires-python"):
+        sscd.model_file("full")
+
+
+def test_distances_are_read_against_the_querys_neighbourhood() -> None:
+    ev = lambda w, d: Evidence(work_id=w, feature="image-sscd", raw=1 - d, distance=d, locator=0,  # noqa: E731
+                               query_locator=0, row=w)
+    adapt = {"rank": ADAPT_RANK, "centre": 0.6}
+    generic = [ev(1, 0.30)] + [ev(w, 0.35 + 0.01 * w) for w in range(2, 10)]   # close to many works
+    distinct = [ev(1, 0.30)] + [ev(w, 0.70 + 0.01 * w) for w in range(2, 10)]  # close to one
+    g, d = adaptive_distances(generic, adapt), adaptive_distances(distinct, adapt)
+    assert g[0] > d[0]                             # the same distance counts for less on a generic query
+    assert np.isclose(d[0], 0.30 - distinct[ADAPT_RANK].distance + 0.6)
+    assert adaptive_distances([ev(1, 0.3)], adapt)[0] == 0.3
+
+
+def test_other_work_distance_skips_the_rows_own_work() -> None:
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(40, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    works = np.repeat(np.arange(20), 2)
+    v[1] = v[0]                                     # a work's two rows are the same picture
+    r = other_work_distance(v, works, np.array([0, 5]), rank=3)
+    sims = v[0] @ v.T
+    others = sorted({w: max(sims[works == w]) for w in range(1, 20)}.values(), reverse=True)
+    assert np.isclose(r[0], 1 - others[2], atol=1e-5)
+
+
+@needs_sscd
+def test_a_feature_is_added_to_an_index_built_without_it(tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(12):
+        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    synthetic_picture(99).save(tmp_path / "stranger.png")
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["image-phash"]))
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "add-feature", str(refs), str(tmp_path / "stranger.png"), "--index", str(index),
+                              "--features", "image-sscd", "--sscd-model", "distilled", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "added image-sscd to 12 of 12 work(s)" in res.stdout and "1 skipped" in res.stdout
+    manifest = json.loads((index / "manifest.json").read_text())
+    spec = manifest["features"]["image-sscd"]
+    assert spec["model_sha256"] == sscd.sha256_of(sscd.model_file("distilled"))
+    assert "image-sscd" in manifest["policy"]["copy_features"]
+    assert manifest["null"]["image-sscd"]["adaptive"]["rank"] == ADAPT_RANK
+    # the new rows sit under the right works: a copy's nearest row is its work's
+    opened = open_index(index)
+    feat = make("image-sscd", model="distilled")
+    q = feat.embed([feat.prepare(MILD_TRANSFORMS["resize-50"](flatten(clip_art(4))))])
+    _, I = opened.faiss_index("image-sscd").search(q, 1)
+    work = opened.rows("image-sscd")[I[0, 0], 0]
+    assert Path(opened.work_lookup()[int(work)].path).name == "r4.png"
+    opened.close()
+    res = runner.invoke(app, ["index", "add-feature", str(refs), "--index", str(index), "--features", "image-sscd"])
+    assert res.exit_code != 0 and "already has image-sscd" in res.output
+    assert runner.invoke(app, ["index", "verify", "--index", str(index)]).exit_code == 0
+
+
+@needs_sscd
+def test_an_index_refuses_a_different_model_file(tmp_path: Path, monkeypatch) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(6):
+        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-sscd"], sscd_model="distilled"))
+    synthetic_picture(3).save(tmp_path / "q.png")
+    monkeypatch.setattr(sscd, "_SHA", {str(sscd.model_file("distilled")): "f" * 64})
+    with pytest.raises(IndexMismatchError, match="sscd-distilled:sha256:ffffffffffffffff"):
+        check(tmp_path / "q.png", tmp_path / "index")
+
+
+def test_an_outline_only_hash_match_needs_the_copy_descriptor_to_flag() -> None:
+    from scanner import policy as pol
+
+    policy = pol.Policy()
+
+    def m(feature, work, expected, **kw):
+        return {"feature": feature, "work_id": work, "expected": expected, "licensed": False,
+                "featureless_ref": None, **kw}
+
+    coin = [m("image-phash", 1, 1e-6)]                                   # the descriptor sees nothing
+    pol.outline_only(coin, policy, confirmed_by=True)
+    assert pol.decide(coin, policy)[0] == "review" and "not confirmed by image-sscd" in pol.decide(coin, policy)[1]
+    copy = [m("image-phash", 1, 1e-6), m("image-sscd", 1, 0.3)]          # it sees the same work
+    pol.outline_only(copy, policy, confirmed_by=True)
+    assert pol.decide(copy, policy)[0] == "flagged"
+    other = [m("image-phash", 1, 1e-6), m("image-sscd", 2, 1e-4)]        # it sees another work
+    pol.outline_only(other, policy, confirmed_by=True)
+    assert "unconfirmed" in other[0]
+    keypoints = [m("image-phash", 1, 1e-6), m("image-local", 1, 1e-5)]   # a second copy feature agrees
+    pol.outline_only(keypoints, policy, confirmed_by=True)
+    assert pol.decide(keypoints, policy)[0] == "flagged"
+    unseen = [m("image-phash", 1, 1e-6)]                                 # an index without the descriptor
+    pol.outline_only(unseen, policy, confirmed_by=False)
+    assert pol.decide(unseen, policy)[0] == "flagged"
