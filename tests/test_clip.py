@@ -84,6 +84,20 @@ def images():
     return [synthetic_image(i) for i in range(16)]
 
 
+def works_and_outputs(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """``refs/`` with ``n`` works, ``outs/`` with a JPEG copy of each (``c*``) and ``n`` unrelated pictures (``n*``)."""
+    from scanner.demo import MILD_TRANSFORMS, synthetic_picture
+
+    refs, outs = tmp_path / "refs", tmp_path / "outs"
+    refs.mkdir()
+    outs.mkdir()
+    for s in range(n):
+        synthetic_picture(s).save(refs / f"r{s}.png")
+        MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(s)).save(outs / f"c{s}.png")
+        synthetic_picture(60 + s).save(outs / f"n{s}.png")
+    return refs, outs
+
+
 def embed_images(featurizer, imgs):
     return featurizer.embed([featurizer.prepare(im) for im in imgs])
 
@@ -524,17 +538,10 @@ def test_degenerate_checkpoint_is_refused_at_build(tmp_path: Path) -> None:
 def test_embedding_ahead_gives_the_same_results(tmp_path: Path) -> None:
     """A distributed engine embeds on GPU workers before judging: same results as embedding in judge."""
     from scanner import media
-    from scanner.demo import MILD_TRANSFORMS, synthetic_picture
     from scanner.pipeline import FeatureOptions, Scanner, build_index, embed_ahead, prepare_stream
 
     config, ckpt = make_tiny_checkpoint(tmp_path / "m", seed=0)
-    refs, outs = tmp_path / "refs", tmp_path / "outs"
-    refs.mkdir()
-    outs.mkdir()
-    for s in range(6):
-        synthetic_picture(s).save(refs / f"r{s}.png")
-        MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(s)).save(outs / f"c{s}.png")
-        synthetic_picture(50 + s).save(outs / f"n{s}.png")
+    refs, outs = works_and_outputs(tmp_path, 6)
     opts = FeatureOptions(names=["image-phash", "image-clip"], clip_model=str(config), clip_pretrained=str(ckpt),
                           models_dir=str(tmp_path / "models"))
     build_index([refs], tmp_path / "index", options=opts)
@@ -555,18 +562,11 @@ def test_embedding_ahead_gives_the_same_results(tmp_path: Path) -> None:
 def test_scans_find_the_same_works_whichever_search_path_runs(tmp_path: Path, monkeypatch) -> None:
     """--backend auto (measured here), faiss, numpy and torch int8/bf16 give the same candidates."""
     from scanner import search_choice
-    from scanner.demo import MILD_TRANSFORMS, synthetic_picture
     from scanner.pipeline import FeatureOptions, build_index, scan
 
     monkeypatch.setattr(search_choice, "MIN_ROWS", 1)             # measure even this small index
     config, ckpt = make_tiny_checkpoint(tmp_path / "m", seed=0)
-    refs, outs = tmp_path / "refs", tmp_path / "outs"
-    refs.mkdir()
-    outs.mkdir()
-    for s in range(8):
-        synthetic_picture(s).save(refs / f"r{s}.png")
-        MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(s)).save(outs / f"c{s}.png")
-        synthetic_picture(60 + s).save(outs / f"n{s}.png")
+    refs, outs = works_and_outputs(tmp_path, 8)
     base = dict(names=["image-clip"], clip_model=str(config), clip_pretrained=str(ckpt),
                 models_dir=str(tmp_path / "models"), device="cpu")
     build_index([refs], tmp_path / "index", options=FeatureOptions(**base))

@@ -42,6 +42,8 @@ class Prepared:
     #: rows already embedded by a featurizer with a model (:func:`scanner.pipeline.prepare.embed_ahead`), by name:
     #: float32 ``[shape=(codes_per_item, dim)]``
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    #: a picture's (width, height) as decoded (at most the featurizers' decode side)
+    size: tuple[int, int] | None = None
 
 
 def embed_prepared(feat: Featurizer, batch: Sequence[Prepared]) -> tuple[list[int], np.ndarray]:

@@ -74,6 +74,7 @@ def _prepare_image(out: Prepared, image: Any, featurizers: Sequence[Featurizer],
     """Run every image featurizer's per-item work on one decoded picture (a file or a keyframe)."""
     content = analyse(image)
     out.featureless = content.featureless
+    out.size = image.size
     for feat in featurizers:
         if feat.modality == "image":
             prepare = feat.prepare_reference if reference else feat.prepare

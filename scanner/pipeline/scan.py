@@ -221,8 +221,9 @@ class Scanner:
             return Result(verdict="error", reason=p.error, error=p.error, **base)
         if fuse:  # (a video's evidence is fused per keyframe already)
             evidence = evidence + self._fused(evidence)
-            seen = pol.OUTLINE_CONFIRM in self.judges and (pol.OUTLINE_CONFIRM in p.prepared
-                                                             or pol.OUTLINE_CONFIRM in p.vectors)
+            seen = (pol.OUTLINE_CONFIRM in self.judges and (pol.OUTLINE_CONFIRM in p.prepared
+                                                              or pol.OUTLINE_CONFIRM in p.vectors)
+                    and min(p.size or (0, 0)) >= pol.CONFIRM_MIN_SIDE)
             pol.outline_only(evidence, self.policy, confirmed_by=seen)
         verdict, reason = pol.decide(evidence, self.policy, featureless=p.featureless)
         shown = sorted((m for m in evidence if m["expected"] <= self.policy.review_at),
