@@ -116,11 +116,21 @@ def test_identity_and_shapes(clip, images):
     assert ident["model_name"] == TINY_NAME and len(ident["checkpoint_sha256"]) == 64
 
     p = clip.prepare(images[0])
-    assert p.shape == (3, 32, 32) and p.dtype == np.float32
+    assert p.shape == (3, 32, 32) and p.dtype == np.uint8          # normalised on the device
 
     v = embed_images(clip, images)
     assert v.shape == (len(images), 32) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_pixels_are_normalised_on_the_device_as_in_numpy(clip, images):
+    """uint8 pixels scaled and normalised in embed() give the rows float32 normalised on the host gives."""
+    pix = [clip.prepare(im) for im in images[:4]]
+    _, mean, std, _ = clip._preprocessing()
+    host = [np.ascontiguousarray((p.astype(np.float32) / 255 - mean) / std, np.float32) for p in pix]
+    np.testing.assert_allclose(clip.embed(pix), clip.embed(host), atol=2e-5)
+    with pytest.raises(ParameterError, match="uint8"):
+        clip.embed([p.astype(np.int16) for p in pix])
 
 
 def test_prepare_accepts_any_mode_and_size(clip):

@@ -455,8 +455,8 @@ class Clip(Featurizer):
         pcfg = PreprocessCfg(**pp)
         compose = image_transform_v2(pcfg, is_train=False)
         stages = list(compose.transforms)
-        # keep the PIL stages (resize, crop, RGB); ToTensor + Normalize are redone in
-        # numpy so that prepare() runs no torch op in the decode threads
+        # keep the PIL stages (resize, crop, RGB); ToTensor + Normalize are redone on the
+        # model's device in embed(), so that prepare() runs no torch op in the decode threads
         cut = next((i for i, t in enumerate(stages) if isinstance(t, ToTensor)), None)
         if cut is None or not any(isinstance(t, Normalize) for t in stages[cut:]):
             raise ModelError(f"unexpected open_clip eval transform for {name}: {compose}")
@@ -576,9 +576,13 @@ class Clip(Featurizer):
     # ------------------------------------------------------------------ the interface
 
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
-        """Resize, crop and normalise one image as open_clip's eval transform does.
+        """Resize and crop one image as open_clip's eval transform does; normalised later, on the device.
 
-        Thread-safe; uses PIL and numpy only (no weights needed, none loaded).
+        Thread-safe; uses PIL and numpy only (no weights needed, none loaded). The
+        pixels stay uint8 (a quarter of float32: what crosses from decode workers,
+        Ray's object store and the host-to-device copy), and :meth:`embed` scales and
+        normalises them on the model's device, as open_clip's ``ToTensor`` and
+        ``Normalize`` would.
 
         Parameters
         ----------
@@ -587,25 +591,25 @@ class Clip(Featurizer):
 
         Returns
         -------
-        np.ndarray [shape=(3, H, W)] float32
-            Normalised pixels; H, W is the model's input size (224 for ViT-B-32).
+        np.ndarray [shape=(3, H, W)] uint8
+            Pixels; H, W is the model's input size (224 for ViT-B-32).
         """
-        stages, mean, std, _ = self._preprocessing()
+        stages, _, _, _ = self._preprocessing()
         img = image
         for stage in stages:
             img = stage(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
-        return np.ascontiguousarray((arr - mean) / std, dtype=np.float32)
+        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Embed a batch of prepared images.
 
         Parameters
         ----------
-        prepared : sequence of np.ndarray [shape=(3, H, W)] float32
-            Outputs of :meth:`prepare`.
+        prepared : sequence of np.ndarray [shape=(3, H, W)]
+            Outputs of :meth:`prepare` (uint8 pixels); float32 items are taken as
+            already normalised.
 
         Returns
         -------
@@ -631,7 +635,9 @@ class Clip(Featurizer):
                     f"pass the output of Clip.prepare"
                 )
         loaded = self._model()
-        x = np.stack(prepared).astype(np.float32, copy=False)
+        x = np.stack(prepared)
+        if x.dtype not in (np.uint8, np.float32):
+            raise ParameterError(f"prepared items must be uint8 pixels (Clip.prepare), given dtype={x.dtype}")
         out = self._run(loaded, x, loaded.autocast_dtype)
         if not np.isfinite(out).all():
             raise ModelError(f"model {self.model_id} produced NaN or infinite embeddings; the checkpoint is unusable")
@@ -642,14 +648,25 @@ class Clip(Featurizer):
         check_informative(vectors, model_id=self.model_id)
 
     def _run(self, loaded: _Loaded, x: np.ndarray, dtype: Any) -> np.ndarray:
-        """Encoder forward in chunks of ``batch_size``: (n, 3, H, W) float32 → (n, dim) unit float32."""
+        """Encoder forward in chunks of ``batch_size``: (n, 3, H, W) uint8 pixels (or float32 already
+        normalised) → (n, dim) unit float32. uint8 chunks go to the device as they are (pinned for
+        CUDA) and are scaled and normalised there."""
         import torch
 
         bs = max(1, int(self.batch_size)) if isinstance(self.batch_size, int) else 64
+        _, mean, std, _ = self._preprocessing()
+        cuda = loaded.device.type == "cuda"
+        m = torch.from_numpy(mean * np.float32(255.0)).to(loaded.device)
+        s = torch.from_numpy(std * np.float32(255.0)).to(loaded.device)
         outs = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], bs):
-                t = torch.from_numpy(np.ascontiguousarray(x[i : i + bs])).to(loaded.device, non_blocking=True)
+                t = torch.from_numpy(np.ascontiguousarray(x[i : i + bs]))
+                if cuda:
+                    t = t.pin_memory()
+                t = t.to(loaded.device, non_blocking=True)
+                if t.dtype == torch.uint8:
+                    t = (t.float() - m) / s  # (x / 255 - mean) / std, on the device
                 if dtype is None:
                     y = loaded.encoder(t)
                 else:
