@@ -39,8 +39,8 @@ ClipModelOpt = typer.Option(None, "--clip-model", help="open_clip model name or 
                             "(default ViT-B-32).")
 ClipPretrainedOpt = typer.Option(None, "--clip-pretrained", help="Pretrained tag or checkpoint path "
                                  "(default laion2b_s34b_b79k, from models/).")
-SscdModelOpt = typer.Option(None, "--sscd-model", help="image-sscd's model: full (SSCD, ResNet-50, int8) or "
-                            "distilled (MobileNetV4 student, about 5x faster here); default full.")
+SscdModelOpt = typer.Option(None, "--sscd-model", help="image-sscd's model: distilled (MobileNetV4 student, "
+                            "the default) or full (SSCD, ResNet-50, int8; about 6x slower here).")
 ModelsDirOpt = typer.Option(None, "--models-dir", help="Checkpoint folder (default models/ or LIKENESS_MODELS_DIR).")
 EngineOpt = typer.Option("local", "--engine", help="local (this machine) or ray (a Ray cluster: "
                          "pip install 'likeness-scanner[ray]').")

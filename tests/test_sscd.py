@@ -151,3 +151,34 @@ def test_an_outline_only_hash_match_needs_the_copy_descriptor_to_flag() -> None:
     unseen = [m("image-phash", 1, 1e-6)]                                 # an index without the descriptor
     pol.outline_only(unseen, policy, confirmed_by=False)
     assert pol.decide(unseen, policy)[0] == "flagged"
+
+
+def test_the_copy_descriptor_fuses_with_keypoints_and_scores_pairs_as_a_scan_reads_them() -> None:
+    from scanner.match.dense import Dense
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(30, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v[3] = v[2] * 0.9 + v[3] * 0.1                                       # works 2 and 3 alike
+    v[3] /= np.linalg.norm(v[3])
+    rows = np.stack([np.arange(30), np.zeros(30)], 1).astype(np.int32)
+
+    class Writer:
+        def vectors(self, name):
+            return v, rows
+
+    kind = Dense()
+    assert kind.fusable("image-sscd") and not kind.fusable("image-clip")
+    s = kind.pair_scores(Writer(), "image-sscd", np.array([2, 2, 5]), np.array([3, 7, 9]))
+    assert s[0] > s[1] and np.isfinite(s).all()
+
+
+@needs_sscd
+def test_an_index_fuses_image_local_with_image_sscd(tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(8):
+        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-local", "image-sscd"]))
+    fusion = json.loads((tmp_path / "index" / "manifest.json").read_text())["fusion"]
+    assert [f["features"] for f in fusion] == [["image-local", "image-sscd"]]

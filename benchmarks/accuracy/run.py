@@ -136,13 +136,15 @@ def run_cli(the_set: dict[str, Any], root: Path, args: argparse.Namespace, log: 
     tag = feature_tag(args.features, args.sscd_model)
     index_dir, out_root = root / f"index-{tag}", root / f"out-{tag}"
     extra: list[str] = []
-    for opt in ("clip_model", "clip_pretrained", "models_dir", "sscd_model"):
+    for opt in ("clip_model", "clip_pretrained", "models_dir"):
         value = getattr(args, opt)
         if value:
             extra += [f"--{opt.replace('_', '-')}", value]
+    # the index keeps its image-sscd model: only the build is told which
+    sscd = ["--sscd-model", args.sscd_model] if args.sscd_model else []
     shutil.rmtree(out_root, ignore_errors=True)
     build_s, _ = run_timed(cli + ["index", "build", str(root / "refs"), "--index", str(index_dir),
-                                  "--features", args.features, "-q", *extra], (0,))
+                                  "--features", args.features, "-q", *extra, *sscd], (0,))
     log(f"  index build: {len(the_set['refs'])} references in {build_s:.1f} s")
     results: dict[str, list[dict[str, Any]]] = {}
     timing: dict[str, Any] = {"build_seconds": build_s, "scans": {}}

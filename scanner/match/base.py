@@ -267,6 +267,10 @@ class FeatureKind(ABC):
     #: whether its evidence on a pair of works can be fused with a landmark's (:mod:`scanner.match.fusion`)
     fuses: ClassVar[bool] = False
 
+    def fusable(self, name: str) -> bool:
+        """Whether feature ``name`` of this kind fuses with a landmark feature (:attr:`fuses` by default)."""
+        return self.fuses
+
     # -- what the index keeps
     @abstractmethod
     def empty(self, spec: dict[str, Any]) -> np.ndarray:

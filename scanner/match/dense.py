@@ -174,6 +174,31 @@ class Dense(RowsKind):
         null = pol.fit_null(d[use] - r[a[use]] + centre, prior=pol.PRIOR_COSINE_DISTANCE)
         return {**null, "adaptive": {"rank": ADAPT_RANK, "centre": centre, "rows": int(len(asked))}}
 
+    def fusable(self, name: str) -> bool:
+        """A copy descriptor (query-adaptive) fuses with landmarks; a semantic embedding does not."""
+        return name in QUERY_ADAPTIVE
+
+    def pair_scores(self, writer: Writer, name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Closeness of works ``a[i]`` and ``b[i]`` as a scan reads it: minus the query-adaptive
+        distance of their closest rows, work ``a`` the query (module docstring)."""
+        vecs, rows = writer.vectors(name)
+        works = rows[:, 0]
+        order = np.argsort(works, kind="stable")
+        keys, starts = np.unique(works[order], return_index=True)
+        spans = dict(zip(keys.tolist(), np.split(order, starts[1:])))
+        first = {w: int(r[0]) for w, r in spans.items()}
+        out = np.full(len(a), -np.inf)
+        asked = np.array(sorted({first[int(w)] for w in a if int(w) in first}), np.int64)
+        r = dict(zip(asked.tolist(), other_work_distance(vecs, works, asked))) if len(asked) else {}
+        for i, (wa, wb) in enumerate(zip(a.tolist(), b.tolist())):
+            ra, rb = spans.get(wa), spans.get(wb)
+            if ra is None or rb is None:
+                continue
+            d = 1.0 - float(np.max(vecs[ra] @ vecs[rb].T))
+            shift = r.get(first[wa], np.nan)
+            out[i] = -(d - shift) if np.isfinite(shift) else -d   # ranks only: the centre drops out
+        return out
+
     def distances(self, judge: RowsJudge, vecs: np.ndarray, j: int, found: Sequence[Evidence]) -> np.ndarray:
         adapt = judge.index.null[judge.feat.name].get("adaptive")
         return np.array([e.distance for e in found]) if adapt is None else adaptive_distances(found, adapt)

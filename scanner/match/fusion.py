@@ -23,8 +23,8 @@ def fit_fusion(writer: Writer, nulls: dict[str, Any],
     """How correlated the copy features' evidence is between unrelated works.
 
     For each feature that left chance pairs (a landmark feature's (reference,
-    chance candidate) pairs, from its null fit) and each feature of a kind that
-    fuses (:attr:`FeatureKind.fuses`: binary hashes) with a null, the pairs are
+    chance candidate) pairs, from its null fit) and each feature that fuses
+    (:meth:`FeatureKind.fusable`: binary hashes, the learned copy descriptor) with a null, the pairs are
     scored by the second too, and the rank correlation of the two is kept:
     :func:`scanner.policy.fused_rate` discounts fused evidence by it.
 
@@ -36,7 +36,7 @@ def fit_fusion(writer: Writer, nulls: dict[str, Any],
     for landmark, (scores, q, c) in chance_pairs.items():
         for name in writer.feature_names():
             kind = kind_of(writer.spec(name))
-            if not kind.fuses or name not in nulls:
+            if not kind.fusable(name) or name not in nulls:
                 continue
             ok = c >= 0
             rho = pol.PRIOR_FUSION_CORRELATION
