@@ -22,6 +22,15 @@ from scanner.pipeline import FeatureOptions, available_features, build_index, ch
 needs_sscd = pytest.mark.skipif(not sscd.available(), reason=f"image-sscd models not installed ({sscd.INSTALL})")
 
 
+def clip_art_works(tmp_path: Path, n: int) -> Path:
+    """A folder ``refs/`` of ``n`` clip-art works on white, ``r0.png`` ..."""
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(n):
+        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    return refs
+
+
 @pytest.fixture(scope="module")
 def feat():
     return make("image-sscd", model="distilled")
@@ -84,10 +93,7 @@ def test_other_work_distance_skips_the_rows_own_work() -> None:
 
 @needs_sscd
 def test_a_feature_is_added_to_an_index_built_without_it(tmp_path: Path) -> None:
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    for i in range(12):
-        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    refs = clip_art_works(tmp_path, 12)
     synthetic_picture(99).save(tmp_path / "stranger.png")
     index = tmp_path / "index"
     build_index([refs], index, options=FeatureOptions(names=["image-phash"]))
@@ -116,10 +122,7 @@ def test_a_feature_is_added_to_an_index_built_without_it(tmp_path: Path) -> None
 
 @needs_sscd
 def test_an_index_refuses_a_different_model_file(tmp_path: Path, monkeypatch) -> None:
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    for i in range(6):
-        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    refs = clip_art_works(tmp_path, 6)
     build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-sscd"], sscd_model="distilled"))
     synthetic_picture(3).save(tmp_path / "q.png")
     monkeypatch.setattr(sscd, "_SHA", {str(sscd.model_file("distilled")): "f" * 64})
@@ -175,10 +178,7 @@ def test_the_copy_descriptor_fuses_with_keypoints_and_scores_pairs_as_a_scan_rea
 
 @needs_sscd
 def test_an_index_fuses_image_local_with_image_sscd(tmp_path: Path) -> None:
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    for i in range(8):
-        flatten(clip_art(i)).save(refs / f"r{i}.png")
+    refs = clip_art_works(tmp_path, 8)
     build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-local", "image-sscd"]))
     fusion = json.loads((tmp_path / "index" / "manifest.json").read_text())["fusion"]
     assert [f["features"] for f in fusion] == [["image-local", "image-sscd"]]
