@@ -487,8 +487,8 @@ def one_in(expected: float) -> str:
 OUTLINE_FEATURES = ("image-phash",)
 OUTLINE_CONFIRM = "image-sscd"
 #: Expected chance matches at most which the confirming feature counts as seeing a work (lenient:
-#: as close as the nearest of the works it finds by chance for any output); its nearest work
-#: counts as seen too.
+#: as close as the nearest of the works it finds by chance for any output). Being its nearest
+#: work is not enough: a CD on white is nearest a blue globe at 6.8 expected chance matches.
 CONFIRM_AT = 1.0
 #: Shorter side (pixels) below which a picture is not asked for confirmation: the descriptor
 #: sees it upscaled more than twice to its 288-pixel input, and a thumbnail-sized copy of a
@@ -503,8 +503,8 @@ def outline_only(matches: list[dict[str, Any]], policy: Policy, *, confirmed_by:
     A perceptual hash agrees on low frequencies, which a stock silhouette on a plain
     background carries alone; so where the output was also seen by :data:`OUTLINE_CONFIRM`
     (``confirmed_by``: the caller also leaves out pictures under :data:`CONFIRM_MIN_SIDE`), a
-    hash match flags only if that feature found the same work nearest of all or within
-    :data:`CONFIRM_AT` chance matches, or another copy feature found it at flag strength; else
+    hash match flags only if that feature found the same work within :data:`CONFIRM_AT`
+    chance matches, or another copy feature found it at flag strength; else
     it is marked ``unconfirmed`` and goes to review (:func:`decide`). Changes ``matches`` in place.
     """
     if not confirmed_by:
@@ -512,9 +512,6 @@ def outline_only(matches: list[dict[str, Any]], policy: Policy, *, confirmed_by:
     seen = {(m["work_id"]) for m in matches
             if (m["feature"] not in OUTLINE_FEATURES and not m.get("fused_from")
                 and m["expected"] <= (CONFIRM_AT if m["feature"] == OUTLINE_CONFIRM else policy.flag_at))}
-    nearest = min((m for m in matches if m["feature"] == OUTLINE_CONFIRM), key=lambda m: m["expected"], default=None)
-    if nearest is not None:
-        seen.add(nearest["work_id"])
     for m in matches:
         if m["feature"] in OUTLINE_FEATURES and m["expected"] <= policy.flag_at and m["work_id"] not in seen:
             m["unconfirmed"] = f"not confirmed by {OUTLINE_CONFIRM} (the outline alone may explain it)"
