@@ -25,7 +25,7 @@ from scanner.demo import synthetic_picture
 from scanner.errors import IndexLockedError
 from scanner.index import store
 from scanner.index.writer import IndexWriter
-from scanner.pipeline import FeatureOptions, build_index, check, read_results, scan
+from scanner.pipeline import build_index, check, read_results
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
