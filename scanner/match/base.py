@@ -117,6 +117,23 @@ def best_per_work(D: np.ndarray, I: np.ndarray, rows: np.ndarray, *, feature: st
     return out
 
 
+class WorkRows:
+    """Row numbers of each work, the rows in any order: one stable sort, then a binary search a work.
+
+    For a build's rows (a few works asked about); a scan's memory-mapped row map in
+    work order is read with :func:`work_spans`, which keeps only ``O(works)``.
+    """
+
+    def __init__(self, work_of_row: np.ndarray):
+        works = np.asarray(work_of_row)
+        self.order = np.argsort(works, kind="stable")
+        self.sorted = works[self.order]
+
+    def __call__(self, work_id: int) -> np.ndarray:
+        """The rows of ``work_id``, int64, in row order (empty when it has none)."""
+        return self.order[np.searchsorted(self.sorted, work_id, "left"):np.searchsorted(self.sorted, work_id, "right")]
+
+
 def work_spans(work_of_row: np.ndarray, block: int = 1 << 24) -> tuple[np.ndarray, np.ndarray] | None:
     """Where each work's rows start and end, when rows are in work order (as an index writes them).
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from scanner import policy as pol
 from scanner.features import QUERY_ADAPTIVE
-from scanner.match.base import Evidence, IndexFiles, Staged, Writer
+from scanner.match.base import Evidence, IndexFiles, Staged, WorkRows, Writer
 from scanner.match.rows import RowsJudge, RowsKind
 
 
@@ -183,19 +183,16 @@ class Dense(RowsKind):
         distance of their closest rows, work ``a`` the query (module docstring)."""
         vecs, rows = writer.vectors(name)
         works = rows[:, 0]
-        order = np.argsort(works, kind="stable")
-        keys, starts = np.unique(works[order], return_index=True)
-        spans = dict(zip(keys.tolist(), np.split(order, starts[1:])))
-        first = {w: int(r[0]) for w, r in spans.items()}
+        rows_of = WorkRows(works)
         out = np.full(len(a), -np.inf)
-        asked = np.array(sorted({first[int(w)] for w in a if int(w) in first}), np.int64)
+        asked = np.array(sorted({int(rows_of(w)[0]) for w in a if len(rows_of(w))}), np.int64)
         r = dict(zip(asked.tolist(), other_work_distance(vecs, works, asked))) if len(asked) else {}
         for i, (wa, wb) in enumerate(zip(a.tolist(), b.tolist())):
-            ra, rb = spans.get(wa), spans.get(wb)
-            if ra is None or rb is None:
+            ra, rb = rows_of(wa), rows_of(wb)
+            if not len(ra) or not len(rb):
                 continue
             d = 1.0 - float(np.max(vecs[ra] @ vecs[rb].T))
-            shift = r.get(first[wa], np.nan)
+            shift = r.get(int(ra[0]), np.nan)
             out[i] = -(d - shift) if np.isfinite(shift) else -d   # ranks only: the centre drops out
         return out
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from scanner import policy as pol
-from scanner.match.base import Evidence, IndexFiles, Staged, Writer
+from scanner.match.base import Evidence, IndexFiles, Staged, WorkRows, Writer
 from scanner.match.rows import RowsJudge, RowsKind
 
 
@@ -24,14 +24,12 @@ def ones(codes: np.ndarray) -> np.ndarray:
 
 def best_work_z(codes: np.ndarray, work_ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Smallest standardised Hamming distance between any code of work ``a[i]`` and any of ``b[i]``."""
-    order = np.argsort(work_ids, kind="stable")
-    sorted_ids = work_ids[order]
+    rows_of = WorkRows(work_ids)
     n_ones = ones(codes)
     dim = codes.shape[1] * 8
     out = np.full(len(a), np.inf)
     for i, (wa, wb) in enumerate(zip(a, b)):  # a few hundred pairs of a few codes each, once per build
-        ra = order[np.searchsorted(sorted_ids, wa):np.searchsorted(sorted_ids, wa, "right")]
-        rb = order[np.searchsorted(sorted_ids, wb):np.searchsorted(sorted_ids, wb, "right")]
+        ra, rb = rows_of(wa), rows_of(wb)
         if len(ra) and len(rb):
             x, y = np.repeat(ra, len(rb)), np.tile(rb, len(ra))
             out[i] = pol.standardize_hamming(pol.hamming_pairs(codes, x, y), n_ones[x], n_ones[y], dim).min()

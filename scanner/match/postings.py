@@ -34,7 +34,7 @@ from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
 from scanner.search_choice import Plan
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, WorkRows, Writer
 
 #: Largest time-scale change looked for (ref seconds per query second, either way).
 MAX_RATE = 1.12
@@ -357,11 +357,10 @@ def postings_null_scores(table: PostingsTable, *, feature: str, skip: Sequence[i
     works = np.setdiff1d(np.unique(table.work), np.asarray(skip, np.int64))
     if len(works) < 2:
         return np.zeros(0)
-    order = np.argsort(table.work, kind="stable")
-    sorted_work = table.work[order]
+    rows_of = WorkRows(table.work)
     scores = np.zeros((n_queries, top))
     for j, w in enumerate(rng.choice(works, n_queries, replace=len(works) < n_queries)):
-        rows = order[np.searchsorted(sorted_work, w, "left"):np.searchsorted(sorted_work, w, "right")]
+        rows = rows_of(w)
         t = table.t[rows]
         t0 = rng.uniform(float(t.min()), max(float(t.min()), float(t.max()) - seconds))
         rows = rows[(t >= t0) & (t < t0 + seconds)]
