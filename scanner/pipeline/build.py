@@ -95,12 +95,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
         for feat in featurizers:
             kind_of(feat).declare(writer, feat)
         roots = [Path(r) for r in refs]
-        items = []
-        for found in media.discover(roots):
-            if isinstance(found, media.Skipped):
-                summary.skipped.append((str(found.path), found.reason))
-            else:
-                items.append(found)
+        items = _inputs(roots, summary)
         progress.start(len(items), "indexing references")
         seen: dict[str, str] = {}
         for batch in batches((engine or LocalEngine()).prepare(items, featurizers, reference=True), BATCH):
@@ -136,6 +131,17 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
         writer.commit()
         summary.n_works = writer.manifest["works"]["count"]
     return summary
+
+
+def _inputs(roots: Sequence[Path], summary: BuildSummary) -> list[media.Input]:
+    """The media files under ``roots``; the others are noted in ``summary.skipped``."""
+    items = []
+    for found in media.discover(roots):
+        if isinstance(found, media.Skipped):
+            summary.skipped.append((str(found.path), found.reason))
+        else:
+            items.append(found)
+    return items
 
 
 def add_features(refs: Sequence[str | Path], index_dir: str | Path, *, options: FeatureOptions,
@@ -180,12 +186,7 @@ def add_features(refs: Sequence[str | Path], index_dir: str | Path, *, options: 
         summary = BuildSummary(writer.manifest["index_id"], features=[f.name for f in featurizers])
         for feat in featurizers:
             kind_of(feat).declare(writer, feat)
-        items = []
-        for found in media.discover([Path(r) for r in refs]):
-            if isinstance(found, media.Skipped):
-                summary.skipped.append((str(found.path), found.reason))
-            else:
-                items.append(found)
+        items = _inputs([Path(r) for r in refs], summary)
         progress.start(len(items), "adding " + ", ".join(summary.features))
         done: set[int] = set()
         for batch in batches((engine or LocalEngine()).prepare(items, featurizers, reference=True), BATCH):
