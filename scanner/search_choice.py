@@ -99,15 +99,15 @@ def _version(package: str) -> str | None:
         return None
 
 
-def candidates(device: str = "cpu") -> list[tuple[str, str]]:
-    """The paths a calibration times on this machine: ``(backend, precision)``, faiss first.
+def candidates() -> list[tuple[str, str]]:
+    """The paths a calibration times on this machine's CPU: ``(backend, precision)``, faiss first.
 
     torch paths only where torch is installed; int8 only on CPUs with int8 dot products
     (VNNI or AMX: elsewhere torch's integer GEMM has no fast kernel, 0.04x faiss on an AVX2
     AMD Zen 3), bf16 only on CPUs with bf16 dot products (elsewhere it is emulated).
     """
     out = [("faiss", "fp32")]
-    if device == "cpu" and search.has_torch():
+    if search.has_torch():
         out.append(("torch", "fp32"))
         found = blas.cpu()
         flags = found[1] if found else set()
@@ -244,9 +244,9 @@ def pick(timings: dict[str, dict[str, float]]) -> tuple[str, str]:
 
 
 def choose(n_rows: int, dim: int, k: int, batch: int, *, refs: np.ndarray | None = None,
-           device: str = "cpu", backend: str = "auto", precision: str | None = None,
            seed: int = 0) -> Choice:
-    """The dense exact search path for this shape on this machine.
+    """The dense exact search path on this machine's CPU for this shape (a user's named path is
+    :class:`Plan`'s business, a GPU's :func:`scanner.search.knn`'s).
 
     Parameters
     ----------
@@ -255,20 +255,12 @@ def choose(n_rows: int, dim: int, k: int, batch: int, *, refs: np.ndarray | None
     batch : int, queries per search call
     refs : float32 ``[shape=(m, dim)]``: rows to calibrate on, the index's own (at most
         :data:`CALIBRATION_ROWS` are used); needed only when the choice is measured
-    device : the device the search runs on; only the CPU is measured
-    backend, precision : the user's choice (``auto``/None: measure); a named backend is kept as given
 
     Returns
     -------
     Choice
     """
-    if backend != "auto":
-        if backend not in search.BACKENDS:
-            raise ParameterError(f"backend must be auto or one of {search.BACKENDS}, given backend={backend!r}")
-        return Choice(backend, precision or "fp32", "user")
-    if precision not in (None, "fp32"):
-        raise ParameterError(f"--precision {precision} needs a backend that offers it: add --backend torch")
-    if device != "cpu" or n_rows < MIN_ROWS or len(candidates(device)) == 1:
+    if n_rows < MIN_ROWS or len(candidates()) == 1:
         return Choice(source="rule")
     threads = search.threads()
     key = machine_key(n_rows, dim, k, batch, threads)
@@ -341,8 +333,7 @@ class Plan:
         c = Choice()
         if type(index) in (faiss.IndexFlatIP, faiss.IndexFlat) and not _faiss_only \
                 and not search.may_use_gpu(self.device) and batch >= search.SMALL_BATCH:
-            c = choose(index.ntotal, index.d, k, batch,
-                       refs=search.vectors_of(index) if index.ntotal >= MIN_ROWS else None)
+            c = choose(index.ntotal, index.d, k, batch, refs=search.vectors_of(index))  # a view: no copy
         if c.source != "rule":
             self.used[f"{index.ntotal}x{index.d}"] = {"batch": batch, **describe(c)}
         self._memo[key] = c
