@@ -182,3 +182,40 @@ def test_an_index_fuses_image_local_with_image_sscd(tmp_path: Path) -> None:
     build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-local", "image-sscd"]))
     fusion = json.loads((tmp_path / "index" / "manifest.json").read_text())["fusion"]
     assert [f["features"] for f in fusion] == [["image-local", "image-sscd"]]
+
+
+@needs_sscd
+def test_works_the_descriptor_ranks_first_are_verified_by_keypoints_against_a_null_of_its_proposals(
+        tmp_path: Path, monkeypatch) -> None:
+    from scanner.match import landmarks
+
+    refs = clip_art_works(tmp_path, 12)
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["image-local", "image-sscd"]))
+    null = json.loads((index / "manifest.json").read_text())["null"]["image-local"]["proposals"]
+    assert (null["by"], null["top"], null["candidates"]) == ("image-sscd", landmarks.PROPOSALS, landmarks.PROPOSALS)
+    assert null["samples"] > 0 and "repeated" in null
+    copy = tmp_path / "copy.png"
+    MILD_TRANSFORMS["resize-50"](flatten(clip_art(4))).save(copy)
+    found, _ = check(copy, index)
+    assert found.verdict == "flagged"
+    assert all("proposed_by" not in (m["locator"] or {}) for m in found.matches)  # the vote found it already
+    # a vote that finds nothing: the work the descriptor ranks first is verified all the same
+    monkeypatch.setattr(landmarks, "landmark_evidence", lambda queries, *a, **k: [[] for _ in queries])
+    found, _ = check(copy, index)
+    local = [m for m in found.matches if m["feature"] == "image-local"]
+    assert local and Path(local[0]["ref_path"]).name == "r4.png"
+    assert local[0]["locator"]["proposed_by"] == "image-sscd" and local[0]["locator"]["proposals"] == landmarks.PROPOSALS
+    assert local[0]["locator"]["query_box"]  # the boxes are built for the match shown
+    assert local[0]["expected"] < 1e-3 and found.verdict == "flagged"
+    stranger = tmp_path / "stranger.png"
+    synthetic_picture(99).save(stranger)
+    assert check(stranger, index)[0].verdict == "clear"   # proposals are made for every input; chance stays chance
+
+
+def test_a_proposed_works_evidence_says_who_proposed_it() -> None:
+    from scanner.report.words import describe_match
+
+    m = {"feature": "image-local", "raw": 40, "raw_kind": "inliers", "expected": 1e-5,
+         "locator": {"statistic": "unique", "proposed_by": "image-sscd", "proposals": 3}}
+    assert "image-sscd ranked among its 3 nearest" in str(describe_match(m))

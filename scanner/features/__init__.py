@@ -18,6 +18,10 @@ WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody"
 #: Dense features whose distances are read against each query's neighbourhood in the index
 #: (a learned copy descriptor: :mod:`scanner.match.dense`).
 QUERY_ADAPTIVE = frozenset({"image-sscd"})
+#: Landmark features and the copy descriptor that proposes works to them: the works it ranks
+#: first are verified by the landmarks' geometry against a null of its own proposals
+#: (:mod:`scanner.match.landmarks`), whatever the keypoints' own vote found.
+PROPOSERS = {"image-local": "image-sscd"}
 
 
 def make(name: str, **options: Any) -> Featurizer:

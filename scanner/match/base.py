@@ -251,11 +251,22 @@ K = 10
 
 
 class Judge(ABC):
-    """One feature of an open index, ready to judge batches (:meth:`FeatureKind.open`)."""
+    """One feature of an open index, ready to judge batches (:meth:`FeatureKind.open`).
+
+    A judge with a :attr:`proposer` also takes, per input, the works that feature
+    ranked first (``proposed``, its :attr:`proposals` best) and verifies them too.
+    """
+
+    #: the feature whose best works this one verifies (``None``: it verifies none)
+    proposer: str | None = None
+    #: how many of them, per input
+    proposals: int = 0
 
     @abstractmethod
     def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
         """Per-work evidence of each input of ``batch``, with its expected chance matches.
+
+        A judge with a :attr:`proposer` is also given ``proposed=``: per input, work ids, best first.
 
         Returns
         -------

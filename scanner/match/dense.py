@@ -73,6 +73,38 @@ def other_work_distance(vecs: np.ndarray, works: np.ndarray, idx: np.ndarray, *,
     return out
 
 
+def nearest_other_works(vecs: np.ndarray, works: np.ndarray, rows: np.ndarray, n: int, *,
+                        spare: int = 32) -> np.ndarray:
+    """The ``n`` works nearest to one work's rows, other than its own, nearest first.
+
+    Parameters
+    ----------
+    vecs : float32 ``[shape=(m, d)]``, L2-normalised; works : int ``[shape=(m,)]`` each row's work
+    rows : int ``[shape=(r,)]`` the asking work's rows (a work is as near as its nearest row)
+    n : works wanted; spare : extra neighbours searched for works with several rows
+
+    Returns
+    -------
+    int64 ``[shape=(<= n,)]`` work ids
+    """
+    import faiss
+
+    if len(rows) == 0 or len(vecs) < 2:
+        return np.zeros(0, np.int64)
+    k = min(len(vecs), n + len(rows) + spare)
+    D, I = faiss.knn(np.ascontiguousarray(vecs[rows], np.float32), np.ascontiguousarray(vecs, np.float32), k,
+                     metric=faiss.METRIC_INNER_PRODUCT)
+    own = int(works[rows[0]])
+    out: list[int] = []
+    for j in np.argsort(-D, axis=None, kind="stable"):   # every row's neighbours, nearest first
+        i = int(I.flat[j])
+        if i >= 0 and int(works[i]) != own and int(works[i]) not in out:
+            out.append(int(works[i]))
+            if len(out) == n:
+                break
+    return np.array(out, np.int64)
+
+
 def adaptive_distances(found: Sequence[Evidence], adapt: dict[str, Any]) -> np.ndarray:
     """Each evidence's distance read against the query's neighbourhood: ``d - r + c`` (module docstring);
     ``r`` is the :data:`ADAPT_RANK`-th work after the nearest in ``found`` (sorted closest first,

@@ -15,7 +15,7 @@ the null fitted at build on references queried against the other works
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -79,6 +79,16 @@ STATISTIC_TOP = {"unique": LANDMARK_TOP, "repeated": 3}
 RANSAC_SAMPLE = 256
 #: References sampled as queries to fit a landmark feature's null.
 LANDMARK_NULL_QUERIES = 300
+#: Works a proposer (:data:`scanner.features.PROPOSERS`, a learned copy descriptor) offers
+#: per query: verified in :data:`PROPOSAL_VIEWS` whatever the keypoints' vote found, and
+#: scored against a null of the proposer's own top works (:func:`proposal_null_scores`),
+#: not of the best-voted among all works.
+PROPOSALS = 3
+#: Views of a query a proposed work is verified in, each one more chance: as given only (a
+#: mirrored copy is the vote's to find; each view verified costs a search of the work's keypoints).
+PROPOSAL_VIEWS = (0,)
+#: Routes a work can be found by (the vote, a proposal): a proposed work's chance is counted twice.
+ROUTES = 2
 #: RANSAC tolerance in working pixels (pictures are matched at 512 pixels).
 LANDMARK_TOLERANCE = 6.0
 
@@ -299,8 +309,12 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
 
 
 def landmark_detail(e: Evidence) -> dict[str, Any] | None:
-    """The whole detail of landmark evidence, its boxes built now if they were left for later."""
-    return e.detail if e.pending is None else _landmark_detail(*e.pending)
+    """The whole detail of landmark evidence, its boxes built now if they were left for later
+    (with who proposed the work, when a proposer did: :class:`LandmarkJudge`)."""
+    if e.pending is None:
+        return e.detail
+    told = {k: e.detail[k] for k in ("proposed_by", "proposals") if k in (e.detail or {})}
+    return {**_landmark_detail(*e.pending), **told}
 
 
 def _landmark_detail(query: np.ndarray, table: LandmarkTable, statistic: str, n_in: int, view: int,
@@ -409,6 +423,33 @@ def voters(views: np.ndarray, *, per_view: int = LANDMARK_VOTERS) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def null_queries(table: LandmarkTable, *, skip: Sequence[int] = (), n_queries: int = LANDMARK_NULL_QUERIES,
+                 seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A seeded sample of references made queries: each work's keypoints thinned to a query's count.
+
+    Returns
+    -------
+    (works, queries): int64 ``[shape=(m,)]`` sorted, and per work ``[shape=(n,)]`` of
+    :data:`scanner.features.local.KEYPOINT_DTYPE` (view 0, as given); none when
+    fewer than two works are left after ``skip``
+    """
+    from scanner.features.local import KEYPOINT_DTYPE, N_FEATURES
+
+    rng = np.random.default_rng(seed)
+    works = np.setdiff1d(np.unique(table.rows[:, 0]), np.asarray(skip, np.int64))
+    if len(works) < 2:
+        return np.zeros(0, np.int64), []
+    sample = np.sort(rng.choice(works, min(len(works), n_queries), replace=False))
+    queries = []
+    for w in sample:
+        r = np.sort(rng.choice(table.work_rows(int(w)), min(len(table.work_rows(int(w))), N_FEATURES),
+                               replace=False))
+        q = np.zeros(len(r), KEYPOINT_DTYPE)
+        q["desc"], q["xy"], q["size"] = table.desc[r], table.xy[r], table.size[r]
+        queries.append(q)
+    return sample.astype(np.int64), queries
+
+
 def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip: Sequence[int] = (),
                          n_queries: int = LANDMARK_NULL_QUERIES, seed: int = 0,
                          statistics: Sequence[str] = LANDMARK_STATISTICS
@@ -434,21 +475,10 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
     inlier counts and int64 works, each ``[shape=(n_sampled * STATISTIC_TOP[statistic],)]``,
     the candidate -1 where a slot had no candidate
     """
-    from scanner.features.local import KEYPOINT_DTYPE, N_FEATURES
-
-    rng = np.random.default_rng(seed)
-    works = np.setdiff1d(np.unique(table.rows[:, 0]), np.asarray(skip, np.int64))
-    if len(works) < 2:
+    sample, queries = null_queries(table, skip=skip, n_queries=n_queries, seed=seed)
+    if len(sample) < 2:
         empty = np.zeros(0)
         return {stat: (empty, empty.astype(np.int64), empty.astype(np.int64)) for stat in statistics}
-    sample = np.sort(rng.choice(works, min(len(works), n_queries), replace=False))
-    queries = []
-    for w in sample:
-        r = np.sort(rng.choice(table.work_rows(int(w)), min(len(table.work_rows(int(w))), N_FEATURES),
-                               replace=False))
-        q = np.zeros(len(r), KEYPOINT_DTYPE)
-        q["desc"], q["xy"], q["size"] = table.desc[r], table.xy[r], table.size[r]
-        queries.append(q)
     found = landmark_evidence(queries, index, table, feature=feature, exclude=[int(w) for w in sample],
                               statistics=statistics, boxes=False)
     out = {}
@@ -462,6 +492,60 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
             cands[j, :len(evs)] = [e.work_id for e in evs]
         out[stat] = (scores.ravel(), np.repeat(sample.astype(np.int64), slots), cands.ravel())
     return out
+
+
+def proposal_null_scores(table: LandmarkTable, queries: Sequence[np.ndarray], sample: np.ndarray,
+                         vecs: np.ndarray, rows: np.ndarray, *, top: int = PROPOSALS,
+                         statistics: Sequence[str] = LANDMARK_STATISTICS) -> dict[str, np.ndarray]:
+    """Inliers of chance proposals: each sampled reference verified against the proposer's nearest other works.
+
+    What a proposer (a copy descriptor) offers for a work it was not copied from are
+    works that look alike to it, and geometry on those is what a proposal's inliers
+    must be read against (:func:`null_queries` gives the sample and its queries).
+
+    Parameters
+    ----------
+    table : the index's keypoints
+    queries, sample : :func:`null_queries`
+    vecs, rows : the proposer's rows (float32 ``[shape=(m, d)]`` L2-normalised) and row map
+    top : proposals per query
+
+    Returns
+    -------
+    dict statistic -> float64 ``[shape=(len(sample) * top,)]`` inlier counts (0: not verified or short)
+    """
+    from scanner.match.base import WorkRows
+    from scanner.match.dense import nearest_other_works
+
+    works = np.asarray(rows)[:, 0]
+    rows_of = WorkRows(works)
+    out = {stat: np.zeros((len(sample), top)) for stat in statistics}
+    for j, (w, q) in enumerate(zip(sample.tolist(), queries)):
+        proposed = nearest_other_works(vecs, works, rows_of(w), top)
+        found = verify_landmarks(q, [(int(p), 0) for p in proposed], table, feature="", statistics=statistics,
+                                 top={stat: top for stat in statistics}, boxes=False)
+        for stat in statistics:
+            counts = sorted((e.raw for e in found if e.detail["statistic"] == stat), reverse=True)[:top]
+            out[stat][j, :len(counts)] = counts
+    return {stat: v.ravel() for stat, v in out.items()}
+
+
+def fit_proposal_null(by: str, table: LandmarkTable, queries: Sequence[np.ndarray], sample: np.ndarray,
+                      vecs: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    """The null of proposed works' inliers (:func:`proposal_null_scores`), per statistic as
+    :func:`fit_landmark_null`'s, with ``by`` (the proposer) and ``top`` (proposals per query)."""
+    stats = proposal_null_scores(table, queries, sample, vecs, rows)
+    null = pol.fit_inlier_null(stats["unique"], candidates=PROPOSALS)
+    for stat in LANDMARK_STATISTICS:
+        if stat != "unique":
+            null[stat] = pol.fit_inlier_null(stats[stat], candidates=PROPOSALS, prior=pol.PRIOR_REPEATED_INLIERS)
+    return {**null, "by": by, "top": PROPOSALS, "views": len(PROPOSAL_VIEWS)}
+
+
+def expected_proposed(inliers: np.ndarray, statistic: np.ndarray, null: dict[str, Any]) -> np.ndarray:
+    """Expected chance matches of proposed works' landmark evidence: its statistic's chance among the
+    proposals (:func:`fit_proposal_null`), times the views tried and the :data:`ROUTES` a work is found by."""
+    return pol.expected_landmark(inliers, statistic, statistic_nulls(null)) * int(null["views"]) * ROUTES
 
 
 def binary_index(codes: np.ndarray) -> Any:
@@ -506,14 +590,17 @@ def statistic_nulls(null: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dict[str, np.ndarray],
                       index: Any, featureless: np.ndarray,
-                      chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+                      chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                      proposer: tuple[str, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """A landmark feature's null: references queried against the other works, as a scan would.
 
     The ``unique`` statistic's model is the null itself (as indexes built
     before the others had it); each other statistic's is kept under its name.
     The (chance, reference, candidate work) triples of the evidence a scan
     would keep, the more significant statistic per pair, go to
-    ``chance_pairs[name]`` for :func:`scanner.match.fusion.fit_fusion`.
+    ``chance_pairs[name]`` for :func:`scanner.match.fusion.fit_fusion`. With a
+    ``proposer`` (its name, rows and row map), the null of its proposals is kept
+    under ``proposals`` (:func:`fit_proposal_null`), fitted on the same sample.
     """
     none = np.zeros((0, 2), np.float32)
     table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
@@ -533,6 +620,9 @@ def fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dic
     first[1:] = key[order][1:] != key[order][:-1]
     keep = order[first]
     chance_pairs[name] = (strength[keep], q[keep], c[keep])
+    if proposer is not None and len(proposer[1]):
+        sample, queries = null_queries(table, skip=featureless)
+        null["proposals"] = fit_proposal_null(proposer[0], table, queries, sample, *proposer[1:])
     return null
 
 
@@ -573,9 +663,14 @@ class Landmarks(FeatureKind):
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        from scanner.features import PROPOSERS
+
         vecs, rows = writer.vectors(name)
         index = writer.derived(name, lambda: binary_index(vecs))  # written as fitted
-        return fit_landmark_null(name, vecs, rows, writer.extras(name), index, featureless, chance_pairs)
+        by = PROPOSERS.get(name)
+        proposer = (by, *writer.vectors(by)) if by in writer.feature_names() else None
+        return fit_landmark_null(name, vecs, rows, writer.extras(name), index, featureless, chance_pairs,
+                                 proposer=proposer)
 
     def detail(self, e: Evidence) -> dict[str, Any] | None:
         return landmark_detail(e)
@@ -598,8 +693,12 @@ class LandmarkJudge(Judge):
         # numpy.memmap wraps every slice of one in an object of its own
         self.table = LandmarkTable(np.asarray(index.rows(feat.name)), np.asarray(index.codes(feat.name)),
                                    extra.get("xy", none), extra.get("size", none))
+        self.proposal_null = index.null[feat.name].get("proposals")
+        if self.proposal_null is not None:
+            self.proposer, self.proposals = self.proposal_null["by"], int(self.proposal_null["top"])
 
-    def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
+    def evidence(self, batch: Sequence[Prepared], *,
+                 proposed: Sequence[Sequence[int]] | None = None) -> list[tuple[list[Evidence], np.ndarray] | None]:
         feat = self.feat
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         pos = [i for i, p in enumerate(batch) if p.error is None and feat.name in p.prepared]
@@ -608,11 +707,34 @@ class LandmarkJudge(Judge):
         def expected(inliers: np.ndarray, statistics: np.ndarray) -> np.ndarray:
             return pol.expected_landmark(inliers, statistics, nulls)
 
-        found = landmark_evidence([batch[i].prepared[feat.name] for i in pos], self.index.faiss_index(feat.name),
+        queries = [batch[i].prepared[feat.name] for i in pos]
+        found = landmark_evidence(queries, self.index.faiss_index(feat.name),
                                   self.table, feature=feat.name, statistics=tuple(nulls),
                                   choose=expected,  # per work, its most significant statistic
                                   boxes=False)  # built for the matches shown (the scanner asks landmark_detail)
-        for i, evs in zip(pos, found):
+        for i, q, evs in zip(pos, queries, found):
+            x = expected(np.array([e.raw for e in evs]), np.array([e.detail["statistic"] for e in evs]))
+            if proposed is not None and self.proposal_null is not None:
+                # a work the vote verified has its inliers counted already (the same geometry)
+                voted = {e.work_id for e in evs}
+                works = [w for w in list(proposed[i])[:self.proposals] if w not in voted]
+                if works:
+                    evs, x = self._with_proposals(q, works, evs, x, tuple(nulls))
             if evs:
-                out[i] = (evs, expected(np.array([e.raw for e in evs]), np.array([e.detail["statistic"] for e in evs])))
+                out[i] = (evs, x)
         return out
+
+    def _with_proposals(self, query: np.ndarray, works: list[int], evs: list[Evidence], x: np.ndarray,
+                        statistics: tuple[str, ...]) -> tuple[list[Evidence], np.ndarray]:
+        """The vote's evidence ``evs`` (expected ``x``) with the proposed ``works`` (none of them
+        verified by the vote) verified too, read against the proposals' null
+        (:func:`expected_proposed`); their detail names the proposer."""
+        null = self.proposal_null
+        views = [v for v in PROPOSAL_VIEWS if np.any(query["view"] == v)]
+        found = verify_landmarks(query, [(w, v) for w in works for v in views], self.table, feature=self.feat.name,
+                                 statistics=statistics, top={s: len(works) * len(views) for s in statistics},
+                                 choose=lambda n, s: expected_proposed(n, s, null), boxes=False)
+        told = {"proposed_by": null["by"], "proposals": self.proposals}
+        extra = [replace(e, detail={**e.detail, **told}) for e in found]
+        xe = expected_proposed(np.array([e.raw for e in found]), np.array([e.detail["statistic"] for e in found]), null)
+        return list(evs) + extra, np.concatenate([np.asarray(x, np.float64), xe])

@@ -53,6 +53,15 @@ def provenance(index: store.Index, policy: pol.Policy | None = None) -> dict[str
             "features": features, "policy": policy.get_params()}
 
 
+def proposed(found: tuple[Any, np.ndarray] | None, n: int) -> list[int]:
+    """The ``n`` works a feature's evidence for one input ranks first (fewest expected chance
+    matches), as proposals to a judge that verifies them (:attr:`scanner.match.base.Judge.proposer`)."""
+    if found is None:
+        return []
+    evs, expected = found
+    return [int(evs[j].work_id) for j in np.argsort(expected, kind="stable")[:n]]
+
+
 class Scanner:
     """An opened index with its featurizers, ready to judge batches of inputs.
 
@@ -155,11 +164,20 @@ class Scanner:
         each feature's kind finds it (:meth:`scanner.match.base.Judge.evidence`), this
         makes it match records with their strength."""
         evidence: list[list[dict[str, Any]]] = [[] for _ in batch]
+        found: dict[str, list[tuple[Any, np.ndarray] | None]] = {}
+        # a judge that verifies another feature's best works (Judge.proposer) goes after it
+        for feat in sorted(self.featurizers, key=lambda f: self.judges[f.name].proposer in self.judges):
+            judge = self.judges[feat.name]
+            if judge.proposer in found:
+                found[feat.name] = judge.evidence(batch, proposed=[proposed(f, judge.proposals)
+                                                                   for f in found[judge.proposer]])
+            else:
+                found[feat.name] = judge.evidence(batch)
         for feat in self.featurizers:
-            for i, found in enumerate(self.judges[feat.name].evidence(batch)):
-                if found is None:
+            for i, one in enumerate(found[feat.name]):
+                if one is None:
                     continue
-                evs, expected = found
+                evs, expected = one
                 strength = pol.strength(expected, self.policy)
                 evidence[i].extend(self._match(feat, e, float(x), float(s)) for e, x, s in zip(evs, expected, strength))
         return evidence

@@ -54,6 +54,9 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
              "cosine": f"cosine {raw}"}.get(kind or "", "")
     if kind == "inliers" and isinstance(loc, Mapping) and loc.get("statistic") == "repeated":
         words += " (repeated elements paired by geometry)"
+    if kind == "inliers" and isinstance(loc, Mapping) and loc.get("proposed_by"):
+        words += (f" on a work {loc['proposed_by']} ranked among its {loc.get('proposals', '?')} nearest"
+                  " (its chance counted among those)")
     if kind == "fused" and isinstance(m.get("fused_from"), Mapping):
         from scanner.policy import one_in
 
