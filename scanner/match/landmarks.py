@@ -83,7 +83,7 @@ LANDMARK_NULL_QUERIES = 300
 #: per query: verified in :data:`PROPOSAL_VIEWS` whatever the keypoints' vote found, and
 #: scored against a null of the proposer's own top works (:func:`proposal_null_scores`),
 #: not of the best-voted among all works.
-PROPOSALS = 3
+PROPOSALS = 1
 #: Views of a query a proposed work is verified in, each one more chance: as given only (a
 #: mirrored copy is the vote's to find; each view verified costs a search of the work's keypoints).
 PROPOSAL_VIEWS = (0,)
