@@ -20,6 +20,28 @@ both sides.
     ``scenery``, ``items``, ``attacks`` and ``icons`` folders. Terrain tiles,
     halos, projectiles, masks and interface pieces are left out: they are
     fragments made to tile or overlay, not works.
+``photos``
+    Photographs and paintings of Debian's desktop wallpaper packages
+    (:data:`PHOTO_PACKAGES`), under ``/usr/share/backgrounds/`` and
+    ``/usr/share/wallpapers/`` (root ``/usr/share``), listed from each
+    package's own file list so that other wallpaper packages installed there
+    do not change the corpus. A package ships several resolutions of one
+    picture (and light/dark or portrait variants): those are one *work*.
+    Files are grouped into works by name (a plasma ``<Name>/contents/images*/``
+    folder is one work; elsewhere the stem without a resolution suffix
+    ``_3840x2160`` or a ``-Light``/``-Dark`` suffix), then any two files whose
+    64-bit pHash (of the picture as a scan decodes it) differ in at most
+    :data:`PHOTO_MERGE_BITS` bits are joined into one work (recoloured
+    versions of one design). Each work is represented by one file (a light,
+    landscape one of width closest to 1920 pixels). Files a scan finds
+    featureless are left out: mate's transparent overlays (white patterns on
+    transparency, meant to lie over a desktop colour) are blank over white.
+    SVG and XML files are not pictures, and plasma's ``screenshot`` thumbnails
+    are not listed. There are no topic folders: *every work is a topic of its
+    own*, named ``<package>/<work>``, so :func:`split_topics` deals works (one
+    file each) to the four groups in proportion to the references and
+    negatives asked for, and every negative is a work no reference of its
+    half belongs to.
 """
 
 from __future__ import annotations
@@ -27,13 +49,33 @@ from __future__ import annotations
 import os
 import random
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 OPENCLIPART = Path("/usr/share/openclipart/png")
 WESNOTH = Path("/usr/share/games/wesnoth/1.16/data/core/images")
+PHOTOS = Path("/usr/share")
+#: Wallpaper packages of the photos corpus -> (topic prefix, their folder under PHOTOS).
+#: ``lomiri-wallpapers`` itself ships one picture and pulls in the two that hold the photographs.
+PHOTO_PACKAGES = {
+    "mate-backgrounds": ("mate", "backgrounds/mate"),
+    "plasma-workspace-wallpapers": ("plasma", "wallpapers"),
+    "ukui-wallpapers": ("ukui", "backgrounds"),
+    "lomiri-wallpapers": ("lomiri", "backgrounds"),
+    "lomiri-wallpapers-16.04": ("lomiri", "backgrounds"),
+    "lomiri-wallpapers-20.04": ("lomiri", "backgrounds"),
+}
 #: How to install each corpus.
-PACKAGES = {"openclipart": "openclipart-png", "wesnoth": "wesnoth-1.16-data"}
+PACKAGES = {"openclipart": "openclipart-png", "wesnoth": "wesnoth-1.16-data",
+            "photos": "mate-backgrounds plasma-workspace-wallpapers ukui-wallpapers lomiri-wallpapers"}
+#: Files of two names whose pHashes differ in at most this many of 64 bits are one work. Measured
+#: on the installed packages: variants of one picture (resolutions, light/dark, recolourings) lie
+#: 0-12 bits apart (plasma's portrait crops up to 20, but their folder joins them), two different
+#: works 18 or more.
+PHOTO_MERGE_BITS = 12
+#: The width a work's representative file is picked nearest to.
+PHOTO_WIDTH = 1920
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WESNOTH_PER_RACE = ("portraits", "units")
 WESNOTH_WHOLE = ("story", "maps", "scenery", "items", "attacks", "icons")
@@ -49,10 +91,13 @@ STOCK_FOLDERS: dict[str, tuple[str, ...]] = {
     "openclipart": ("shapes/stars", "shapes/arrows", "shapes/callouts", "shapes/flowchart", "shapes/jigsaw",
                     "special/patterns", "special/gradients"),
     "wesnoth": (),
+    "photos": (),
 }
 
 _FRAME = re.compile(r"\d")
 _SEPARATOR = re.compile(r"[-_]")
+_RESOLUTION = re.compile(r"[-_ ]?\d{3,5}x\d{3,5}$")
+_SHADE = re.compile(r"[-_ ](light|dark)$", re.IGNORECASE)
 
 
 def is_stock(corpus: str, root: str | Path, path: str | Path) -> bool:
@@ -67,16 +112,18 @@ class Corpus:
 
     Attributes
     ----------
-    name : ``"openclipart"`` or ``"wesnoth"``
+    name : ``"openclipart"``, ``"wesnoth"`` or ``"photos"``
     root : where it is installed
     topics : topic name -> regular image files, sorted
     links_left_out : symbolic links not used
+    notes : what was left out or joined while listing, for the log
     """
 
     name: str
     root: Path
     topics: dict[str, list[Path]]
     links_left_out: int
+    notes: tuple[str, ...] = ()
 
 
 def _walk(folder: Path, *, skip_dirs: tuple[str, ...] = ()) -> tuple[list[Path], int]:
@@ -109,6 +156,147 @@ def _still_frames(files: list[Path]) -> list[Path]:
     return keep
 
 
+def _package_files(package: str) -> list[Path] | None:
+    """The paths a Debian package installed (``dpkg-query -L``), sorted; None if it is not installed."""
+    try:
+        proc = subprocess.run(["dpkg-query", "-L", package], check=False, capture_output=True, text=True)
+    except OSError:  # no dpkg: not a Debian system
+        return None
+    if proc.returncode != 0:
+        return None
+    return sorted(Path(line) for line in proc.stdout.splitlines() if line.strip())
+
+
+def _photo_files() -> tuple[list[tuple[str, Path]], int, list[str]]:
+    """Every picture the photo packages installed.
+
+    Returns
+    -------
+    files, links, missing
+        ``(package, path)`` of each regular image file; the symbolic links
+        left out (plasma links every screen size to one file); the packages
+        not installed.
+    """
+    files: list[tuple[str, Path]] = []
+    links = 0
+    missing: list[str] = []
+    for package in PHOTO_PACKAGES:
+        listed = _package_files(package)
+        if listed is None:
+            missing.append(package)
+            continue
+        for path in listed:
+            if not path.name.lower().endswith(IMAGE_SUFFIXES):
+                continue  # SVG, XML slideshows, metadata: not pictures
+            if PHOTO_PACKAGES[package][0] == "plasma" and not path.parent.name.startswith("images"):
+                continue  # contents/screenshot.*: a thumbnail of the work beside its images
+            if path.is_symlink():
+                links += 1
+            elif path.is_file():
+                files.append((package, path))
+    return files, links, missing
+
+
+def _photo_name(package: str, path: Path) -> str:
+    """The work a file's name says it belongs to, ``<prefix>/<name>``.
+
+    plasma: the ``<Name>`` folder (its ``contents/images*/`` hold one
+    picture's sizes, light and dark); the other packages: the folder and the
+    stem without a resolution (``Elephants_3840x2160``) or light/dark suffix.
+    """
+    prefix, folder = PHOTO_PACKAGES[package]
+    rel = path.relative_to(PHOTOS / folder)
+    if prefix == "plasma":
+        return f"{prefix}/{rel.parts[0]}"
+    stem = _SHADE.sub("", _RESOLUTION.sub("", path.stem))
+    return f"{prefix}/{rel.parent.joinpath(stem).as_posix()}"
+
+
+def _representative(paths: list[Path], sizes: dict[Path, tuple[int, int]]) -> Path:
+    """The file that stands for a work: light before dark, landscape before portrait
+    (plasma's portrait files are phone crops), then width nearest :data:`PHOTO_WIDTH`,
+    the larger on a tie."""
+    def key(p: Path) -> tuple[bool, bool, int, int, str]:
+        w, h = sizes[p]
+        dark = "dark" in p.parent.name.lower() or p.stem.lower().endswith("dark")
+        return dark, h > w, abs(w - PHOTO_WIDTH), -w, str(p)
+
+    return min(paths, key=key)
+
+
+def _join(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected groups of ``range(n)`` under ``pairs`` (each group sorted, groups by first member)."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        parent[find(b)] = find(a)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values())
+
+
+def _load_photos() -> Corpus:
+    """The photos corpus: one topic per work, holding the work's one representative file.
+
+    Every file is decoded once as a scan decodes it (at most 512 pixels), for
+    the featureless check and the pHash that joins variants (about 10 s).
+
+    Raises
+    ------
+    SystemExit
+        If none of :data:`PHOTO_PACKAGES` is installed.
+    """
+    import imagehash  # only this corpus needs the hash and the scanner's decoder to list its works
+    from PIL import Image
+
+    from scanner import media
+    from scanner.errors import DecodeError
+    from scanner.features.content import analyse
+
+    files, links, missing = _photo_files()
+    if not files:
+        raise SystemExit(f"no photo package installed: apt-get install {PACKAGES['photos']}")
+    notes = [f"not installed, left out: {', '.join(missing)}"] if missing else []
+    kept: list[tuple[str, Path]] = []
+    hashes, sizes, dropped = [], {}, []
+    for package, path in files:
+        try:
+            image = media.load_image(path, max_side=512)
+        except DecodeError as exc:
+            dropped.append(f"{path.name} ({exc.reason})")
+            continue
+        featureless = analyse(image).featureless
+        if featureless:
+            dropped.append(f"{path.name} ({featureless})")
+            continue
+        with Image.open(path) as im:  # the size before the decode's downscale
+            sizes[path] = im.size
+        kept.append((package, path))
+        hashes.append(imagehash.phash(image))
+    names = [_photo_name(package, path) for package, path in kept]
+    by_name = [(i, j) for i in range(len(kept)) for j in range(i + 1, len(kept)) if names[i] == names[j]]
+    by_hash = [(i, j) for i in range(len(kept)) for j in range(i + 1, len(kept))
+               if names[i] != names[j] and hashes[i] - hashes[j] <= PHOTO_MERGE_BITS]
+    topics: dict[str, list[Path]] = {}
+    for group in _join(len(kept), by_name + by_hash):
+        rep = _representative([kept[i][1] for i in group], sizes)
+        topics[names[next(i for i in group if kept[i][1] == rep)]] = [rep]
+    notes.append(f"{len(files)} pictures from {len(PHOTO_PACKAGES) - len(missing)} packages, "
+                 f"{len(dropped)} left out (featureless or undecodable: {', '.join(dropped) or 'none'}), "
+                 f"the other {len(kept)} grouped into {len(topics)} works")
+    if by_hash:
+        joined = "; ".join(f"{names[i]} + {names[j]} ({int(hashes[i] - hashes[j])})" for i, j in by_hash)
+        notes.append(f"joined by pHash (<= {PHOTO_MERGE_BITS} bits apart): {joined}")
+    return Corpus("photos", PHOTOS, dict(sorted(topics.items())), links, tuple(notes))
+
+
 def load(name: str) -> Corpus:
     """List an installed corpus by topic.
 
@@ -117,6 +305,8 @@ def load(name: str) -> Corpus:
     SystemExit
         If the corpus is not installed (naming the package).
     """
+    if name == "photos":
+        return _load_photos()
     if name == "openclipart":
         root = OPENCLIPART
     elif name == "wesnoth":

@@ -28,7 +28,10 @@ Usage::
 
     python benchmarks/accuracy/run.py [--features image-phash] [--half tune|report|both]
         [--refs 150] [--negatives 300] [--seed 0] [--work /tmp/likeness-acc]
-        [--corpus openclipart|wesnoth|both] [--max-side 1024] [--transforms LIST] [--fresh]
+        [--corpus openclipart|wesnoth|photos|both|all] [--max-side 1024] [--transforms LIST] [--fresh]
+
+``--corpus both`` is openclipart and wesnoth (as before photos were added); ``all`` adds photos.
+The photos corpus holds 81 works (``corpora.py``): ``--refs 20 --negatives 20`` fits it.
 """
 
 from __future__ import annotations
@@ -50,12 +53,15 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks.accuracy`` i
 
 import numpy as np  # noqa: E402
 
-from benchmarks.accuracy import corpora, metrics, report, sets  # noqa: E402
+from benchmarks.accuracy import corpora, known_copies, metrics, report, sets  # noqa: E402
 from benchmarks.accuracy import transforms as tf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULTS = {"refs": 150, "negatives": 300, "seed": 0, "max_side": 1024}
+#: ``--corpus`` -> the corpora it runs; ``both`` keeps its meaning from before photos.
+CORPUS_CHOICES = {"openclipart": ("openclipart",), "wesnoth": ("wesnoth",), "photos": ("photos",),
+                  "both": ("openclipart", "wesnoth"), "all": ("openclipart", "wesnoth", "photos")}
 SCAN_OK = (0, 1, 3, 4)
 NEGATIVES = "negatives"
 
@@ -241,9 +247,13 @@ def folder_recall(the_set: dict[str, Any], results: dict[str, list[dict[str, Any
     real = os.path.realpath
     root = the_set["corpus_root"]
     lines = [r for t in the_set["config"]["transforms"] for r in results.get(t, [])]
+    # photos has one topic per work, named <package>/<work>, and two packages share one folder:
+    # its references are grouped by package instead
+    package = {r["path"]: r["topic"].split("/")[0] for r in the_set["refs"]} \
+        if the_set["config"]["corpus"] == "photos" else {}
     folders: dict[str, dict[str, dict[str, Any]]] = {}
     for p, q in the_set["queries"].items():
-        folder = "/".join(Path(os.path.relpath(os.path.dirname(q["ref"]), root)).parts[:2])
+        folder = package.get(q["ref"]) or "/".join(Path(os.path.relpath(os.path.dirname(q["ref"]), root)).parts[:2])
         group = tf.TRANSFORMS.get(q["transform"], "combo")
         folders.setdefault(folder, {}).setdefault(group, {})[real(p)] = q
     small = "(folders of < 5 references)"
@@ -264,6 +274,20 @@ def folder_recall(the_set: dict[str, Any], results: dict[str, list[dict[str, Any
     return dict(sorted(out.items(), key=lambda kv: (kv[0] == small, -kv[1]["refs"], kv[0])))
 
 
+def half_works(corpus: corpora.Corpus, the_set: dict[str, Any]) -> tuple[int, int]:
+    """Works of one half, files of one work counted once (:func:`known_copies.work_key`; photos
+    hold one file per work already).
+
+    Returns
+    -------
+    in_topics, negatives
+        Works in the half's reference and negative topics; works among its negatives.
+    """
+    key = known_copies.work_key(corpus.name, corpus.root)
+    topics = {key(p) for t in (*the_set["ref_topics"], *the_set["negative_topics"]) for p in corpus.topics[t]}
+    return len(topics), len({key(Path(n["source"])) for n in the_set["negatives"].values()})
+
+
 def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, args: argparse.Namespace,
              ex: Any) -> dict[str, Any]:
     """Make or reuse the half's set, run the command line, score; the report dict."""
@@ -278,8 +302,10 @@ def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, arg
     the_set = sets.build(corpus, split, config, root, ex, reuse=not args.fresh, log=print)
     set_seconds = time.perf_counter() - t0
     reused = before is not None and root.joinpath("set.json").stat().st_mtime == before
-    print(f"  {half}: {len(the_set['refs'])} references from {the_set['ref_topics']}, "
-          f"{len(the_set['negatives'])} negatives from {the_set['negative_topics']}, "
+    n_works, n_negative_works = half_works(corpus, the_set)
+    print(f"  {half}: {n_works} works in its topics; {len(the_set['refs'])} references from "
+          f"{the_set['ref_topics']}, {len(the_set['negatives'])} negatives ({n_negative_works} works) from "
+          f"{the_set['negative_topics']}, "
           f"{len(the_set['queries'])} copies, {len(the_set['skipped'])} file(s) skipped ({set_seconds:.0f} s)",
           flush=True)
     load_before = os.getloadavg()[0]
@@ -300,7 +326,8 @@ def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, arg
                     "python": platform.python_version()},
         "set": {"root": str(root), "ref_topics": the_set["ref_topics"],
                 "negative_topics": the_set["negative_topics"], "split": the_set["split"],
-                "n_refs": len(the_set["refs"]), "n_negatives": len(the_set["negatives"]),
+                "n_works": n_works, "n_refs": len(the_set["refs"]), "n_negatives": len(the_set["negatives"]),
+                "n_negative_works": n_negative_works,
                 "n_queries": len(the_set["queries"]), "notes": the_set["notes"],
                 "skipped": the_set["skipped"], "known_copies_left_out": the_set.get("known_copies_left_out", []),
                 "featureless_refs": [r["path"] for r in the_set["refs"] if r["featureless"]]},
@@ -389,7 +416,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--negatives", type=int, default=DEFAULTS["negatives"], help="negatives per half")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the split, picks and transforms")
     ap.add_argument("--work", type=Path, default=Path("/tmp/likeness-acc"), help="folder for all data")
-    ap.add_argument("--corpus", choices=("openclipart", "wesnoth", "both"), default="openclipart")
+    ap.add_argument("--corpus", choices=tuple(CORPUS_CHOICES), default="openclipart",
+                    help="both: openclipart and wesnoth; all: the three")
     ap.add_argument("--max-side", type=int, default=DEFAULTS["max_side"], help="downscale longer pictures to this first")
     ap.add_argument("--transforms", default=",".join(tf.TRANSFORMS),
                     help="comma-separated subset of: " + ", ".join(tf.TRANSFORMS))
@@ -412,15 +440,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    names = ("openclipart", "wesnoth") if args.corpus == "both" else (args.corpus,)
+    names = CORPUS_CHOICES[args.corpus]
     halves = ("tune", "report") if args.half == "both" else (args.half,)
     texts = []
     with sets.make_pool(args.jobs) as ex:
         for name in names:
             corpus = corpora.load(name)
             split = corpora.split_topics(corpus.topics, args.seed, refs=args.refs, negatives=args.negatives)
-            print(f"{name}: {len(corpus.topics)} topic folders, {sum(map(len, corpus.topics.values()))} files, "
+            print(f"{name}: {len(corpus.topics)} topics, {sum(map(len, corpus.topics.values()))} files, "
                   f"{corpus.links_left_out} links left out", flush=True)
+            for note in corpus.notes:
+                print(f"  {note}", flush=True)
             tune = None
             for half in halves:
                 rep = run_half(corpus, split, half, args, ex)
