@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[clip]'
+	$(BIN)/pip install -q -e '.[clip,talent]'
 	touch $@
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python

@@ -247,25 +247,101 @@ def index_remove(work_ids: List[int] = typer.Argument(..., help="Work ids (see `
         raise typer.Exit(2)
 
 
+talent_app = typer.Typer(help="Talents of an index: protected performers, their consent, their removal.",
+                         no_args_is_help=True)
+index_app.add_typer(talent_app, name="talent")
+
+
+@talent_app.command("list")
+@handled
+def talent_list(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json"),
+                hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """List the talents of an index with their references and consent per modality, as of today."""
+    import datetime as _dt
+
+    from scanner.index.store import open_index
+
+    with open_index(index, hmac_key=_key(hmac_key_file)) as idx:
+        talents = idx.talents()
+    if as_json:
+        print(json.dumps([t.to_dict() for t in talents.values()], indent=2))
+        return
+    today = _dt.date.today()
+    if not talents:
+        out.print("no talents in this index (give a metadata file with talent and consent columns)")
+    for t in talents.values():
+        out.print(f"{escape(t.name)}: {t.works} reference(s); consent: face "
+                  f"{t.consent['face'].words(today)}, voice {t.consent['voice'].words(today)}", highlight=False)
+
+
+def _yes_no(value: Optional[str], option: str) -> Optional[bool]:
+    from scanner.talents import parse_consent
+
+    return parse_consent(value, where=option)
+
+
+@talent_app.command("consent")
+@handled
+def talent_consent(name: str = typer.Argument(..., help="The talent's name, as in the metadata."),
+                   face: Optional[str] = typer.Option(None, "--face", help="yes or no: may their face be used."),
+                   voice: Optional[str] = typer.Option(None, "--voice", help="yes or no: may their voice be used."),
+                   until: Optional[str] = typer.Option(None, "--until",
+                                                       help="Last day (YYYY-MM-DD) a yes holds; none: no end."),
+                   index: Path = IndexOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Record a talent's consent per modality; the next scan applies it (a withdrawn one flags again)."""
+    from scanner.pipeline import set_talent_consent
+    from scanner.talents import parse_until
+
+    t = set_talent_consent(index, name, face=_yes_no(face, "--face"), voice=_yes_no(voice, "--voice"),
+                           until=parse_until(until), hmac_key=_key(hmac_key_file))
+    said = "; ".join(f"{m} {'yes' if c['given'] else 'no'}" + (f" until {c['until']}" if c["until"] else "")
+                     for m, c in t["consent"].items())
+    out.print(f"{escape(name)}: consent now {said}", highlight=False)
+
+
+@talent_app.command("remove")
+@handled
+def talent_remove(name: str = typer.Argument(..., help="The talent's name."),
+                  index: Path = IndexOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Remove a talent: their references, every face and voice template made from them, and their
+    consent row, in one atomic write (no rebuild)."""
+    from scanner.pipeline import remove_talent
+
+    found = remove_talent(index, name, hmac_key=_key(hmac_key_file))
+    out.print(f"removed talent {escape(name)}: {len(found)} reference(s) and their templates", highlight=False)
+
+
 @index_app.command("info")
 @handled
 def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--json"),
                hmac_key_file: Optional[Path] = HmacOpt) -> None:
     """Describe an index: id, works, features, models, thresholds, search structure and its recall."""
-    from scanner.search import describe_index
     from scanner.index.store import open_index
+    from scanner.search import describe_index
+    from scanner.talents import FEATURE_MODALITY
 
     with open_index(index, hmac_key=_key(hmac_key_file)) as idx:
         m = idx.manifest
         info = {"path": str(index), "index_id": idx.index_id, "format_version": m["format_version"],
                 "created_at": m.get("created_at"), "updated_at": m.get("updated_at"), "works": m["works"],
                 "features": m["features"], "policy": m.get("policy"),
-                "size_bytes": sum(f["size"] for f in m["files"].values()), "blas": blas.in_use()}
+                "size_bytes": sum(f["size"] for f in m["files"].values()), "blas": blas.in_use(),
+                "talents": {"count": len(idx.talents()),
+                            "null": {name: {k: m["null"][name].get(k) for k in ("source", "talents", "pairs",
+                                                                                  "centre", "spread", "within")}
+                                     for name in m["features"] if name in FEATURE_MODALITY and name in m.get("null", {})}}}
     if as_json:
         print(json.dumps(info, indent=2))
         return
     out.print(f"index {info['index_id']} at {index}", highlight=False)
     out.print(f"  works: {info['works']['count']} {info['works'].get('by_modality', {})}", highlight=False)
+    if info["talents"]["count"] or info["talents"]["null"]:
+        nulls = "; ".join(f"{name} null from {n['source']}"
+                          + (f" ({n['talents']} talents, {n['pairs']} pairs of different people)"
+                             if n["source"] == "talents" else
+                             " (too few talents: dlib's 0.6 operating point, centre 0.78, spread 0.072)")
+                          for name, n in info["talents"]["null"].items())
+        out.print(f"  talents: {info['talents']['count']}" + (f"; {nulls}" if nulls else ""), highlight=False)
     for name, spec in info["features"].items():
         out.print(f"  {name}: {spec['count']} vectors, {spec['kind']} dim {spec['dim']}, "
                   f"version {spec['version']}" + (f", model {spec['model']}" if spec.get("model") else "")
@@ -465,7 +541,7 @@ def _print_calibration(cal: Any) -> None:
 def models_list(models_dir: Optional[str] = ModelsDirOpt) -> None:
     """Checkpoints registered in the models folder, and the models installed with packages (with their licences)."""
     from scanner.features import sscd
-    from scanner.models import default_models_dir, list_models
+    from scanner.models import default_models_dir, file_sha256, list_models
 
     entries = list_models(models_dir or default_models_dir())
     if not entries:
@@ -479,7 +555,7 @@ def models_list(models_dir: Optional[str] = ModelsDirOpt) -> None:
     for name in sscd.MODELS:
         path = sscd.model_file(name)
         out.print(f"image-sscd {name}{' (default)' if name == sscd.DEFAULT_MODEL else ''}  {path}  "
-                  f"sha256 {sscd.sha256_of(path)[:16]}…", highlight=False)
+                  f"sha256 {file_sha256(path)[:16]}…", highlight=False)
     out.print(f"  licence: {sscd.LICENCE}", highlight=False)
 
 

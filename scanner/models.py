@@ -47,6 +47,31 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for memory
 
 
+_FILE_SHA: dict[str, str] = {}
+
+
+def package_folder(module: str) -> Path | None:
+    """Where an installed package that ships model files lives, found without importing it (some
+    import helpers that are gone from new environments, ``pkg_resources``); None when absent."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a model file (hex), computed once per process (an index records it; a scan checks it)."""
+    key = str(path)
+    if key not in _FILE_SHA:
+        _FILE_SHA[key] = sha256_file(path)
+    return _FILE_SHA[key]
+
+
 def default_models_dir() -> Path:
     """Folder holding checkpoints and ``registry.json``.
 

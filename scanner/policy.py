@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from scanner.errors import ParameterError
+from scanner.talents import describe_match
 
 VERDICTS = ("flagged", "error", "review", "licensed", "clear")
 #: Features whose match is evidence of copying (not semantic likeness).
@@ -525,6 +526,8 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
     ----------
     matches : per-work evidence dicts with ``feature``, ``expected`` (chance
         matches), ``licensed`` (bool) and ``featureless_ref`` (reason or None);
+        a talent's (:mod:`scanner.talents`) has ``talent`` and ``consent`` (words), and
+        flags like copy evidence unless the consent in force makes it ``licensed``;
         fused evidence lists its parts in ``fused_from`` (feature -> expected);
         ``unconfirmed`` (why, or absent) keeps a copy match from flagging on its own
         (:func:`outline_only`)
@@ -547,6 +550,10 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
                              "content is not evidence of copying")
         # fused evidence is copy evidence when every part of it is
         copy = all(f in policy.copy_features for f in (m.get("fused_from") or [m["feature"]]))
+        if m.get("talent"):  # a protected performer's face or voice: flags like copy evidence
+            said = describe_match(m["talent"], m.get("consent") or "no")
+            return ("review", f"doubtful {m['feature']} match, {said}: a person decides") \
+                if m["expected"] > policy.flag_at else ("flagged", said)
         if m["expected"] > policy.flag_at:
             return "review", f"doubtful {m['feature']} match: a person decides"
         if copy and m.get("unconfirmed"):
@@ -558,6 +565,8 @@ def decide(matches: Iterable[dict[str, Any]], policy: Policy, *,
     judged = [(judge(m), m) for m in matches]
     (verdict, reason), best = min(judged, key=lambda t: (VERDICTS.index(t[0][0]), t[1]["expected"]))
     if verdict in ("flagged", "review") and best.get("licensed"):
+        if best.get("talent"):
+            return "licensed", describe_match(best["talent"], best.get("consent") or "yes")
         return "licensed", "matches a work the studio holds the rights to: " + reason
     return verdict, reason
 

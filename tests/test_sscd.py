@@ -14,6 +14,8 @@ from scanner.cli import app
 from scanner.demo import MILD_TRANSFORMS, clip_art, flatten, synthetic_picture
 from scanner.errors import IndexMismatchError, ModelError
 from scanner.features import make, sscd
+from scanner import models
+from scanner.models import file_sha256
 from scanner.match.base import Evidence
 from scanner.match.dense import ADAPT_RANK, adaptive_distances, other_work_distance
 from scanner.index.store import open_index
@@ -51,7 +53,7 @@ def test_a_copy_is_nearer_than_unrelated_pictures(feat) -> None:
 @needs_sscd
 def test_the_identity_names_the_model_file_and_another_file_is_refused(feat) -> None:
     ident = feat.identity()
-    assert ident["model_sha256"] == sscd.sha256_of(sscd.model_file("distilled"))
+    assert ident["model_sha256"] == file_sha256(sscd.model_file("distilled"))
     assert ident["model"].startswith("sscd-distilled:sha256:") and ident["model_package"].startswith(sscd.PACKAGE)
     other = make("image-sscd", model="distilled", expect_sha256="0" * 64)
     with pytest.raises(ModelError, match="0000000000000000.*" + ident["model_sha256"][:16]):
@@ -104,7 +106,7 @@ def test_a_feature_is_added_to_an_index_built_without_it(tmp_path: Path) -> None
     assert "added image-sscd to 12 of 12 work(s)" in res.stdout and "1 skipped" in res.stdout
     manifest = json.loads((index / "manifest.json").read_text())
     spec = manifest["features"]["image-sscd"]
-    assert spec["model_sha256"] == sscd.sha256_of(sscd.model_file("distilled"))
+    assert spec["model_sha256"] == file_sha256(sscd.model_file("distilled"))
     assert "image-sscd" in manifest["policy"]["copy_features"]
     assert manifest["null"]["image-sscd"]["adaptive"]["rank"] == ADAPT_RANK
     # the new rows sit under the right works: a copy's nearest row is its work's
@@ -125,7 +127,7 @@ def test_an_index_refuses_a_different_model_file(tmp_path: Path, monkeypatch) ->
     refs = clip_art_works(tmp_path, 6)
     build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-sscd"], sscd_model="distilled"))
     synthetic_picture(3).save(tmp_path / "q.png")
-    monkeypatch.setattr(sscd, "_SHA", {str(sscd.model_file("distilled")): "f" * 64})
+    monkeypatch.setattr(models, "_FILE_SHA", {str(sscd.model_file("distilled")): "f" * 64})
     with pytest.raises(IndexMismatchError, match="sscd-distilled:sha256:ffffffffffffffff"):
         check(tmp_path / "q.png", tmp_path / "index")
 

@@ -12,7 +12,8 @@ from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
 
 #: Every featurizer name likeness knows, in the order reports list them.
-NAMES = ("image-phash", "image-local", "image-sscd", "image-clip", "audio-fingerprint", "audio-melody")
+NAMES = ("image-phash", "image-local", "image-sscd", "image-clip", "image-face", "audio-fingerprint",
+         "audio-melody")
 #: Those that need no downloaded weights.
 WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody")
 #: Dense features whose distances are read against each query's neighbourhood in the index
@@ -55,6 +56,10 @@ def make(name: str, **options: Any) -> Featurizer:
 
         return SSCD(**{k: v for k, v in options.items() if k in ("model", "device", "threads", "expect_sha256")
                        and v is not None})
+    if name == "image-face":
+        from scanner.features.face import Face
+
+        return Face()
     if name == "image-clip":
         from scanner.features.clip import Clip
 

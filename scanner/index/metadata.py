@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scanner.errors import ParameterError
+from scanner.talents import parse_consent
 
 
 def read_metadata(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -15,7 +16,10 @@ def read_metadata(path: str | Path) -> dict[str, dict[str, Any]]:
 
     JSON may be a list of objects with ``path`` or an object keyed by path.
     Recognised fields: title, rights_holder, licence (or license), notes,
-    licensed (true/yes/1: the studio holds the rights).
+    licensed (true/yes/1: the studio holds the rights); and for a talent's
+    reference (a photo or recording of a protected performer, :mod:`scanner.talents`),
+    talent (the person's name; rows with one name are one person) and consent
+    (yes/no, for face and voice alike; per modality later with ``likeness index talent``).
 
     Returns
     -------
@@ -57,6 +61,10 @@ def read_metadata(path: str | Path) -> dict[str, dict[str, Any]]:
                 for k in ("title", "rights_holder", "notes")}
         meta["licence"] = rec.get("licence") or rec.get("license")
         meta["licensed"] = str(rec.get("licensed", "")).strip().lower() in ("1", "true", "yes", "y")
+        talent = str(rec.get("talent") or "").strip()
+        if talent:
+            meta["talent"] = talent
+            meta["consent"] = parse_consent(rec.get("consent"), where=f"metadata file {path}, {rec['path']}")
         out[str(rec["path"]).strip()] = meta
     return out
 

@@ -45,10 +45,13 @@ import numpy as np
 
 from scanner.errors import IndexError_, IndexLockedError, IndexMismatchError, ParameterError
 from scanner.match import kind_of
+from scanner.talents import Consent, Talent
 
 FORMAT = "likeness-index"
 FORMAT_VERSION = 1
-CATALOG_SCHEMA = 1
+#: Catalog schema: 2 adds works' ``talent`` and the ``talents`` table (consent); 1 is read as
+#: an index without talents, and a writer upgrades it.
+CATALOG_SCHEMA = 2
 CHUNK_SIZE = 16 << 20
 #: Keys the store adds to a feature's manifest entry beside its featurizer's identity.
 FEATURE_STORAGE_KEYS = ("count", "index")
@@ -82,6 +85,8 @@ class Work:
     licensed: bool = False
     added_at: str | None = None
     featureless: str | None = None
+    #: the performer this reference shows or voices (a talent's template, not a copy reference)
+    talent: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -155,6 +160,7 @@ class Index:
         self._catalog: sqlite3.Connection | None = None
         self._catalog_pid = 0
         self._catalog_fd = -1
+        self._catalog_schema = 0
         self._works: dict[int, Work] | None = None
 
     # -- identity ------------------------------------------------------------------
@@ -294,7 +300,7 @@ class Index:
             self._catalog_fd = os.open(path, os.O_RDONLY)
             self._catalog_pid = os.getpid()
             self._catalog = _read_only(path)
-            version = self._catalog.execute("PRAGMA user_version").fetchone()[0]
+            version = self._catalog_schema = self._catalog.execute("PRAGMA user_version").fetchone()[0]
             if version > CATALOG_SCHEMA:
                 raise IndexError_(f"{path} has catalog schema {version}, newer than this "
                                   f"likeness understands ({CATALOG_SCHEMA}); upgrade likeness")
@@ -334,9 +340,28 @@ class Index:
     def works(self) -> dict[int, Work]:
         """Every work in the catalog, by id."""
         if self._works is None:
-            cur = self.catalog().execute(f"SELECT {_WORK_COLUMNS} FROM works ORDER BY id")
+            cur = self.catalog().execute(f"SELECT {self.work_columns()} FROM works ORDER BY id")
             self._works = {r[0]: _work(r) for r in cur}
         return self._works
+
+    def work_columns(self) -> str:
+        """The catalog columns a :class:`Work` is read from (an index of schema 1 has no talents)."""
+        self.catalog()
+        return _WORK_COLUMNS + (", talent" if self._catalog_schema >= 2 else ", NULL")
+
+    def talents(self) -> dict[str, Talent]:
+        """Every talent of the index by name, with their consent and number of references."""
+        self.catalog()
+        if self._catalog_schema < 2:
+            return {}
+        counts = dict(self.catalog().execute(
+            "SELECT talent, COUNT(*) FROM works WHERE talent IS NOT NULL GROUP BY talent"))
+        out = {}
+        for name, face, face_until, voice, voice_until in self.catalog().execute(
+                "SELECT name, face, face_until, voice, voice_until FROM talents ORDER BY name"):
+            out[name] = Talent(name, {"face": Consent(face == "yes", face_until),
+                                      "voice": Consent(voice == "yes", voice_until)}, int(counts.get(name, 0)))
+        return out
 
     def work_lookup(self) -> "WorkLookup":
         """Works by id, each read from the catalog when first asked for.
@@ -429,7 +454,7 @@ _WORK_COLUMNS = ("id, path, sha256, modality, title, rights_holder, licence, not
 
 
 def _work(row: Sequence[Any]) -> Work:
-    return Work(*row[:8], licensed=bool(row[8]), added_at=row[9], featureless=row[10])
+    return Work(*row[:8], licensed=bool(row[8]), added_at=row[9], featureless=row[10], talent=row[11])
 
 
 class WorkLookup(Mapping[int, Work]):
@@ -443,7 +468,7 @@ class WorkLookup(Mapping[int, Work]):
         try:
             work = self._seen[work_id]
         except KeyError:
-            row = self._index.catalog().execute(f"SELECT {_WORK_COLUMNS} FROM works WHERE id = ?",
+            row = self._index.catalog().execute(f"SELECT {self._index.work_columns()} FROM works WHERE id = ?",
                                                 (int(work_id),)).fetchone()
             work = self._seen[work_id] = _work(row) if row is not None else None
         if work is None:

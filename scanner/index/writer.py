@@ -31,6 +31,7 @@ import numpy as np
 from scanner import __version__
 from scanner.errors import IndexError_, IndexMismatchError, ParameterError
 from scanner.index import store
+from scanner.talents import MODALITIES
 from scanner.index.store import (CATALOG, CATALOG_SCHEMA, FORMAT, FORMAT_VERSION, MANIFEST, SIGNATURE, STAMP, THUMBS,
                                   file_hashes)
 from scanner.match import kind_of
@@ -263,7 +264,13 @@ class IndexWriter:
             "CREATE TABLE IF NOT EXISTS works (id INTEGER PRIMARY KEY, path TEXT NOT NULL, "
             "sha256 TEXT NOT NULL UNIQUE, modality TEXT NOT NULL, title TEXT, rights_holder TEXT, "
             "licence TEXT, notes TEXT, licensed INTEGER NOT NULL DEFAULT 0, added_at TEXT NOT NULL, "
-            "featureless TEXT)")
+            "featureless TEXT, talent TEXT)")
+        if "talent" not in {r[1] for r in self._db.execute("PRAGMA table_info(works)")}:
+            self._db.execute("ALTER TABLE works ADD COLUMN talent TEXT")   # a schema-1 catalog
+        # consent per talent and modality, read at scan time (scanner.talents)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS talents (name TEXT PRIMARY KEY, face TEXT NOT NULL DEFAULT 'no', "
+            "face_until TEXT, voice TEXT NOT NULL DEFAULT 'no', voice_until TEXT, updated_at TEXT NOT NULL)")
         self._db.execute(f"PRAGMA user_version={CATALOG_SCHEMA}")
 
     # -- edits ---------------------------------------------------------------------
@@ -283,7 +290,7 @@ class IndexWriter:
         """Add a work to the catalog and return its id (ids are never reused)."""
         assert self._db is not None
         cols = {"path": path, "sha256": sha256, "modality": modality}
-        cols.update({k: meta.get(k) for k in ("title", "rights_holder", "licence", "notes", "featureless")})
+        cols.update({k: meta.get(k) for k in ("title", "rights_holder", "licence", "notes", "featureless", "talent")})
         cols["licensed"] = int(bool(meta.get("licensed")))
         cols["added_at"] = _now()
         next_id = max(self.manifest.get("next_work_id", 1),
@@ -367,6 +374,50 @@ class IndexWriter:
 
         assert self.staging is not None
         thumbs.save(self.staging / THUMBS, int(work_id), data, meta)
+
+    def set_consent(self, name: str, modality: str, given: bool, until: str | None = None) -> None:
+        """Record talent ``name``'s consent for ``modality`` (``face``, ``voice``), ending after
+        ``until`` (ISO date) if given; a talent not yet in the table is added with no other consent."""
+        assert self._db is not None
+        if modality not in MODALITIES:
+            raise ParameterError(f"consent is given per modality ({', '.join(MODALITIES)}), not {modality!r}")
+        self._db.execute("INSERT OR IGNORE INTO talents (name, updated_at) VALUES (?, ?)", (name, _now()))
+        self._db.execute(f"UPDATE talents SET {modality}=?, {modality}_until=?, updated_at=? WHERE name=?",
+                         ("yes" if given else "no", until, _now(), name))
+
+    def talent_work_ids(self, name: str) -> list[int]:
+        """Ids of talent ``name``'s reference files."""
+        assert self._db is not None
+        return [r[0] for r in self._db.execute("SELECT id FROM works WHERE talent=? ORDER BY id", (name,))]
+
+    def talent_work_ids_of(self, work_ids: Iterable[int]) -> list[int]:
+        """Those of ``work_ids`` that are talents' references."""
+        assert self._db is not None
+        ids = [int(w) for w in work_ids]
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        return [r[0] for r in self._db.execute(
+            f"SELECT id FROM works WHERE talent IS NOT NULL AND id IN ({marks})", ids)]
+
+    def work_talents(self) -> dict[int, str]:
+        """Talent of each talent reference, by work id."""
+        assert self._db is not None
+        return dict(self._db.execute("SELECT id, talent FROM works WHERE talent IS NOT NULL"))
+
+    def talent_names(self) -> list[str]:
+        """Talents with consent on record or references in the index."""
+        assert self._db is not None
+        return [r[0] for r in self._db.execute(
+            "SELECT name FROM talents UNION SELECT talent FROM works WHERE talent IS NOT NULL ORDER BY 1")]
+
+    def remove_talent(self, name: str) -> list[int]:
+        """Remove talent ``name``: their references (and so their templates) and their consent row;
+        returns the work ids removed."""
+        assert self._db is not None
+        found = self.remove_works(self.talent_work_ids(name))
+        self._db.execute("DELETE FROM talents WHERE name=?", (name,))
+        return found
 
     def remove_works(self, work_ids: Iterable[int]) -> list[int]:
         """Remove works (catalog rows and their vectors); returns the ids that existed."""

@@ -8,6 +8,7 @@ kind              module                         features
 ``landmark``      :mod:`scanner.match.landmarks` ``image-local``
 ``postings``      :mod:`scanner.match.postings`  ``audio-fingerprint``
 ``segments``      :mod:`scanner.match.segments`  ``audio-melody``
+``face``          :mod:`scanner.match.faces`     ``image-face`` (talents)
 ================  =============================  =======================================
 
 Each kind follows :class:`scanner.match.base.FeatureKind`; :func:`kind_of`
@@ -27,13 +28,15 @@ __all__ = ["Evidence", "FeatureKind", "Judge", "KINDS", "kind_of"]
 
 
 from scanner.match.dense import Dense  # noqa: E402
+from scanner.match.faces import Faces  # noqa: E402
 from scanner.match.hashes import Hashes  # noqa: E402
 from scanner.match.landmarks import Landmarks  # noqa: E402
 from scanner.match.postings import Postings  # noqa: E402
 from scanner.match.segments import Segments  # noqa: E402
 
 #: Kind name -> its implementation: the registry. A new kind is a module and a line here.
-KINDS: dict[str, FeatureKind] = {k.name: k for k in (Hashes(), Dense(), Landmarks(), Postings(), Segments())}
+KINDS: dict[str, FeatureKind] = {k.name: k for k in (Hashes(), Dense(), Landmarks(), Postings(), Segments(),
+                                                        Faces())}
 
 
 def kind_of(feature: Any) -> FeatureKind:

@@ -198,6 +198,8 @@ class Writer(Protocol):
 
     def feature_names(self) -> list[str]: ...
 
+    def work_talents(self) -> dict[int, str]: ...
+
 
 class Staged(Protocol):
     """One feature of an index being written, as its kind reads and writes its files.

@@ -15,7 +15,8 @@ Result lines are :mod:`scanner.results`; people's decisions (``review``,
 """
 
 from scanner.features.prepared import BATCH, Prepared
-from scanner.pipeline.build import BuildSummary, add_features, build_index, fit_nulls, remove_from_index
+from scanner.pipeline.build import (BuildSummary, add_features, build_index, fit_nulls, remove_from_index,
+                                    remove_talent, set_talent_consent)
 from scanner.pipeline.options import FeatureOptions, Progress, available_features, features_for_index
 from scanner.pipeline.prepare import (DECODE_SIDE, KEYFRAME_SIDE, decode_side, embed_ahead, forks, prepare_one,
                                       prepare_stream)
@@ -27,4 +28,4 @@ __all__ = ["BATCH", "DECODE_SIDE", "KEYFRAME_SIDE", "BuildSummary", "Engine", "F
            "Prepared", "Progress", "Result", "ResultsFile", "ScanSummary", "Scanner", "available_features",
            "add_features", "build_index", "check", "decode_side", "embed_ahead", "features_for_index", "fit_nulls", "forks",
            "iter_results", "prepare_one", "prepare_stream", "provenance", "read_results", "remove_from_index",
-           "scan", "write_outputs"]
+           "remove_talent", "scan", "set_talent_consent", "write_outputs"]

@@ -86,7 +86,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
     index_dir = Path(index_dir)
     with IndexWriter(index_dir, create=create, hmac_key=hmac_key) as writer:
         if create:
-            featurizers, notes = available_features(options)
+            featurizers, notes = available_features(options, talents=any(m.get("talent") for m in meta.values()))
         else:
             featurizers, notes = features_for_index(store.Index(index_dir, writer.manifest, verify=False),
                                                     options), []
@@ -98,6 +98,7 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
         items = _inputs(roots, summary)
         progress.start(len(items), "indexing references")
         seen: dict[str, str] = {}
+        talents: set[int] = set()  # work ids of talents' references
         for batch in batches((engine or LocalEngine()).prepare(items, featurizers, reference=True), BATCH):
             work_ids = []
             for p in batch:
@@ -109,19 +110,27 @@ def build_index(refs: Sequence[str | Path], index_dir: str | Path, *, options: F
                 else:
                     seen[p.sha256 or ""] = str(p.item.path)
                     root = next((r for r in roots if r.is_dir() and r in p.item.path.parents), None)
+                    about = match_metadata(meta, p.item.path, root)
                     wid = writer.add_work(path=str(p.item.path), sha256=p.sha256 or "",
-                                          modality=p.item.modality, featureless=p.featureless,
-                                          **match_metadata(meta, p.item.path, root))
+                                          modality=p.item.modality, featureless=p.featureless, **about)
+                    if about.get("talent"):
+                        _enrol(writer, about["talent"], about.get("consent"))
+                        talents.add(wid)
                     if p.thumb is not None:
                         writer.add_thumbnail(wid, p.thumb, p.thumb_meta)
                     summary.added += 1
                 work_ids.append(wid)
             for p, wid in zip(batch, work_ids):
-                if wid is not None and p.parts is not None:
+                if wid is not None and p.parts is not None and wid not in talents:
                     _add_video_rows(writer, featurizers, p, wid)
             for feat in featurizers:
-                kind_of(feat).add(writer, feat, batch, work_ids)
+                # a talent's references are templates of the talent features only, and works of the others only
+                kind_of(feat).add(writer, feat, batch, [w if (w in talents) == feat.for_talents else None
+                                                        for w in work_ids])
             progress.advance(len(batch))
+        if talents and not any(f.for_talents for f in featurizers):
+            summary.notes.append(f"{len(talents)} talent reference(s) kept in the catalog without templates: "
+                                 "the index has no talent feature (image-face, audio-voice)")
         _check_models(writer, featurizers)
         writer.set("null", fit_nulls(writer))
         if create or "policy" not in writer.manifest or not writer.manifest["policy"]:
@@ -204,8 +213,10 @@ def add_features(refs: Sequence[str | Path], index_dir: str | Path, *, options: 
                     if p.parts is not None:
                         _add_video_rows(writer, featurizers, p, wid)
                 work_ids.append(None if p.parts is not None else wid)
+            talents = set(writer.talent_work_ids_of(w for w in work_ids if w is not None))
             for feat in featurizers:
-                kind_of(feat).add(writer, feat, batch, work_ids)
+                kind_of(feat).add(writer, feat, batch, [w if (w in talents) == feat.for_talents else None
+                                                        for w in work_ids])
             progress.advance(len(batch))
         _check_models(writer, featurizers)
         writer.set("null", fit_nulls(writer))
@@ -223,6 +234,17 @@ def add_features(refs: Sequence[str | Path], index_dir: str | Path, *, options: 
             summary.notes.append(f"{missing} work(s) of the index were not among the files given: "
                                  f"they have no {', '.join(summary.features)} rows")
     return summary
+
+
+def _enrol(writer: IndexWriter, name: str, consent: bool | None) -> None:
+    """A talent met in the metadata: new ones get its consent (``no`` when it says none) for
+    every modality; a known one's consent changes only where the metadata states it."""
+    from scanner.talents import MODALITIES
+
+    if consent is None and name in writer.talent_names():
+        return
+    for modality in MODALITIES:
+        writer.set_consent(name, modality, bool(consent))
 
 
 def _add_video_rows(writer: IndexWriter, featurizers: Sequence[Featurizer], p: Prepared, wid: int) -> None:
@@ -260,6 +282,50 @@ def remove_from_index(index_dir: str | Path, work_ids: Iterable[int], *,
     """Remove works by id; returns the ids that were found (and removed)."""
     with IndexWriter(index_dir, hmac_key=hmac_key) as writer:
         found = writer.remove_works(work_ids)
+        writer.set("null", fit_nulls(writer))
+        writer.commit()
+    return found
+
+
+def set_talent_consent(index_dir: str | Path, name: str, *, face: bool | None = None, voice: bool | None = None,
+                       until: str | None = None, hmac_key: bytes | None = None) -> dict[str, Any]:
+    """Record talent ``name``'s consent for face and/or voice, ending after ``until`` (ISO date);
+    one atomic write, applied by the next scan. Returns the talent as :meth:`Talent.to_dict` gives it.
+
+    Raises
+    ------
+    ParameterError : the index has no such talent, or no modality was given
+    """
+    from scanner.errors import ParameterError
+
+    if face is None and voice is None:
+        raise ParameterError("say which consent changes: --face yes|no and/or --voice yes|no")
+    with IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+        if name not in writer.talent_names():
+            raise ParameterError(f"{index_dir} has no talent called {name!r} (see `likeness index talent list`)")
+        for modality, given in (("face", face), ("voice", voice)):
+            if given is not None:
+                writer.set_consent(name, modality, given, until if given else None)
+        writer.commit()
+    with store.open_index(index_dir, hmac_key=hmac_key) as idx:
+        return idx.talents()[name].to_dict()
+
+
+def remove_talent(index_dir: str | Path, name: str, *, hmac_key: bytes | None = None) -> list[int]:
+    """Remove talent ``name`` from an index: their references and every template made from them
+    (faces, voices) and their consent, in one atomic write, with the nulls refitted. Returns the
+    work ids removed.
+
+    Raises
+    ------
+    ParameterError : the index has no such talent
+    """
+    from scanner.errors import ParameterError
+
+    with IndexWriter(index_dir, hmac_key=hmac_key) as writer:
+        if name not in writer.talent_names():
+            raise ParameterError(f"{index_dir} has no talent called {name!r} (see `likeness index talent list`)")
+        found = writer.remove_talent(name)
         writer.set("null", fit_nulls(writer))
         writer.commit()
     return found

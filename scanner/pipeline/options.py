@@ -67,12 +67,13 @@ class FeatureOptions:
         return {}
 
 
-def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[str]]:
+def available_features(options: FeatureOptions, *, talents: bool = False) -> tuple[list[Featurizer], list[str]]:
     """Featurizers to build an index with, and notes on those left out.
 
     With ``options.names`` unset: the weight-free ones, plus ``image-sscd`` when its
     package is installed and ``image-clip`` when its checkpoint resolves locally
-    (each joins when its model is present).
+    (each joins when its model is present); with ``talents`` (the references name
+    talents), ``image-face`` when its models are installed.
     """
     if options.names:
         return [make(n, **options.model_options(n)) for n in options.names], []
@@ -107,6 +108,13 @@ def available_features(options: FeatureOptions) -> tuple[list[Featurizer], list[
         notes.append(f"image-clip not used: {str(exc).split('. ')[0]} (see `likeness models --help`)")
     except ImportError as exc:
         notes.append(f"image-clip not used: {exc.name} is not installed (pip install likeness-scanner[clip])")
+    if talents:
+        from scanner.features import face
+
+        if face.available():
+            feats.append(make("image-face"))
+        else:
+            notes.append(f"image-face not used: its models are not installed ({face.INSTALL})")
     return feats, notes
 
 

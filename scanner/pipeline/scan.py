@@ -30,6 +30,7 @@ from scanner.pipeline.options import FeatureOptions, NoProgress, Progress, featu
 from scanner.pipeline.prepare import batches, forks, prepare_stream
 from scanner.results import Result, ResultsFile, iter_results, json_line, truncate_torn_tail
 from scanner.search_choice import Plan
+from scanner.talents import Talent
 
 #: Matches listed per result.
 MAX_MATCHES = 5
@@ -86,6 +87,8 @@ class Scanner:
         self.featurizers = features_for_index(self.index, self.options)
         self.index.catalog()  # verified now, with every other file, before the first result
         self.works = self.index.work_lookup()  # read as matches need them
+        # consent is read now: a withdrawn or lapsed one applies from this scan on
+        self.talents, self.today = self.index.talents(), _dt.date.today()
         self.candidates = candidates
         self.decisions = ledger.load(index_dir)  # people's decisions are honoured, not re-escalated
         # load and verify everything before the first result (and before decode workers
@@ -186,10 +189,16 @@ class Scanner:
         work = self.works.get(e.work_id)
         kind = self.kinds[feat.name]
         raw = int(e.raw) if feat.metric == "hamming" else round(e.raw, 4)
+        talent = self.talents.get(work.talent) if work is not None and work.talent else None
+        if work is not None and work.talent and talent is None:
+            talent = Talent(work.talent)  # references with no consent row: no consent
+        consent = talent.consent_for(feat.name) if talent is not None else None
         return {
             "work_id": e.work_id, "ref_path": work.path if work else None,
             "title": work.title if work else None, "rights_holder": work.rights_holder if work else None,
-            "licence": work.licence if work else None, "licensed": bool(work and work.licensed),
+            "licence": work.licence if work else None,
+            "licensed": consent.in_force(self.today) if consent is not None else bool(work and work.licensed),
+            **({"talent": talent.name, "consent": consent.words(self.today)} if talent is not None else {}),
             "feature": feat.name, "score": round(strength, 4), "raw": raw,
             "raw_kind": kind.raw_kind,
             "expected": expected, "chance": pol.one_in(expected),

@@ -38,11 +38,16 @@ def print_check(console: Console, result: Mapping[str, Any], run: Mapping[str, A
     for m in result.get("matches") or []:
         if m["work_id"] not in shown:
             shown.add(m["work_id"])
-            licensed = " [bold blue](the studio holds the rights)[/]" if m.get("licensed") else ""
-            console.print(f"\n  [bold]{escape(str(m.get('title') or 'work ' + str(m['work_id'])))}[/]{licensed}"
-                          f" · rights holder {escape(str(m.get('rights_holder') or 'unknown'))}"
-                          f" · licence {escape(str(m.get('licence') or 'unknown'))}"
-                          f" [dim](work {m['work_id']}, {escape(str(m.get('ref_path')))})[/]", highlight=False)
+            if m.get("talent"):  # a performer, not a work: who, and their consent
+                console.print(f"\n  [bold]{escape(str(m['talent']))}[/] · consent {escape(str(m.get('consent')))}"
+                              f" [dim](talent reference {m['work_id']}, {escape(str(m.get('ref_path')))})[/]",
+                              highlight=False)
+            else:
+                licensed = " [bold blue](the studio holds the rights)[/]" if m.get("licensed") else ""
+                console.print(f"\n  [bold]{escape(str(m.get('title') or 'work ' + str(m['work_id'])))}[/]{licensed}"
+                              f" · rights holder {escape(str(m.get('rights_holder') or 'unknown'))}"
+                              f" · licence {escape(str(m.get('licence') or 'unknown'))}"
+                              f" [dim](work {m['work_id']}, {escape(str(m.get('ref_path')))})[/]", highlight=False)
         ev = describe_match(m)
         colour = "red" if ev["score"] >= 0.8 else "yellow" if ev["score"] >= 0.5 else "dim"
         detail = "; ".join(x for x in (ev["words"], ev["where"]) if x)

@@ -95,7 +95,10 @@ def _works(matches: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if len(groups) >= MAX_WORKS:
                 continue
             g = groups[m.get("work_id")] = {
-                "work_id": m.get("work_id"), "title": m.get("title") or Path(str(m.get("ref_path") or "?")).name,
+                "work_id": m.get("work_id"),
+                "title": (f"{m['talent']} (talent)" if m.get("talent")
+                          else m.get("title") or Path(str(m.get("ref_path") or "?")).name),
+                "talent": m.get("talent"), "consent": m.get("consent"),
                 "rights_holder": m.get("rights_holder"), "licence": m.get("licence"),
                 "licensed": bool(m.get("licensed")), "ref_path": m.get("ref_path"),
                 "features": [], "query_box": None, "ref_box": None, "query_span": None, "ref_span": None,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from scanner.talents import describe_match as describe_talent
+
 
 def mmss(seconds: float | None) -> str:
     """``93.4 -> "1:33"``; ``None -> "?"``."""
@@ -35,6 +37,12 @@ def plain_verdict(result: Mapping[str, Any], run: Mapping[str, Any]) -> str:
         return (f"No near-copy found among the {n} works of index {index} ({run.get('index_id', '?')}) "
                 f"on {str(run.get('started_at') or _today())[:10]}: {result['reason']}. "
                 "This is not a legal clearance.")
+    talent = next((m for m in result.get("matches") or [] if m.get("talent")), None)
+    if talent is not None and v in ("flagged", "review", "licensed"):  # a protected performer's face or voice
+        said = describe_talent(talent["talent"], talent.get("consent") or "no")
+        return {"flagged": f"{said[0].upper()}{said[1:]}: do not use without their consent.",
+                "review": f"Doubtful: {said}; a person must look at the evidence below and decide.",
+                "licensed": f"{said[0].upper()}{said[1:]}: reported, not flagged."}[v]
     if v == "flagged":
         return "Too close to a protected work: do not use without clearing the rights."
     if v == "review":
@@ -50,6 +58,7 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
     loc = m.get("locator") or {}
     raw, kind = m.get("raw"), m.get("raw_kind")
     words = {"inliers": f"{raw} keypoints agree on one transform",
+             "face_distance": f"face descriptor distance {raw} (0.6 separates people)",
              "hamming_bits": f"{raw} of 256 hash bits differ",
              "cosine": f"cosine {raw}"}.get(kind or "", "")
     if kind == "inliers" and isinstance(loc, Mapping) and loc.get("statistic") == "repeated":

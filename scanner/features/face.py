@@ -1,0 +1,219 @@
+"""image-face: faces found, aligned and described, for talents (protected performers).
+
+dlib's models, read from where pip put them, never copied:
+
+- detection: dlib's HOG frontal face detector (built into dlib), run on the picture
+  reduced to :data:`FIRST_SIDE` first; a second look at the full decode size
+  (:data:`DECODE_SIDE`) runs only where the first pass saw a candidate, however
+  weak (:data:`FIRST_THRESHOLD`), so a picture with no face costs one small pass
+  while a face down to about 40 pixels between the eyes in a 1024-pixel picture,
+  too small for the reduced pass to detect, is still found where it raised a
+  candidate there;
+- alignment: the 5-point landmark model (``shape_predictor_5_face_landmarks.dat``);
+  the 68-point model in the same package is not licensed for commercial use and is
+  never loaded;
+- description: dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat``),
+  128-d, compared by Euclidean distance (0.6 separates people at its published
+  operating point: 99.38% on LFW).
+
+Packages: ``dlib-bin`` (a prebuilt dlib wheel) and ``face-recognition-models==0.3.0``
+(the model files; public domain / CC0 except the 68-point model). The package's own
+``__init__`` imports ``pkg_resources``; it is found here without being imported.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from scanner.errors import ModelError
+from scanner.features.base import Featurizer
+from scanner.features.content import Content
+from scanner.models import file_sha256, package_folder
+
+#: Where the model files come from, and the install line.
+PACKAGE = "face-recognition-models"
+PACKAGE_VERSION = "0.3.0"
+INSTALL = f"pip install dlib-bin {PACKAGE}=={PACKAGE_VERSION} (or: pip install 'likeness-scanner[talent]')"
+LICENCE = (f"{PACKAGE} {PACKAGE_VERSION} and dlib: dlib's face models, public domain / CC0 (the 68-point "
+           "landmark model, not licensed for commercial use, is never loaded)")
+#: The model files used (in the package's ``models`` folder).
+DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+#: Pictures are decoded to this longest side; faces are described at it.
+DECODE_SIDE = 1024
+#: Longest side of the first, cheap detection pass.
+FIRST_SIDE = 512
+#: HOG score a first-pass window needs to count as a candidate worth a second look (dlib's
+#: detections start at 0; weaker windows are faces too small or turned, and background).
+FIRST_THRESHOLD = -0.6
+#: A first-pass detection at least this strong is taken as it is (no second look needed).
+CONFIDENT = 0.3
+#: Share of a candidate's width added on each side of the region looked at again.
+MARGIN = 1.0
+#: Faces kept per picture (the largest): a crowd scene is not a registry.
+MAX_FACES = 32
+#: What a picture's faces are kept as: descriptor, box (normalised x0, y0, x1, y1) and
+#: the distance between the eyes in decoded pixels.
+FACE_DTYPE = np.dtype([("desc", np.float32, (128,)), ("box", np.float32, (4,)), ("eye", np.float32)])
+
+
+def model_dir() -> Path | None:
+    """The installed model files' folder, or None when the package is absent."""
+    folder = package_folder("face_recognition_models")
+    return None if folder is None else folder / "models"
+
+
+def available() -> bool:
+    """Whether image-face can run here: dlib and the model package are installed."""
+    import importlib.util
+
+    folder = model_dir()
+    return (folder is not None and all((folder / f).is_file() for f in (DESCRIPTOR_FILE, LANDMARKS_FILE))
+            and importlib.util.find_spec("dlib") is not None)
+
+
+class _Models(threading.local):
+    """dlib's detector, landmark model and descriptor, loaded once per thread: dlib's networks
+    keep working buffers inside them, so two threads must not share one (a forked decode worker
+    loads its own too)."""
+
+    def get(self) -> tuple[Any, Any, Any]:
+        import os
+
+        if getattr(self, "pid", None) != os.getpid():
+            if not available():
+                raise ModelError(f"image-face needs dlib and {PACKAGE}, not installed here: {INSTALL}")
+            import dlib
+
+            folder = model_dir()
+            assert folder is not None
+            self.models = (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(folder / LANDMARKS_FILE)),
+                           dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_FILE)))
+            self.pid = os.getpid()
+        return self.models
+
+
+_MODELS = _Models()
+
+
+def _resized(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """``rgb`` with its longest side at most ``side``, and the factor back to ``rgb``'s pixels."""
+    h, w = rgb.shape[:2]
+    s = min(1.0, side / max(h, w))
+    if s >= 1.0:
+        return rgb, 1.0
+    small = Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    return np.asarray(small), 1.0 / s
+
+
+def detect(rgb: np.ndarray, detector: Any) -> list[tuple[int, int, int, int]]:
+    """Face boxes ``(left, top, right, bottom)`` in ``rgb``'s pixels: the reduced pass, then a
+    second look at full size around each of its weak candidates (module docstring).
+
+    Parameters
+    ----------
+    rgb : uint8 ``[shape=(H, W, 3)]``
+    detector : ``dlib.get_frontal_face_detector()``
+    """
+    import dlib
+
+    small, back = _resized(rgb, FIRST_SIDE)
+    grey = np.ascontiguousarray(np.asarray(Image.fromarray(small).convert("L")))
+    rects, scores, _ = detector.run(grey, 0, FIRST_THRESHOLD)
+    H, W = rgb.shape[:2]
+    found: list[tuple[int, int, int, int]] = []
+    for r, score in zip(rects, scores):
+        box = (round(r.left() * back), round(r.top() * back), round(r.right() * back), round(r.bottom() * back))
+        if score >= CONFIDENT or back == 1.0:
+            found.append(box)
+            continue
+        w = box[2] - box[0]
+        x0, y0 = max(0, int(box[0] - MARGIN * w)), max(0, int(box[1] - MARGIN * w))
+        x1, y1 = min(W, int(box[2] + MARGIN * w)), min(H, int(box[3] + MARGIN * w))
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        # a small face at full size: upsampled once when the window is under the detector's 80 pixels
+        up = 1 if w < 100 else 0
+        for rr in detector(crop, up):
+            found.append((rr.left() + x0, rr.top() + y0, rr.right() + x0, rr.bottom() + y0))
+    return _distinct(found)
+
+
+def _distinct(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Boxes with the same face (centres within 40% of a side) kept once, the first seen."""
+    out: list[tuple[int, int, int, int]] = []
+    for b in boxes:
+        cx, cy, side = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, max(b[2] - b[0], b[3] - b[1])
+        if not any(abs(cx - (o[0] + o[2]) / 2) < 0.4 * max(side, o[2] - o[0])
+                   and abs(cy - (o[1] + o[3]) / 2) < 0.4 * max(side, o[3] - o[1]) for o in out):
+            out.append(b)
+    return out
+
+
+def describe(rgb: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], shaper: Any, describer: Any
+             ) -> np.ndarray:
+    """Faces of ``rgb`` at ``boxes``, aligned (5 points) and described: ``[shape=(n,)]`` of :data:`FACE_DTYPE`."""
+    import dlib
+
+    out = np.zeros(len(boxes), FACE_DTYPE)
+    if not boxes:
+        return out
+    shapes = dlib.full_object_detections()
+    for b in boxes:
+        shapes.append(shaper(rgb, dlib.rectangle(*b)))
+    desc = describer.compute_face_descriptor(rgb, shapes, 0)   # one call for the picture's faces
+    H, W = rgb.shape[:2]
+    for k, (b, s, d) in enumerate(zip(boxes, shapes, desc)):
+        p = np.array([[s.part(i).x, s.part(i).y] for i in range(4)], np.float32)
+        out[k]["desc"] = np.asarray(d, np.float32)
+        out[k]["box"] = np.clip([b[0] / W, b[1] / H, b[2] / W, b[3] / H], 0.0, 1.0)
+        out[k]["eye"] = float(np.linalg.norm(p[0:2].mean(0) - p[2:4].mean(0)))
+    return out
+
+
+class Face(Featurizer):
+    """Faces of a picture: each found face's 128-d dlib descriptor, its box and eye distance.
+
+    ``prepare`` does the whole work (detect, align, describe) and returns
+    ``[shape=(n,)]`` of :data:`FACE_DTYPE`, any number of faces (none: no evidence).
+    """
+
+    name = "image-face"
+    kind = "face"
+    metric = "l2"
+    codes_per_item = 0
+    decode_side = DECODE_SIDE
+    for_talents = True
+
+    @property
+    def version(self) -> str:
+        return "1"
+
+    @property
+    def dim(self) -> int:
+        return 128
+
+    @property
+    def model_id(self) -> str:
+        folder = model_dir()
+        if folder is None:
+            raise ModelError(f"image-face needs dlib and {PACKAGE}, not installed here: {INSTALL}")
+        return f"dlib-resnet-v1:{file_sha256(folder / DESCRIPTOR_FILE)[:16]}"
+
+    def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
+        detector, shaper, describer = _MODELS.get()
+        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        boxes = detect(rgb, detector)
+        boxes = sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))[:MAX_FACES]
+        return describe(rgb, boxes, shaper, describer)
+
+    def index_rows(self, prepared: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return (np.ascontiguousarray(prepared["desc"], np.float32),
+                {"box": np.ascontiguousarray(prepared["box"]), "eye": np.ascontiguousarray(prepared["eye"])})
+
+    def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate([p["desc"] for p in prepared]) if prepared else np.zeros((0, 128), np.float32)

@@ -1,0 +1,188 @@
+"""Faces of talents (``image-face``): each face a row, matched per talent by descriptor distance.
+
+The index keeps ``<feature>.faiss`` (exact L2 search over the talents' face
+descriptors: a registry of people is small), ``<feature>.rows.npy`` (work, face
+number in its picture) and ``<feature>.npz`` (each face's ``box``, normalised
+``x0, y0, x1, y1`` in its picture, and ``eye``, the eye distance in pixels), all
+covered by the manifest's checksums (and its HMAC) like every index file.
+
+A query's faces are each compared with every template; a talent's evidence is its
+closest template to any face of the output, its chance the share of pairs of
+*different* people that close (:func:`scanner.policy.pair_rate`) times the
+comparisons made (templates x faces). The null is fitted at build on the index's
+own talents: distances between faces of different talents. A registry too small
+for that (fewer than :data:`scanner.policy.MIN_NULL_PAIRS` such pairs) keeps
+:data:`PRIOR_FACE_DISTANCE`, set from the descriptor's published operating point;
+``index info`` says which an index uses.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from scanner import policy as pol
+from scanner.features.base import Featurizer
+from scanner.features.prepared import Prepared
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
+from scanner.search_choice import Plan
+
+#: Null of the distance between two different people's faces when the index has too few talents
+#: to fit one: (centre, spread) of a normal law. dlib's descriptor is trained so that 0.6 separates
+#: people (99.38% right on LFW's balanced pairs, so about 0.6% of different people's pairs fall
+#: below it); a centre of 0.78 (the median across people in group photos measured here) and a
+#: spread of 0.072 put 0.6 at that rate (2.5 spreads below the centre).
+PRIOR_FACE_DISTANCE = (0.78, 0.072)
+#: Neighbours searched per query face (then grouped by talent).
+FACE_K = 64
+#: Pairs of templates sampled to fit the null (all of them below this).
+NULL_PAIRS = 200_000
+
+
+def talent_pairs(talent_of_row: np.ndarray, *, limit: int = NULL_PAIRS, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of template rows of different talents, and of one talent's different references.
+
+    Parameters
+    ----------
+    talent_of_row : int ``[shape=(n,)]`` each row's talent number (-1: none, left out)
+
+    Returns
+    -------
+    (a, b, a_same, b_same): int64 row numbers, every pair (or a seeded sample of ``limit``)
+    """
+    rows = np.flatnonzero(talent_of_row >= 0)
+    if len(rows) < 2:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty, empty
+    i, j = np.triu_indices(len(rows), 1)
+    if len(i) > limit:
+        pick = np.random.default_rng(seed).choice(len(i), limit, replace=False)
+        i, j = i[pick], j[pick]
+    a, b = rows[i], rows[j]
+    same = talent_of_row[a] == talent_of_row[b]
+    return a[~same], b[~same], a[same], b[same]
+
+
+def fit_face_null(vecs: np.ndarray, talent_of_row: np.ndarray, work_of_row: np.ndarray) -> dict[str, Any]:
+    """The null of distances between different people's faces, from the index's own talents.
+
+    Parameters
+    ----------
+    vecs : float32 ``[shape=(n, 128)]`` face descriptors
+    talent_of_row : int ``[shape=(n,)]`` each row's talent number (-1: none)
+    work_of_row : int ``[shape=(n,)]`` each row's reference (one talent's faces in
+        different references give the spread within one person)
+
+    Returns
+    -------
+    dict
+        :func:`scanner.policy.fit_null`'s model plus ``source`` (``talents``, or
+        ``prior`` when too few pairs), ``talents``, and ``within`` (median and
+        90th percentile of one talent's faces across their references, for ``index info``)
+    """
+    a, b, sa, sb = talent_pairs(talent_of_row)
+    d = np.linalg.norm(vecs[a] - vecs[b], axis=1) if len(a) else np.zeros(0)
+    null = pol.fit_null(d, prior=PRIOR_FACE_DISTANCE)
+    across = work_of_row[sa] != work_of_row[sb]
+    within = np.linalg.norm(vecs[sa[across]] - vecs[sb[across]], axis=1) if across.any() else np.zeros(0)
+    return {**null, "source": "prior" if null.get("prior") else "talents",
+            "talents": int(len(np.unique(talent_of_row[talent_of_row >= 0]))),
+            "within": ({"pairs": int(len(within)), "median": round(float(np.median(within)), 4),
+                        "p90": round(float(np.quantile(within, 0.9)), 4)} if len(within) else {"pairs": 0})}
+
+
+class Faces(FeatureKind):
+    """Talents' faces: any number per picture, each a descriptor with its box."""
+
+    name = "face"
+    raw_kind = "face_distance"
+    has_arrays = True
+
+    def empty(self, spec: dict[str, Any]) -> np.ndarray:
+        return np.zeros((0, spec["dim"]), np.float32)
+
+    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        old = staged.read_faiss()
+        if old is None or not old.ntotal:
+            return None
+        return old.reconstruct_n(0, old.ntotal), staged.load_npy(".rows.npy"), staged.load_npz(".npz")
+
+    def write(self, staged: Staged) -> int:
+        import faiss
+
+        vecs, rows = staged.final()
+        index = faiss.IndexFlatL2(int(staged.spec["dim"]))
+        index.add(np.ascontiguousarray(vecs, np.float32))
+        staged.save_faiss(index)
+        staged.save_npy(".rows.npy", np.ascontiguousarray(rows, np.int32))
+        staged.save_npz(".npz", {k: np.ascontiguousarray(v) for k, v in staged.arrays().items()})
+        for suffix in (".faiss", ".rows.npy", ".npz"):  # biometric templates: readable by the owner only
+            os.chmod(staged.path(suffix), 0o600)
+        return int(index.ntotal)
+
+    def stored(self, index: IndexFiles, name: str) -> int:
+        return int(index.faiss_index(name).ntotal)
+
+    def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
+                 chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        vecs, rows = writer.vectors(name)
+        talents = writer.work_talents()
+        names = sorted(set(talents.values()))
+        number = {t: k for k, t in enumerate(names)}
+        talent_of_row = np.array([number.get(talents.get(int(w), ""), -1) for w in rows[:, 0]], np.int64)
+        return fit_face_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(rows[:, 0]))
+
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
+        return FaceJudge(index, feat)
+
+
+class FaceJudge(Judge):
+    """A face feature of an open index: every face of an input against every template."""
+
+    def __init__(self, index: IndexFiles, feat: Featurizer):
+        self.index, self.feat = index, feat
+        self.rows = np.asarray(index.rows(feat.name))
+        self.boxes = index.landmarks(feat.name).get("box", np.zeros((0, 4), np.float32))
+
+    def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
+        from scanner.search import knn
+
+        name = self.feat.name
+        out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
+        faces = {i: p.prepared[name] for i, p in enumerate(batch)
+                 if p.error is None and name in p.prepared and len(p.prepared[name])}
+        index = self.index.faiss_index(name)
+        if not faces or not index.ntotal:
+            return out
+        desc = np.concatenate([f["desc"] for f in faces.values()]).astype(np.float32)
+        D, I = knn(index, desc, min(FACE_K, int(index.ntotal)))
+        dist = np.sqrt(np.maximum(D, 0.0))  # faiss gives squared L2
+        null = self.index.null[name]
+        start = 0
+        for i, f in faces.items():
+            d, rows = dist[start:start + len(f)], I[start:start + len(f)]
+            start += len(f)
+            best: dict[int, Evidence] = {}
+            for q in range(len(f)):
+                for dd, r in zip(d[q], rows[q]):
+                    if r < 0:
+                        continue
+                    w = int(self.rows[r, 0])
+                    if w not in best or dd < best[w].distance:
+                        best[w] = Evidence(w, name, float(dd), float(dd), int(self.rows[r, 1]), q, int(r),
+                                           self._detail(f, q, int(r)))
+            evs = sorted(best.values(), key=lambda e: e.distance)
+            # every template against every face of the output is a chance to match by chance
+            expected = pol.expected_chance(np.array([e.distance for e in evs]), null, int(index.ntotal) * len(f))
+            out[i] = (evs, expected)
+        return out
+
+    def _detail(self, faces: np.ndarray, q: int, row: int) -> dict[str, Any]:
+        """Where the match sits: the face's box in the output and in the talent's reference."""
+        return {"query_box": [round(float(v), 4) for v in faces["box"][q]],
+                "ref_box": [round(float(v), 4) for v in self.boxes[row]] if row < len(self.boxes) else None,
+                "face": int(q), "faces_in_output": int(len(faces)),
+                "eye_px": round(float(faces["eye"][q]), 1)}

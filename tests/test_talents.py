@@ -1,0 +1,148 @@
+"""Talents: protected performers in the index, their consent per modality, image-face matches,
+withdrawal and removal."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from scanner import policy as pol
+from scanner.cli import app
+from scanner.demo import synthetic_picture
+from scanner.errors import ParameterError
+from scanner.features import face
+from scanner.index.metadata import read_metadata
+from scanner.index.store import open_index
+from scanner.match.faces import PRIOR_FACE_DISTANCE, fit_face_null
+from scanner.pipeline import FeatureOptions, build_index, check, remove_talent, set_talent_consent
+from scanner.talents import Consent, Talent, parse_consent
+
+needs_faces = pytest.mark.skipif(not face.available(), reason=f"image-face models not installed ({face.INSTALL})")
+
+
+def portrait() -> Image.Image:
+    """A public-domain portrait shipped with scikit-image (tests need a real face)."""
+    data = pytest.importorskip("skimage.data")
+    return Image.fromarray(data.astronaut())
+
+
+def test_consent_is_in_force_until_its_last_day() -> None:
+    day = _dt.date(2026, 6, 1)
+    assert Consent(True).in_force(day) and Consent(True).words(day) == "yes"
+    assert Consent(True, "2026-06-01").in_force(day) and Consent(True, "2026-06-01").words(day) == "yes until 2026-06-01"
+    assert not Consent(True, "2026-05-31").in_force(day) and Consent(True, "2026-05-31").words(day) == "expired 2026-05-31"
+    assert not Consent(False).in_force(day) and Consent(False).words(day) == "no"
+    assert Talent("A", {"face": Consent(True)}).consent_for("image-face").given
+    assert not Talent("A", {"face": Consent(True)}).consent_for("audio-voice").given
+
+
+def test_metadata_reads_talent_and_consent_and_names_a_bad_value(tmp_path: Path) -> None:
+    good = tmp_path / "talent.csv"
+    good.write_text("path,talent,consent\na.png,Ada Lovelace,yes\nb.png,Ada Lovelace,\nc.png,,\n")
+    meta = read_metadata(good)
+    assert (meta["a.png"]["talent"], meta["a.png"]["consent"]) == ("Ada Lovelace", True)
+    assert meta["b.png"]["consent"] is None and "talent" not in meta["c.png"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,talent,consent\na.png,Ada,perhaps\n")
+    with pytest.raises(ParameterError, match=r"bad\.csv.*a\.png.*yes or no"):
+        read_metadata(bad)
+    assert parse_consent(" No ") is False
+
+
+def test_a_talent_match_flags_unless_consent_is_in_force() -> None:
+    policy = pol.Policy()
+    m = {"feature": "image-face", "work_id": 1, "expected": 1e-6, "licensed": False, "featureless_ref": None,
+         "talent": "Ada", "consent": "no"}
+    assert pol.decide([m], policy) == ("flagged", "resembles Ada (no consent on record)")
+    assert pol.decide([{**m, "expected": 0.01}], policy)[0] == "review"
+    assert pol.decide([{**m, "licensed": True, "consent": "yes"}], policy) == ("licensed", "resembles Ada (consent yes)")
+
+
+def test_the_face_null_comes_from_the_talents_or_from_the_prior() -> None:
+    rng = np.random.default_rng(0)
+    people = rng.normal(size=(20, 128)).astype(np.float32) * 0.07          # 20 people, 3 photos each
+    vecs = np.repeat(people, 3, axis=0) + rng.normal(size=(60, 128)).astype(np.float32) * 0.01
+    talent, work = np.repeat(np.arange(20), 3), np.arange(60)
+    null = fit_face_null(vecs, talent, work)
+    assert null["source"] == "talents" and null["talents"] == 20 and null["pairs"] == 20 * 19 // 2 * 9
+    assert null["within"]["median"] < null["centre"]                     # one person's photos are closer
+    few = fit_face_null(vecs[:6], talent[:6], work[:6])                  # two people: too few pairs
+    assert few["source"] == "prior" and (few["centre"], few["spread"]) == PRIOR_FACE_DISTANCE
+
+
+@needs_faces
+def test_a_talents_face_is_found_withdrawn_consent_flags_and_removal_deletes_the_templates(tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    person = portrait()
+    person.save(refs / "ada.png")
+    for i in range(3):  # works beside the talent: never face templates
+        synthetic_picture(i).save(refs / f"work{i}.png")
+    (tmp_path / "talent.csv").write_text("path,talent,consent\nada.png,Ada Lovelace,no\n")
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["image-phash", "image-face"]),
+                metadata=tmp_path / "talent.csv")
+    with open_index(index) as idx:
+        assert list(idx.talents()) == ["Ada Lovelace"] and idx.talents()["Ada Lovelace"].works == 1
+        faces_rows = np.asarray(idx.rows("image-face"))
+        assert len(faces_rows) >= 1 and set(faces_rows[:, 0]) == {idx.works()[1].id}  # the talent's reference only
+        assert idx.manifest["features"]["image-phash"]["count"] == 3 * idx.manifest["features"]["image-phash"][
+            "codes_per_item"]                                                           # works only
+        assert idx.null["image-face"]["source"] == "prior"
+    for suffix in (".faiss", ".rows.npy", ".npz"):
+        assert stat.S_IMODE((index / f"image-face{suffix}").stat().st_mode) == 0o600
+    variant = tmp_path / "variant.jpg"  # another take: smaller, grey, mirrored, recompressed
+    ImageOps.mirror(ImageOps.grayscale(person)).resize((360, 360)).save(variant, quality=70)
+    result, _ = check(variant, index)
+    assert result.verdict == "flagged" and result.reason == "resembles Ada Lovelace (no consent on record)"
+    m = result.matches[0]
+    assert (m["feature"], m["talent"], m["consent"]) == ("image-face", "Ada Lovelace", "no")
+    assert m["locator"]["query_box"] and m["locator"]["ref_box"] and m["raw"] < 0.6
+    stranger = tmp_path / "stranger.png"
+    synthetic_picture(42).save(stranger)
+    assert check(stranger, index)[0].verdict == "clear"                  # no face: no evidence
+    set_talent_consent(index, "Ada Lovelace", face=True)
+    assert check(variant, index)[0].verdict == "licensed"
+    set_talent_consent(index, "Ada Lovelace", face=True, until="2001-01-01")   # lapsed
+    lapsed, _ = check(variant, index)
+    assert lapsed.verdict == "flagged" and lapsed.matches[0]["consent"] == "expired 2001-01-01"
+    with pytest.raises(ParameterError, match="no talent called"):
+        set_talent_consent(index, "Nobody", face=True)
+    assert remove_talent(index, "Ada Lovelace") == [1]
+    with open_index(index) as idx:
+        assert idx.talents() == {} and idx.faiss_index("image-face").ntotal == 0
+    assert check(variant, index)[0].verdict != "flagged"
+    assert CliRunner().invoke(app, ["index", "verify", "--index", str(index)]).exit_code == 0
+
+
+@needs_faces
+def test_the_talent_commands(tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    portrait().save(refs / "ada.png")
+    (tmp_path / "t.csv").write_text("path,talent,consent\nada.png,Ada Lovelace,yes\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", "build", str(refs), "--index", str(tmp_path / "i"), "--metadata",
+                              str(tmp_path / "t.csv"), "-q"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert "image-face" in manifest["features"]                          # talents named: faces are kept
+    res = runner.invoke(app, ["index", "talent", "list", "--index", str(tmp_path / "i")])
+    assert "Ada Lovelace: 1 reference(s); consent: face yes, voice yes" in " ".join(res.output.split())
+    res = runner.invoke(app, ["index", "talent", "consent", "Ada Lovelace", "--voice", "no", "--index",
+                              str(tmp_path / "i")])
+    assert res.exit_code == 0 and "voice no" in res.output
+    res = runner.invoke(app, ["index", "talent", "consent", "Ada Lovelace", "--face", "maybe", "--index",
+                              str(tmp_path / "i")])
+    assert res.exit_code != 0 and "yes or no" in res.output and "Traceback" not in res.output
+    info = json.loads(runner.invoke(app, ["index", "info", "--json", "--index", str(tmp_path / "i")]).stdout)
+    assert info["talents"]["count"] == 1 and info["talents"]["null"]["image-face"]["source"] == "prior"
+    res = runner.invoke(app, ["index", "talent", "remove", "Ada Lovelace", "--index", str(tmp_path / "i")])
+    assert res.exit_code == 0 and "removed talent Ada Lovelace: 1 reference(s)" in " ".join(res.output.split())
