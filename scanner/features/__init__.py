@@ -13,7 +13,7 @@ from scanner.features.base import Featurizer
 
 #: Every featurizer name likeness knows, in the order reports list them.
 NAMES = ("image-phash", "image-local", "image-sscd", "image-clip", "image-face", "audio-fingerprint",
-         "audio-melody")
+         "audio-melody", "audio-voice")
 #: Those that need no downloaded weights.
 WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody")
 #: Dense features whose distances are read against each query's neighbourhood in the index
@@ -60,6 +60,10 @@ def make(name: str, **options: Any) -> Featurizer:
         from scanner.features.face import Face
 
         return Face()
+    if name == "audio-voice":
+        from scanner.features.voice import Voice
+
+        return Voice()
     if name == "image-clip":
         from scanner.features.clip import Clip
 

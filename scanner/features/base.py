@@ -69,7 +69,7 @@ class Featurizer(ABC):
 
     name: str
     modality: Literal["image", "audio"] = "image"
-    kind: Literal["dense", "binary", "landmark", "postings", "face"]
+    kind: Literal["dense", "binary", "landmark", "postings", "face", "voice"]
     metric: Literal["ip", "hamming", "l2"]
     codes_per_item: int = 1
     decode_side: int = 512

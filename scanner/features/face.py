@@ -49,8 +49,9 @@ DECODE_SIDE = 1024
 #: Longest side of the first, cheap detection pass.
 FIRST_SIDE = 512
 #: HOG score a first-pass window needs to count as a candidate worth a second look (dlib's
-#: detections start at 0; weaker windows are faces too small or turned, and background).
-FIRST_THRESHOLD = -0.6
+#: detections start at 0; weaker windows are faces too small or turned, and background: faces
+#: 40 pixels between the eyes in a 1024-pixel picture scored -0.6 to -1.03 at 512 pixels).
+FIRST_THRESHOLD = -1.0
 #: A first-pass detection at least this strong is taken as it is (no second look needed).
 CONFIDENT = 0.3
 #: Share of a candidate's width added on each side of the region looked at again.
@@ -115,30 +116,32 @@ def detect(rgb: np.ndarray, detector: Any) -> list[tuple[int, int, int, int]]:
     """Face boxes ``(left, top, right, bottom)`` in ``rgb``'s pixels: the reduced pass, then a
     second look at full size around each of its weak candidates (module docstring).
 
+    A picture no larger than :data:`FIRST_SIDE` is searched once more enlarged twice (its
+    faces may be under the detector's 80-pixel window), and its weak candidates too are
+    confirmed by a second look, never taken as they are.
+
     Parameters
     ----------
     rgb : uint8 ``[shape=(H, W, 3)]``
     detector : ``dlib.get_frontal_face_detector()``
     """
-    import dlib
-
     small, back = _resized(rgb, FIRST_SIDE)
     grey = np.ascontiguousarray(np.asarray(Image.fromarray(small).convert("L")))
-    rects, scores, _ = detector.run(grey, 0, FIRST_THRESHOLD)
+    up = 1 if back == 1.0 else 0
+    rects, scores, _ = detector.run(grey, up, FIRST_THRESHOLD)
     H, W = rgb.shape[:2]
     found: list[tuple[int, int, int, int]] = []
     for r, score in zip(rects, scores):
         box = (round(r.left() * back), round(r.top() * back), round(r.right() * back), round(r.bottom() * back))
-        if score >= CONFIDENT or back == 1.0:
+        if score >= CONFIDENT:
             found.append(box)
             continue
         w = box[2] - box[0]
         x0, y0 = max(0, int(box[0] - MARGIN * w)), max(0, int(box[1] - MARGIN * w))
         x1, y1 = min(W, int(box[2] + MARGIN * w)), min(H, int(box[3] + MARGIN * w))
         crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        # a small face at full size: upsampled once when the window is under the detector's 80 pixels
-        up = 1 if w < 100 else 0
-        for rr in detector(crop, up):
+        # a small face at full size: looked at enlarged when the window is under the detector's 80 pixels
+        for rr in detector(crop, 1 if w < 100 else 0):
             found.append((rr.left() + x0, rr.top() + y0, rr.right() + x0, rr.bottom() + y0))
     return _distinct(found)
 

@@ -349,6 +349,13 @@ class Index:
         self.catalog()
         return _WORK_COLUMNS + (", talent" if self._catalog_schema >= 2 else ", NULL")
 
+    def work_talents(self) -> dict[int, str]:
+        """Talent of each talent reference, by work id (none in a schema-1 catalog)."""
+        self.catalog()
+        if self._catalog_schema < 2:
+            return {}
+        return dict(self.catalog().execute("SELECT id, talent FROM works WHERE talent IS NOT NULL"))
+
     def talents(self) -> dict[str, Talent]:
         """Every talent of the index by name, with their consent and number of references."""
         self.catalog()

@@ -9,6 +9,7 @@ kind              module                         features
 ``postings``      :mod:`scanner.match.postings`  ``audio-fingerprint``
 ``segments``      :mod:`scanner.match.segments`  ``audio-melody``
 ``face``          :mod:`scanner.match.faces`     ``image-face`` (talents)
+``voice``         :mod:`scanner.match.voices`    ``audio-voice`` (talents)
 ================  =============================  =======================================
 
 Each kind follows :class:`scanner.match.base.FeatureKind`; :func:`kind_of`
@@ -33,10 +34,11 @@ from scanner.match.hashes import Hashes  # noqa: E402
 from scanner.match.landmarks import Landmarks  # noqa: E402
 from scanner.match.postings import Postings  # noqa: E402
 from scanner.match.segments import Segments  # noqa: E402
+from scanner.match.voices import Voices  # noqa: E402
 
 #: Kind name -> its implementation: the registry. A new kind is a module and a line here.
 KINDS: dict[str, FeatureKind] = {k.name: k for k in (Hashes(), Dense(), Landmarks(), Postings(), Segments(),
-                                                        Faces())}
+                                                        Faces(), Voices())}
 
 
 def kind_of(feature: Any) -> FeatureKind:

@@ -179,6 +179,8 @@ class IndexFiles(Protocol):
 
     def row_weights(self, feature: str) -> np.ndarray | None: ...
 
+    def work_talents(self) -> dict[int, str]: ...
+
 
 class Writer(Protocol):
     """An index being written, as a kind adds to it and fits its null (:class:`scanner.index.writer.IndexWriter`)."""

@@ -109,12 +109,13 @@ def available_features(options: FeatureOptions, *, talents: bool = False) -> tup
     except ImportError as exc:
         notes.append(f"image-clip not used: {exc.name} is not installed (pip install likeness-scanner[clip])")
     if talents:
-        from scanner.features import face
+        from scanner.features import face, voice
 
-        if face.available():
-            feats.append(make("image-face"))
-        else:
-            notes.append(f"image-face not used: its models are not installed ({face.INSTALL})")
+        for module, name in ((face, "image-face"), (voice, "audio-voice")):
+            if module.available():
+                feats.append(make(name))
+            else:
+                notes.append(f"{name} not used: its models are not installed ({module.INSTALL})")
     return feats, notes
 
 

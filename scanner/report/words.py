@@ -59,6 +59,7 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
     raw, kind = m.get("raw"), m.get("raw_kind")
     words = {"inliers": f"{raw} keypoints agree on one transform",
              "face_distance": f"face descriptor distance {raw} (0.6 separates people)",
+             "voice_cosine": f"voice cosine {raw} to the talent's voice",
              "hamming_bits": f"{raw} of 256 hash bits differ",
              "cosine": f"cosine {raw}"}.get(kind or "", "")
     if kind == "inliers" and isinstance(loc, Mapping) and loc.get("statistic") == "repeated":
@@ -82,9 +83,10 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
                          f"{100 * float(loc['ref_share']):.0f}% of the work")
         if loc.get("query_start") is not None:
             d = float(loc.get("duration") or 0)
-            where.append(f"output {mmss(loc['query_start'])}–{mmss(float(loc['query_start']) + d)} "
-                         f"matches work {mmss(loc.get('ref_start'))}–"
-                         f"{mmss(float(loc.get('ref_start') or 0) + d * float(loc.get('rate') or 1))}")
+            span = f"output {mmss(loc['query_start'])}–{mmss(float(loc['query_start']) + d)}"
+            where.append(span + (f" matches work {mmss(loc.get('ref_start'))}–"
+                                 f"{mmss(float(loc.get('ref_start') or 0) + d * float(loc.get('rate') or 1))}"
+                                 if loc.get("ref_start") is not None else " speaks"))
             if loc.get("rate") is not None:  # audio fingerprint: how the copy was played, and the hashes that agree
                 where.append(f"rate {float(loc['rate']):.3f}, pitch {float(loc.get('pitch_shift') or 0):+.2f} "
                              f"semitones, {loc.get('aligned')} aligned hashes")
