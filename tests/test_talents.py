@@ -85,16 +85,17 @@ def test_a_talents_face_is_found_withdrawn_consent_flags_and_removal_deletes_the
     refs.mkdir()
     person = portrait()
     person.save(refs / "ada.png")
+    person.crop((64, 0, 448, 384)).save(refs / "ada2.png")  # a second photo of her
     for i in range(3):  # works beside the talent: never face templates
         synthetic_picture(i).save(refs / f"work{i}.png")
-    (tmp_path / "talent.csv").write_text("path,talent,consent\nada.png,Ada Lovelace,no\n")
+    (tmp_path / "talent.csv").write_text("path,talent,consent\nada.png,Ada Lovelace,no\nada2.png,Ada Lovelace,no\n")
     index = tmp_path / "index"
     build_index([refs], index, options=FeatureOptions(names=["image-phash", "image-face"]),
                 metadata=tmp_path / "talent.csv")
     with open_index(index) as idx:
-        assert list(idx.talents()) == ["Ada Lovelace"] and idx.talents()["Ada Lovelace"].works == 1
+        assert list(idx.talents()) == ["Ada Lovelace"] and idx.talents()["Ada Lovelace"].works == 2
         faces_rows = np.asarray(idx.rows("image-face"))
-        assert len(faces_rows) >= 1 and set(faces_rows[:, 0]) == {idx.works()[1].id}  # the talent's reference only
+        assert len(faces_rows) >= 2 and set(faces_rows[:, 0]) == {1, 2}  # the talent's references only
         assert idx.manifest["features"]["image-phash"]["count"] == 3 * idx.manifest["features"]["image-phash"][
             "codes_per_item"]                                                           # works only
         assert idx.null["image-face"]["source"] == "prior"
@@ -106,6 +107,7 @@ def test_a_talents_face_is_found_withdrawn_consent_flags_and_removal_deletes_the
     assert result.verdict == "flagged" and result.reason == "resembles Ada Lovelace (no consent on record)"
     m = result.matches[0]
     assert (m["feature"], m["talent"], m["consent"]) == ("image-face", "Ada Lovelace", "no")
+    assert len([x for x in result.matches if x["feature"] == "image-face"]) == 1  # one person, one match
     assert m["locator"]["query_box"] and m["locator"]["ref_box"] and m["raw"] < 0.6
     stranger = tmp_path / "stranger.png"
     synthetic_picture(42).save(stranger)
@@ -117,7 +119,7 @@ def test_a_talents_face_is_found_withdrawn_consent_flags_and_removal_deletes_the
     assert lapsed.verdict == "flagged" and lapsed.matches[0]["consent"] == "expired 2001-01-01"
     with pytest.raises(ParameterError, match="no talent called"):
         set_talent_consent(index, "Nobody", face=True)
-    assert remove_talent(index, "Ada Lovelace") == [1]
+    assert remove_talent(index, "Ada Lovelace") == [1, 2]
     with open_index(index) as idx:
         assert idx.talents() == {} and idx.faiss_index("image-face").ntotal == 0
     assert check(variant, index)[0].verdict != "flagged"

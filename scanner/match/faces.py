@@ -6,8 +6,8 @@ number in its picture) and ``<feature>.npz`` (each face's ``box``, normalised
 ``x0, y0, x1, y1`` in its picture, and ``eye``, the eye distance in pixels), all
 covered by the manifest's checksums (and its HMAC) like every index file.
 
-A query's faces are each compared with every template; a talent's evidence is its
-closest template to any face of the output, its chance the share of pairs of
+A query's faces are each compared with every template; a talent's evidence is their
+closest template (of any of their photos) to any face of the output, its chance the share of pairs of
 *different* people that close (:func:`scanner.policy.pair_rate`) times the
 comparisons made (templates x faces). The null is fitted at build on the index's
 own talents: distances between faces of different talents. A registry too small
@@ -143,9 +143,14 @@ class FaceJudge(Judge):
     """A face feature of an open index: every face of an input against every template."""
 
     def __init__(self, index: IndexFiles, feat: Featurizer):
+        from scanner.match.voices import talent_numbers
+
         self.index, self.feat = index, feat
         self.rows = np.asarray(index.rows(feat.name))
         self.boxes = index.landmarks(feat.name).get("box", np.zeros((0, 4), np.float32))
+        # a talent's evidence is their closest template, whichever of their photos holds it
+        self.talent_of_row = (talent_numbers(index.work_talents(), self.rows[:, 0]) if len(self.rows)
+                              else np.zeros(0, np.int64))
 
     def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
         from scanner.search import knn
@@ -170,10 +175,10 @@ class FaceJudge(Judge):
                 for dd, r in zip(d[q], rows[q]):
                     if r < 0:
                         continue
-                    w = int(self.rows[r, 0])
-                    if w not in best or dd < best[w].distance:
-                        best[w] = Evidence(w, name, float(dd), float(dd), int(self.rows[r, 1]), q, int(r),
-                                           self._detail(f, q, int(r)))
+                    who = int(self.talent_of_row[r])
+                    if who not in best or dd < best[who].distance:
+                        best[who] = Evidence(int(self.rows[r, 0]), name, float(dd), float(dd), int(self.rows[r, 1]),
+                                             q, int(r), self._detail(f, q, int(r)))
             evs = sorted(best.values(), key=lambda e: e.distance)
             # every template against every face of the output is a chance to match by chance
             expected = pol.expected_chance(np.array([e.distance for e in evs]), null, int(index.ntotal) * len(f))
