@@ -18,7 +18,6 @@ for that (fewer than :data:`scanner.policy.MIN_NULL_PAIRS` such pairs) keeps
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +25,8 @@ import numpy as np
 from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
+from scanner.match.base import Evidence, IndexFiles, Judge, Writer
+from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
 #: Null of the distance between two different people's faces when the index has too few talents
@@ -94,45 +94,17 @@ def fit_face_null(vecs: np.ndarray, talent_of_row: np.ndarray, work_of_row: np.n
                         "p90": round(float(np.quantile(within, 0.9)), 4)} if len(within) else {"pairs": 0})}
 
 
-class Faces(FeatureKind):
+class Faces(Templates):
     """Talents' faces: any number per picture, each a descriptor with its box."""
 
     name = "face"
     raw_kind = "face_distance"
-    has_arrays = True
-
-    def empty(self, spec: dict[str, Any]) -> np.ndarray:
-        return np.zeros((0, spec["dim"]), np.float32)
-
-    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        old = staged.read_faiss()
-        if old is None or not old.ntotal:
-            return None
-        return old.reconstruct_n(0, old.ntotal), staged.load_npy(".rows.npy"), staged.load_npz(".npz")
-
-    def write(self, staged: Staged) -> int:
-        import faiss
-
-        vecs, rows = staged.final()
-        index = faiss.IndexFlatL2(int(staged.spec["dim"]))
-        index.add(np.ascontiguousarray(vecs, np.float32))
-        staged.save_faiss(index)
-        staged.save_npy(".rows.npy", np.ascontiguousarray(rows, np.int32))
-        staged.save_npz(".npz", {k: np.ascontiguousarray(v) for k, v in staged.arrays().items()})
-        for suffix in (".faiss", ".rows.npy", ".npz"):  # biometric templates: readable by the owner only
-            os.chmod(staged.path(suffix), 0o600)
-        return int(index.ntotal)
-
-    def stored(self, index: IndexFiles, name: str) -> int:
-        return int(index.faiss_index(name).ntotal)
+    metric = "l2"
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
         vecs, rows = writer.vectors(name)
-        talents = writer.work_talents()
-        names = sorted(set(talents.values()))
-        number = {t: k for k, t in enumerate(names)}
-        talent_of_row = np.array([number.get(talents.get(int(w), ""), -1) for w in rows[:, 0]], np.int64)
+        talent_of_row = talent_numbers(writer.work_talents(), rows[:, 0])
         return fit_face_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(rows[:, 0]))
 
     def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
@@ -143,8 +115,6 @@ class FaceJudge(Judge):
     """A face feature of an open index: every face of an input against every template."""
 
     def __init__(self, index: IndexFiles, feat: Featurizer):
-        from scanner.match.voices import talent_numbers
-
         self.index, self.feat = index, feat
         self.rows = np.asarray(index.rows(feat.name))
         self.boxes = index.landmarks(feat.name).get("box", np.zeros((0, 4), np.float32))

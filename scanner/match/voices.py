@@ -16,7 +16,6 @@ small for that keeps :data:`PRIOR_VOICE_DISTANCE`. ``index info`` says which.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +23,8 @@ import numpy as np
 from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer
+from scanner.match.base import Evidence, IndexFiles, Judge, Writer
+from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
 #: Null of the cosine distance from a stretch of speech to another speaker's centroid when the
@@ -72,37 +72,12 @@ def fit_voice_null(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarr
                        if len(within) else {"stretches": 0})}
 
 
-class Voices(FeatureKind):
+class Voices(Templates):
     """Talents' voices: stretches of speech, any number per recording, scored per talent."""
 
     name = "voice"
     raw_kind = "voice_cosine"
-    has_arrays = True
-
-    def empty(self, spec: dict[str, Any]) -> np.ndarray:
-        return np.zeros((0, spec["dim"]), np.float32)
-
-    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        old = staged.read_faiss()
-        if old is None or not old.ntotal:
-            return None
-        return old.reconstruct_n(0, old.ntotal), staged.load_npy(".rows.npy"), staged.load_npz(".npz")
-
-    def write(self, staged: Staged) -> int:
-        import faiss
-
-        vecs, rows = staged.final()
-        index = faiss.IndexFlatIP(int(staged.spec["dim"]))
-        index.add(np.ascontiguousarray(vecs, np.float32))
-        staged.save_faiss(index)
-        staged.save_npy(".rows.npy", np.ascontiguousarray(rows, np.int32))
-        staged.save_npz(".npz", {k: np.ascontiguousarray(v) for k, v in staged.arrays().items()})
-        for suffix in (".faiss", ".rows.npy", ".npz"):  # biometric templates: readable by the owner only
-            os.chmod(staged.path(suffix), 0o600)
-        return int(index.ntotal)
-
-    def stored(self, index: IndexFiles, name: str) -> int:
-        return int(index.faiss_index(name).ntotal)
+    metric = "ip"
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -113,12 +88,6 @@ class Voices(FeatureKind):
 
     def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return VoiceJudge(index, feat)
-
-
-def talent_numbers(talents: dict[int, str], works: np.ndarray) -> np.ndarray:
-    """Each row's talent as a number (names sorted), -1 for a row of no talent; int64 ``[shape=(n,)]``."""
-    number = {t: k for k, t in enumerate(sorted(set(talents.values())))}
-    return np.array([number.get(talents.get(int(w), ""), -1) for w in works], np.int64)
 
 
 class VoiceJudge(Judge):
