@@ -90,6 +90,17 @@ def set_arguments(ap: argparse.ArgumentParser, *, works: int, queries: int) -> N
                          "are (0: copies at 70%%, other pictures as they are)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/likeness-throughput"))
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--features", default=FEATURES,
+                    help="features of the index (default: the weight-free pair; 'default': what `index build` "
+                         "picks by itself, image-sscd included when installed)")
+
+
+def feature_tag(features: str) -> str:
+    """'' for the weight-free pair (the index and result names of earlier runs), else a name suffix."""
+    if features == FEATURES:
+        return ""
+    return "-" + ("default" if features == "default" else "+".join(f.removeprefix("image-")
+                                                                   for f in features.split(",")))
 
 
 def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]]:
@@ -101,7 +112,8 @@ def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]
     refs, others = pics[:args.works], pics[args.works:args.works + args.queries // 2]
     root = args.work / f"works-{args.works}-seed{args.seed}"
     side = args.side
-    ref_dir, index = root / "refs", root / "index"
+    features = getattr(args, "features", FEATURES)
+    ref_dir, index = root / "refs", root / ("index" + feature_tag(features))
     query_dir = root / (f"queries-{args.queries}-v{QUERY_VERSION}" + (f"-side{side}" if side else ""))
     listing = "\n".join(map(str, refs))
     if not (root / "refs.txt").exists() or (root / "refs.txt").read_text() != listing:
@@ -125,7 +137,7 @@ def make_set(args: argparse.Namespace) -> tuple[Path, Path, Path, dict[str, Any]
     if not (index / "manifest.json").exists():
         t0 = time.perf_counter()
         subprocess.run([*likeness(), "index", "build", str(ref_dir), "--index", str(index),
-                        "--features", FEATURES, "-q"], check=True, cwd=ROOT)
+                        *(["--features", features] if features != "default" else []), "-q"], check=True, cwd=ROOT)
         info["build_seconds"] = round(time.perf_counter() - t0, 1)
     manifest = json.loads((index / "manifest.json").read_text())
     info["n_works"] = manifest["works"]["count"]
@@ -182,19 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     _, query_dir, index, info = make_set(args)
     runs = [scan_once(query_dir, index, args.work / f"out-{i}") for i in range(args.repeat)]
     best = max(runs, key=lambda r: r["images_per_s"])
-    rep = {"benchmark": "scan_throughput", "features": FEATURES, "works": args.works, "queries": args.queries,
+    rep = {"benchmark": "scan_throughput", "features": args.features, "index_features": list(info["rows"]),
+           "works": args.works, "queries": args.queries,
            "side": args.side,
            "seed": args.seed, "index": info, "runs": runs, "best": best,
            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()}}
     args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / (f"scan_throughput-{args.works}" + (f"-side{args.side}" if args.side else ""))
+    stem = args.results / (f"scan_throughput-{args.works}" + (f"-side{args.side}" if args.side else "")
+                           + feature_tag(args.features))
     stem.with_suffix(".json").write_text(json.dumps(rep, indent=1) + "\n")
     rows = "\n".join(f"| {i + 1} | {r['inputs']} | {r['seconds']:.1f} | {r['images_per_s']} | "
                      f"{r['images_per_s_wall']} | {r['cpu_ms_per_image']} | {r['load1_before']} / {r['load1_after']} |"
                      for i, r in enumerate(runs))
-    text = (f"# Scan throughput, `{FEATURES}`, {info['n_works']} works\n\n"
+    text = (f"# Scan throughput, `{','.join(info['rows'])}`, {info['n_works']} works\n\n"
             f"`python benchmarks/scan_throughput.py --works {args.works} --queries {args.queries} "
             f"--repeat {args.repeat}" + (f" --side {args.side}" if args.side else "")
+            + (f" --features {args.features}" if args.features != FEATURES else "")
             + f"` on {rep['machine']['cpus']} cores. Index rows: {info['rows']}"
             + (f"; built in {info['build_seconds']} s" if "build_seconds" in info else "") + ".\n\n"
             + (f"Queries: half copies of indexed works, half pictures not in the index, all resized to "
