@@ -196,5 +196,14 @@ def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_e
     assert check(tmp_path / "music.wav", index)[0].verdict == "clear"
     speak(tmp_path / "other.wav", LINES[3], "en+f4")                      # another voice, the same words
     assert check(tmp_path / "other.wav", index)[0].verdict == "clear"
+    # the same speech as a film's soundtrack: found where it is heard
+    from scanner import video
+
+    soundtrack = np.concatenate([chord, line])
+    video.write_clip(tmp_path / "film.mp4", [(synthetic_picture(7), len(soundtrack) / sr)], fps=5,
+                     audio=soundtrack, sr=sr)
+    film, _ = check(tmp_path / "film.mp4", index)
+    assert film.verdict == "flagged" and film.video["timeline"]
+    assert film.video["timeline"][0]["talent"] == "Voice A" and 4.0 <= film.video["timeline"][0]["start"] <= 6.0
     set_talent_consent(index, "Voice A", voice=True)
     assert check(tmp_path / "generated.wav", index)[0].verdict == "licensed"

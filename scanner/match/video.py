@@ -25,7 +25,7 @@ __all__ = ["VideoEvidence"]
 
 #: What a timeline entry copies from the evidence it stands for.
 _WORK_FIELDS = ("work_id", "ref_path", "title", "rights_holder", "licensed", "feature", "score", "expected",
-                "chance")
+                "chance", "talent", "consent")
 
 
 @dataclass

@@ -59,7 +59,7 @@ def print_check(console: Console, result: Mapping[str, Any], run: Mapping[str, A
         for e in timeline:
             ref = f" (work at {e['ref_start']:.2f} s)" if e.get("ref_start") is not None else ""
             console.print(f"    {e['start_text']}–{e['end_text']} {e['source']}: "
-                          f"{escape(str(e.get('title') or e.get('ref_path')))}{ref} · {e['feature']} · "
+                          f"{escape(str(e.get('talent') or e.get('title') or e.get('ref_path')))}{ref} · {e['feature']} · "
                           f"{e.get('chance')}", highlight=False)
     console.print(f"\n[dim]index {run.get('index_id')} · {run.get('n_works')} works · "
                   f"sha256 {result.get('sha256') or '—'}[/]", highlight=False)

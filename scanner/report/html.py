@@ -190,7 +190,7 @@ def _video_timeline(video: Any) -> tuple[list[dict[str, Any]], str]:
             continue
         ref = f" (work at {float(e['ref_start']):.2f} s)" if e.get("ref_start") is not None else ""
         text = (f"{e.get('start_text')}–{e.get('end_text')} {e.get('source')}: "
-                f"{e.get('title') or Path(str(e.get('ref_path') or '?')).name}{ref} · {e.get('feature')} · "
+                f"{e.get('talent') or e.get('title') or Path(str(e.get('ref_path') or '?')).name}{ref} · {e.get('feature')} · "
                 f"{e.get('chance')}")
         out.append({**span, "source": "soundtrack" if e.get("source") == "soundtrack" else "picture", "text": text})
     return out, mmss(total)

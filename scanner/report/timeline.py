@@ -20,7 +20,7 @@ from scanner.video import timecode
 __all__ = ["COLUMNS", "timeline_rows", "write_timeline"]
 
 COLUMNS = ("deliverable", "verdict", "source", "start", "end", "start_tc", "end_tc", "asset", "work_id", "title",
-           "rights_holder", "feature", "score", "chance", "asset_start", "asset_start_tc")
+           "rights_holder", "feature", "score", "chance", "asset_start", "asset_start_tc", "talent")
 
 #: Verdicts whose outputs are listed.
 LISTED = ("flagged", "review", "licensed")
@@ -54,7 +54,7 @@ def timeline_rows(results: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, An
                    "end_tc": timecode(end), "asset": e.get("ref_path"), "work_id": e.get("work_id"),
                    "title": e.get("title"), "rights_holder": e.get("rights_holder"), "feature": e.get("feature"),
                    "score": e.get("score"), "chance": e.get("chance"), "asset_start": ref_start,
-                   "asset_start_tc": timecode(ref_start)}
+                   "asset_start_tc": timecode(ref_start), "talent": e.get("talent")}
 
 
 def write_timeline(results: Iterable[Mapping[str, Any]], path: str | Path) -> int:
