@@ -761,6 +761,107 @@ def bench_scan_cmd(work_dir: Path = typer.Option(Path("bench-work"), "--work-dir
 # --- end of bench --------------------------------------------------------------------------
 
 
+# --- serve and users (library code in scanner/serve/) ---------------------------------------
+
+users_app = typer.Typer(help="People who may use `likeness serve`, and their tokens.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+StateOpt = typer.Option(None, "--state", help="The server's state folder: users, private upload space "
+                        "(default $LIKENESS_STATE_DIR or ~/.local/state/likeness).")
+
+
+def _state(state: Optional[Path]) -> Path:
+    from scanner.serve.auth import default_state_dir
+
+    return state or default_state_dir()
+
+
+@app.command("serve")
+@handled
+def serve_cmd(index: Path = IndexOpt,
+              host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default; "
+                                       "any other needs --tls-cert/--tls-key or --insecure-http)."),
+              port: int = typer.Option(8765, "--port", min=1, max=65535),
+              state: Optional[Path] = StateOpt,
+              tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate: serve HTTPS."),
+              tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+              insecure_http: bool = typer.Option(False, "--insecure-http", help="Allow plain HTTP off loopback."),
+              allow_root: Optional[List[Path]] = typer.Option(None, "--allow-root", help="A folder whose files "
+                                                              "API clients may name by path (repeatable)."),
+              max_upload_mb: float = typer.Option(512, "--max-upload-mb", min=0.001, help="Largest upload (413 "
+                                                  "beyond)."),
+              workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Checks at once (default: "
+                                                    "the CPUs)."),
+              queue: Optional[int] = typer.Option(None, "--queue", min=0, help="Checks waiting beyond those "
+                                                  "(503 beyond; default twice --workers)."),
+              rate: float = typer.Option(600, "--rate", min=0, help="Requests a minute per token (429 beyond; "
+                                         "0: no limit)."),
+              thumbnails: bool = typer.Option(False, "--thumbnails", help="Show thumbnails of outputs that need a "
+                                              "person on the page (kept in memory only)."),
+              clip_model: Optional[str] = ClipModelOpt, clip_pretrained: Optional[str] = ClipPretrainedOpt,
+              models_dir: Optional[str] = ModelsDirOpt, hmac_key_file: Optional[Path] = HmacOpt) -> None:
+    """Serve the creative lead's page and the pipelines' HTTP API over one warm index."""
+    from scanner.serve import check_bind, serve
+    from scanner.serve.app import ServeConfig
+
+    warning = check_bind(host, tls_cert=tls_cert, tls_key=tls_key, insecure_http=insecure_http)
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    for root in allow_root or []:
+        if not root.is_dir():
+            _fail(f"--allow-root {root}: no such folder")
+    if not (index / "manifest.json").is_file():
+        _fail(f"no index at {index} (build one with `likeness index build`)")
+    _warn_blas()
+    config = ServeConfig(index_dir=index, state_dir=_state(state), max_upload_bytes=int(max_upload_mb * 2 ** 20),
+                         workers=workers, queue=queue, rate_per_minute=rate, allow_roots=list(allow_root or []),
+                         thumbnails=thumbnails, hmac_key=_key(hmac_key_file),
+                         options=_options(None, clip_model, clip_pretrained, models_dir))
+    scheme = "https" if tls_cert else "http"
+    err.print(f"likeness serve: {scheme}://{host}:{port}/ (index {index}; state {config.state_dir})",
+              highlight=False, markup=False)
+    serve(config, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key)
+
+
+@users_app.command("add")
+@handled
+def users_add(name: str = typer.Argument(..., help="Who (shown as `by` in the decision ledger)."),
+              role: str = typer.Option(..., "--role", help="viewer (check, read), reviewer (also decide) or "
+                                       "admin (also manage users)."),
+              state: Optional[Path] = StateOpt) -> None:
+    """Add a user and print their token, once, alone on the last line (only its hash is kept)."""
+    from scanner.serve.auth import UserStore
+
+    user, token = UserStore(_state(state)).add(name, role)
+    err.print(f"added {escape(user.name)} ({user.role}); their token follows, shown this once:", highlight=False)
+    print(token)
+
+
+@users_app.command("list")
+@handled
+def users_list(state: Optional[Path] = StateOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List users and their roles (never tokens)."""
+    from scanner.serve.auth import UserStore
+
+    users = [u.public() for u in UserStore(_state(state)).list()]
+    if as_json:
+        print(json.dumps(users))
+        return
+    if not users:
+        out.print("no users (add one with `likeness users add NAME --role ...`)")
+    for u in users:
+        out.print(f"{escape(u['name'])}  {u['role']}  added {u['created']}", highlight=False)
+
+
+@users_app.command("remove")
+@handled
+def users_remove(name: str = typer.Argument(...), state: Optional[Path] = StateOpt) -> None:
+    """Remove a user: their token stops working and a running server ends their sessions."""
+    from scanner.serve.auth import UserStore
+
+    user = UserStore(_state(state)).remove(name)
+    out.print(f"removed {escape(user.name)} ({user.role})", highlight=False)
+
+
 @app.callback(invoke_without_command=True)
 def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
     if version:
