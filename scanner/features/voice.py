@@ -216,7 +216,7 @@ class Voice(AudioFeaturizer):
 
     @property
     def version(self) -> str:
-        return f"ge2e-silero{VAD_THRESHOLD:g}-gap{STRETCH_GAP:g}-1"
+        return f"ge2e-silero{VAD_THRESHOLD:g}-gap{STRETCH_GAP:g}-2"
 
     @property
     def dim(self) -> int:
@@ -236,7 +236,8 @@ class Voice(AudioFeaturizer):
                 "pending": np.zeros(0, np.float32), "t": 0,                 # 16-kHz samples judged so far
                 "context": np.zeros(VAD_CONTEXT, np.float32),
                 "h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32),
-                "speech": [], "speech_start": None, "speech_end": 0, "quiet": 0, "out": []}
+                "speech": [], "held": [], "voiced": 0, "speech_start": None, "speech_end": 0, "quiet": 0,
+                "out": []}
 
     def update(self, state: dict[str, Any], chunk: Any) -> None:
         y = state["resample"].resample_chunk(np.asarray(chunk.y, np.float32), last=bool(chunk.last))
@@ -249,12 +250,16 @@ class Voice(AudioFeaturizer):
             if p >= VAD_THRESHOLD:
                 if state["speech_start"] is None:
                     state["speech_start"] = t0
+                # the stretch as heard, its short pauses kept (a voice is not its syllables cut apart)
+                state["speech"].extend(state["held"])
                 state["speech"].append(frame)
+                state["held"], state["voiced"] = [], state["voiced"] + 1
                 state["speech_end"], state["quiet"] = state["t"], 0
-                if len(state["speech"]) * VAD_FRAME / SR >= MAX_SPEECH:
+                if state["voiced"] * VAD_FRAME / SR >= MAX_SPEECH:
                     self._close(state)
             elif state["speech_start"] is not None:
                 state["quiet"] += VAD_FRAME
+                state["held"].append(frame)   # kept if speech follows within the gap
                 if state["quiet"] >= STRETCH_GAP * SR:
                     self._close(state)
         if chunk.last:
@@ -275,16 +280,16 @@ class Voice(AudioFeaturizer):
 
     @staticmethod
     def _close(state: dict[str, Any]) -> None:
-        """End the current stretch: embed it when it holds enough speech."""
-        if state["speech_start"] is not None and len(state["speech"]) * VAD_FRAME / SR >= MIN_SPEECH:
-            wav = np.concatenate(state["speech"])
+        """End the current stretch: embed it (from its first to its last speech, short pauses
+        included) when it holds enough speech."""
+        if state["speech_start"] is not None and state["voiced"] * VAD_FRAME / SR >= MIN_SPEECH:
             row = np.zeros(1, STRETCH_DTYPE)
-            row["emb"] = stretch_embedding(wav)
+            row["emb"] = stretch_embedding(np.concatenate(state["speech"]))
             row["start"] = state["speech_start"] / SR
             row["duration"] = (state["speech_end"] - state["speech_start"]) / SR
-            row["speech"] = len(wav) / SR
+            row["speech"] = state["voiced"] * VAD_FRAME / SR
             state["out"].append(row)
-        state["speech"], state["speech_start"], state["quiet"] = [], None, 0
+        state["speech"], state["held"], state["voiced"], state["speech_start"], state["quiet"] = [], [], 0, None, 0
 
     def finish(self, state: dict[str, Any]) -> np.ndarray:
         self._close(state)

@@ -32,8 +32,9 @@ from scanner.search_choice import Plan
 #: game's two lead voices (lines of 3 s and more, centroids of 5 lines): other speaker's lines at
 #: cosine 0.68 median (distance 0.32), 95th percentile 0.74; the same speaker's at 0.91.
 PRIOR_VOICE_DISTANCE = (0.32, 0.04)
-#: Stretches with less speech (seconds) than this are not judged (too little of a voice).
-MIN_SPEECH = 2.0
+#: Stretches with less speech (seconds) than this are not judged (too little of a voice: a line of
+#: 3 seconds holds about 2 seconds of speech between its pauses).
+MIN_SPEECH = 1.5
 
 
 def centroids(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
