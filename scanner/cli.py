@@ -339,7 +339,8 @@ def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--js
         nulls = "; ".join(f"{name} null from {n['source']}"
                           + (f" ({n['talents']} talents, {n['pairs']} pairs of different people)"
                              if n["source"] == "talents" else
-                             " (too few talents: dlib's 0.6 operating point, centre 0.78, spread 0.072)")
+                             f" (too few talents for its own: a documented prior, centre {n['centre']}, spread "
+                             f"{n['spread']}; see the README)")
                           for name, n in info["talents"]["null"].items())
         out.print(f"  talents: {info['talents']['count']}" + (f"; {nulls}" if nulls else ""), highlight=False)
     for name, spec in info["features"].items():

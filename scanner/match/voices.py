@@ -27,11 +27,12 @@ from scanner.match.base import Evidence, IndexFiles, Judge, Writer
 from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
-#: Null of the cosine distance from a stretch of speech to another speaker's centroid when the
-#: index has too few talents to fit one: (centre, spread). Measured with this encoder on a dubbed
-#: game's two lead voices (lines of 3 s and more, centroids of 5 lines): other speaker's lines at
-#: cosine 0.68 median (distance 0.32), 95th percentile 0.74; the same speaker's at 0.91.
-PRIOR_VOICE_DISTANCE = (0.32, 0.04)
+#: Null of the cosine distance from a stretch of speech to another speaker's voice when the
+#: index has too few talents to fit one: (centre, spread). Measured with this encoder and VAD on a
+#: dubbed game's two lead voices (lines of 3 s and more, voices enrolled from 5 lines): the other
+#: speaker's lines at distance 0.37 median, 0.32 at their 10th percentile; the speaker's own at 0.14.
+#: One corpus only: an index with enough talents fits its own (module docstring).
+PRIOR_VOICE_DISTANCE = (0.37, 0.04)
 #: Stretches with less speech (seconds) than this are not judged (too little of a voice: a line of
 #: 3 seconds holds about 2 seconds of speech between its pauses).
 MIN_SPEECH = 1.5
