@@ -386,18 +386,6 @@ def first_pass_near(im: Image.Image, subj: dict[str, Any]) -> dict[str, Any]:
             "face_side_at_512": round(subj["sx"] * W / back, 1)}
 
 
-def distance_at(rate: float, null: dict[str, Any]) -> float:
-    """The descriptor distance whose chance rate per pair is ``rate`` under ``null`` (bisection)."""
-    lo, hi = 0.0, 2.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if float(pol.pair_rate(mid, null)) <= rate:
-            lo = mid
-        else:
-            hi = mid
-    return round(lo, 4)
-
-
 def stats(x: list[float]) -> dict[str, Any]:
     if not x:
         return {"n": 0}
@@ -677,8 +665,8 @@ def main() -> int:
     from scanner.match.faces import PRIOR_FACE_DISTANCE
 
     fitted = pol.fit_null(ref_pairs, prior=PRIOR_FACE_DISTANCE)
-    fitted_thresholds = {"flag_at_distance": distance_at(policy.flag_at / n_t, fitted),
-                         "review_at_distance": distance_at(policy.review_at / n_t, fitted)}
+    fitted_thresholds = {"flag_at_distance": pol.distance_at_rate(policy.flag_at / n_t, fitted),
+                         "review_at_distance": pol.distance_at_rate(policy.review_at / n_t, fitted)}
     neg_by_person: dict[str, dict[str, int]] = {}
     for x in negs:
         if x.get("wrong") != "none":
@@ -689,8 +677,8 @@ def main() -> int:
         rest = [x for x in negs if x.get("person") != pid]
         others_review_excl[pid] = round(sum(x.get("wrong") == "review" for x in rest) / max(1, len(rest)), 3)
     thresholds = {f"{f} face(s) in the picture": {
-        "flag_at_distance": distance_at(policy.flag_at / (n_t * f), null),
-        "review_at_distance": distance_at(policy.review_at / (n_t * f), null)} for f in (1, 4)}
+        "flag_at_distance": pol.distance_at_rate(policy.flag_at / (n_t * f), null),
+        "review_at_distance": pol.distance_at_rate(policy.review_at / (n_t * f), null)} for f in (1, 4)}
     misses = [{**x, "photo_roll": by_id[x["person"]]["roll"],
                **({"first_pass": small_pass[x["file"]]} if x["file"] in small_pass else {})}
               for x in pos_var + eye40 if not x.get("flagged_right")]

@@ -342,20 +342,6 @@ def eer(targets: list[float], nontargets: list[float]) -> dict[str, Any]:
             "nontargets": int(len(n))}
 
 
-def distance_at(rate: float, null: dict[str, Any]) -> float:
-    """The cosine distance whose chance rate per pair is ``rate`` under ``null`` (bisection)."""
-    from scanner import policy as pol
-
-    lo, hi = 0.0, 2.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if float(pol.pair_rate(mid, null)) <= rate:
-            lo = mid
-        else:
-            hi = mid
-    return round(lo, 4)
-
-
 def stats(x: list[float]) -> dict[str, Any]:
     if not x:
         return {"n": 0}
@@ -844,13 +830,13 @@ def main() -> int:
     # the null, and what it makes of a cosine
     n_t = len(FISH)
     thresholds = {f"{s} stretch(es) judged": {
-        "flag_at_cosine": round(1 - distance_at(policy.flag_at / (n_t * s), null), 4),
-        "review_at_cosine": round(1 - distance_at(policy.review_at / (n_t * s), null), 4)} for s in (1, 2)}
+        "flag_at_cosine": round(1 - pol.distance_at_rate(policy.flag_at / (n_t * s), null), 4),
+        "review_at_cosine": round(1 - pol.distance_at_rate(policy.review_at / (n_t * s), null), 4)} for s in (1, 2)}
     clean_non = [1 - x["raw"][other_of[x["talent"]]] for x in pos_all
                  if x["transform"] == "clean" and other_of[x["talent"]] in x["raw"]]
     fitted = pol.fit_null(np.asarray(clean_non), prior=voices.PRIOR_VOICE_DISTANCE)
-    fitted_thresholds = {"flag_at_cosine": round(1 - distance_at(policy.flag_at / n_t, fitted), 4),
-                         "review_at_cosine": round(1 - distance_at(policy.review_at / n_t, fitted), 4)}
+    fitted_thresholds = {"flag_at_cosine": round(1 - pol.distance_at_rate(policy.flag_at / n_t, fitted), 4),
+                         "review_at_cosine": round(1 - pol.distance_at_rate(policy.review_at / n_t, fitted), 4)}
 
     # what the verdicts would be under that null (fitted on the same lines it is tried on: optimistic)
     def under(raw: float, expected: float) -> float:

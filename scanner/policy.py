@@ -218,6 +218,15 @@ def pair_rate(distance: np.ndarray | float, null: dict[str, Any]) -> np.ndarray:
     return np.clip(0.5 * _erfc(-z / np.sqrt(2)), MIN_RATE, 1.0)
 
 
+def distance_at_rate(rate: float, null: dict[str, Any]) -> float:
+    """The distance at which :func:`pair_rate` is ``rate``: how close a pair must be to be that rare
+    by chance (what a threshold on expected chance matches means on the null's own scale)."""
+    from statistics import NormalDist
+
+    spread = null["spread"] * null.get("tail_widening", TAIL_WIDENING)
+    return float(null["centre"] + spread * NormalDist().inv_cdf(min(max(rate, MIN_RATE), 1.0 - 1e-12)))
+
+
 def expected_chance(distance: np.ndarray | float, null: dict[str, Any], comparisons: int) -> np.ndarray:
     """Expected number of chance matches at least this close among ``comparisons`` pairs.
 

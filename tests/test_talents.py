@@ -207,3 +207,11 @@ def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_e
     assert film.video["timeline"][0]["talent"] == "Voice A" and 4.0 <= film.video["timeline"][0]["start"] <= 6.0
     set_talent_consent(index, "Voice A", voice=True)
     assert check(tmp_path / "generated.wav", index)[0].verdict == "licensed"
+
+
+def test_the_distance_a_chance_rate_needs_inverts_the_pair_rate() -> None:
+    null = {"centre": 0.37, "spread": 0.04, "tail_widening": 1.5}
+    for rate in (1e-6, 5e-4, 0.01, 0.5):
+        d = pol.distance_at_rate(rate, null)
+        assert abs(float(pol.pair_rate(d, null)) - rate) < 1e-9 * max(1.0, rate / 1e-6)
+    assert pol.distance_at_rate(5e-4, null) < pol.distance_at_rate(0.01, null) < null["centre"]
