@@ -215,3 +215,17 @@ def test_the_distance_a_chance_rate_needs_inverts_the_pair_rate() -> None:
         d = pol.distance_at_rate(rate, null)
         assert abs(float(pol.pair_rate(d, null)) - rate) < 1e-9 * max(1.0, rate / 1e-6)
     assert pol.distance_at_rate(5e-4, null) < pol.distance_at_rate(0.01, null) < null["centre"]
+
+
+@needs_faces
+def test_a_talents_photo_gives_one_template_the_largest_face() -> None:
+    person = portrait()
+    scene = Image.new("RGB", (1024, 600), (200, 200, 200))
+    scene.paste(person.resize((560, 560)), (10, 20))      # the talent
+    scene.paste(person.resize((420, 420)), (595, 90))     # someone smaller beside them
+    feat = face.Face()
+    found = feat.prepare(scene)
+    assert len(found) >= 2                                # an output: every face is judged
+    kept = feat.prepare_reference(scene)
+    assert len(kept) == 1 and kept["eye"][0] == found["eye"].max() and kept["box"][0][0] < 0.4
+    assert kept["box"][0][1] < 0.4                        # her face, not the badge on her suit

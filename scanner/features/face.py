@@ -214,6 +214,13 @@ class Face(Featurizer):
         boxes = sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))[:MAX_FACES]
         return describe(rgb, boxes, shaper, describer)
 
+    def prepare_reference(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
+        """A talent's photo: their face only, the largest one by the distance between its eyes (a
+        bystander in the picture, or a face on a poster behind them, must not become the talent's
+        template; a box's area is no guide: the detector's boxes of badges and patches are face-sized)."""
+        faces = self.prepare(image, content)
+        return faces if len(faces) <= 1 else faces[[int(np.argmax(faces["eye"]))]]
+
     def index_rows(self, prepared: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return (np.ascontiguousarray(prepared["desc"], np.float32),
                 {"box": np.ascontiguousarray(prepared["box"]), "eye": np.ascontiguousarray(prepared["eye"])})
