@@ -59,7 +59,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -107,16 +106,9 @@ TARGETS = {"found": 0.97, "others_flagged": 0, "others_review": 0.02, "eye40_fou
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, the vector extensions that matter to dlib's networks, cores and load."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("?", "", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from scanner import blas
+
+    model, flags = blas.cpu_name(), (blas.cpu() or ("", set()))[1]
     import dlib
 
     return {"model": model, "cores": os.cpu_count(), "platform": platform.platform(),
@@ -144,10 +136,6 @@ def faceapi_samples(folder: Path, work: Path) -> Path:
     with tarfile.open(dest / "vladmandic-face-api-1.7.15.tgz") as tar:
         tar.extractall(dest, members=[m for m in tar.getmembers() if m.name.startswith("package/demo/")])
     return demo
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- people ----------------------------------------------------------------------------------
@@ -689,7 +677,7 @@ def main() -> int:
         "command": " ".join([".venv/bin/python", "benchmarks/faces_bench.py"] + sys.argv[1:]),
         "machine": {**cpu_info(), "load_average_start": [round(v, 2) for v in load_before]},
         "sources": {"faceapi": FACEAPI, "faceapi_dir": str(demo),
-                    "samples_sha256": {n: sha256(p) for n, p in sample_paths.items()},
+                    "samples_sha256": {n: media.sha256_file(p) for n, p in sample_paths.items()},
                     "astronaut": "skimage.data.astronaut()",
                     "min_score": args.min_score, "dropped_detections": dropped},
         "people": {"n": len(people), "usable": len(usable), "enrolled": [p["id"] for p in enrolled],

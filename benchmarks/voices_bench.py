@@ -67,7 +67,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -126,16 +125,9 @@ PHRASES = {
 
 def cpu_info() -> dict[str, Any]:
     """CPU model, the vector extensions that matter to the LSTM and the mel projection, cores, libraries."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("?", "", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    from scanner import blas
+
+    model, flags = blas.cpu_name(), (blas.cpu() or ("", set()))[1]
     import torch
 
     try:
@@ -151,12 +143,10 @@ def cpu_info() -> dict[str, Any]:
             "torch": torch.__version__, "torch_threads_default": torch.get_num_threads(), "thread_pools": pools}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def code_state() -> dict[str, Any]:
     """The checkout's commit and the voice modules' hashes (the scanner may change while a run is under way)."""
+    from scanner.media import sha256_file
+
     def git(*a: str) -> str:
         try:
             return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
@@ -166,7 +156,7 @@ def code_state() -> dict[str, Any]:
     files = ["scanner/features/voice.py", "scanner/match/voices.py", "scanner/match/templates.py",
              "scanner/policy.py", "scanner/media.py", "scanner/pipeline/scan.py"]
     return {"commit": git("rev-parse", "HEAD"), "scanner_dirty": bool(git("status", "--porcelain", "scanner")),
-            "sha256": {f: sha256(ROOT / f)[:16] for f in files if (ROOT / f).is_file()}}
+            "sha256": {f: sha256_file(ROOT / f)[:16] for f in files if (ROOT / f).is_file()}}
 
 
 def run(cmd: list[str]) -> None:
@@ -205,6 +195,8 @@ def subtitle_fonts(path: Path, cache: dict[tuple[str, ...], dict[str, set[str]]]
 def catalogue() -> tuple[list[dict[str, Any]], list[str]]:
     """Every Dutch line: path, level, character (by name, and by subtitle font), duration; byte-identical
     repeats dropped (listed)."""
+    from scanner.media import sha256_file
+
     import soundfile as sf
 
     lines, seen, dupes = [], {}, []
@@ -212,7 +204,7 @@ def catalogue() -> tuple[list[dict[str, Any]], list[str]]:
     for p in sorted(DUB.rglob("*.ogg")):
         if p.parent.name != "nl" or not p.is_file():
             continue
-        digest = sha256(p)
+        digest = sha256_file(p)
         if digest in seen:
             dupes.append(f"{p.relative_to(DUB)} = {seen[digest]}")
             continue
