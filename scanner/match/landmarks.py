@@ -450,9 +450,8 @@ def null_queries(table: LandmarkTable, *, skip: Sequence[int] = (), n_queries: i
     return sample.astype(np.int64), queries
 
 
-def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip: Sequence[int] = (),
-                         n_queries: int = LANDMARK_NULL_QUERIES, seed: int = 0,
-                         statistics: Sequence[str] = LANDMARK_STATISTICS
+def landmark_null_scores(table: LandmarkTable, index: Any, sample: np.ndarray, queries: Sequence[np.ndarray], *,
+                         feature: str, statistics: Sequence[str] = LANDMARK_STATISTICS
                          ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Inliers of chance candidates: a sample of references verified against the other works.
 
@@ -465,8 +464,7 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
     Parameters
     ----------
     table : the index's keypoints; ``index`` the faiss index over them
-    skip : works left out of the sample (featureless ones)
-    n_queries : works sampled
+    sample, queries : the sampled works and their queries (:func:`null_queries`)
     statistics : which of :data:`LANDMARK_STATISTICS` to count
 
     Returns
@@ -475,7 +473,6 @@ def landmark_null_scores(table: LandmarkTable, index: Any, *, feature: str, skip
     inlier counts and int64 works, each ``[shape=(n_sampled * STATISTIC_TOP[statistic],)]``,
     the candidate -1 where a slot had no candidate
     """
-    sample, queries = null_queries(table, skip=skip, n_queries=n_queries, seed=seed)
     if len(sample) < 2:
         empty = np.zeros(0)
         return {stat: (empty, empty.astype(np.int64), empty.astype(np.int64)) for stat in statistics}
@@ -604,7 +601,8 @@ def fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dic
     """
     none = np.zeros((0, 2), np.float32)
     table = LandmarkTable(rows, codes, extra.get("xy", none), extra.get("size", none))
-    stats = landmark_null_scores(table, index, feature=name, skip=featureless)
+    sample, queries = null_queries(table, skip=featureless)  # one sample for the vote's null and the proposals'
+    stats = landmark_null_scores(table, index, sample, queries, feature=name)
     null = pol.fit_inlier_null(stats["unique"][0], candidates=STATISTIC_TOP["unique"])
     for stat in LANDMARK_STATISTICS:
         if stat != "unique":
@@ -621,7 +619,6 @@ def fit_landmark_null(name: str, codes: np.ndarray, rows: np.ndarray, extra: dic
     keep = order[first]
     chance_pairs[name] = (strength[keep], q[keep], c[keep])
     if proposer is not None and len(proposer[1]):
-        sample, queries = null_queries(table, skip=featureless)
         null["proposals"] = fit_proposal_null(proposer[0], table, queries, sample, *proposer[1:])
     return null
 
