@@ -19,7 +19,7 @@ from scanner.models import file_sha256
 from scanner.match.base import Evidence
 from scanner.match.dense import ADAPT_RANK, adaptive_distances, other_work_distance
 from scanner.index.store import open_index
-from scanner.pipeline import FeatureOptions, available_features, build_index, check
+from scanner.pipeline import FeatureOptions, available_features, build_index, check, read_results
 
 needs_sscd = pytest.mark.skipif(not sscd.available(), reason=f"image-sscd models not installed ({sscd.INSTALL})")
 
@@ -221,3 +221,40 @@ def test_a_proposed_works_evidence_says_who_proposed_it() -> None:
     m = {"feature": "image-local", "raw": 40, "raw_kind": "inliers", "expected": 1e-5,
          "locator": {"statistic": "unique", "proposed_by": "image-sscd", "proposals": 3}}
     assert "image-sscd ranked among its 3 nearest" in str(describe_match(m))
+
+
+@needs_sscd
+def test_a_scan_forks_its_decode_workers_with_image_sscd_and_judges_as_threads_would(
+        tmp_path: Path, monkeypatch) -> None:
+    import importlib
+
+    from scanner.pipeline import prepare, scan
+
+    scan_mod = importlib.import_module("scanner.pipeline.scan")  # the module, not the function it exports
+
+    refs = clip_art_works(tmp_path, 8)
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["image-phash", "image-local", "image-sscd"]))
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for i in range(4):
+        MILD_TRANSFORMS["jpeg-q40"](flatten(clip_art(i))).save(outs / f"copy{i}.png")
+        synthetic_picture(500 + i).save(outs / f"other{i}.png")
+    feats = [make("image-phash"), make("image-local"), make("image-sscd", model="distilled")]
+    assert prepare.forks(feats)  # on the CPU each forked worker loads its own session
+
+    def lines(out: Path) -> dict[str, tuple]:
+        return {Path(r["path"]).name: (r["verdict"], r["score"], [(m["work_id"], m["feature"], m["raw"])
+                                                                  for m in r["matches"]])
+                for r in read_results(out / "results.jsonl")}
+
+    # the parent has used its session before the workers fork: theirs are their own
+    make("image-sscd", model="distilled").embed([np.zeros((sscd.SIDE, sscd.SIDE, 3), np.uint8)])
+    scan([outs], index, out_dir=tmp_path / "forked", thumbnails=False)
+    forked = lines(tmp_path / "forked")
+    monkeypatch.setattr(scan_mod, "forks", lambda featurizers: False)
+    monkeypatch.setattr(prepare, "forks", lambda featurizers: False)
+    scan([outs], index, out_dir=tmp_path / "threads", thumbnails=False)
+    assert forked == lines(tmp_path / "threads")
+    assert [forked[f"copy{i}.png"][0] for i in range(4)] == ["flagged"] * 4
+    assert {forked[f"other{i}.png"][0] for i in range(4)} == {"clear"}

@@ -78,6 +78,20 @@ class Featurizer(ABC):
     for_talents: bool = False
 
     @property
+    def forkable(self) -> bool:
+        """Whether decode workers may be forked processes with this featurizer in them: true
+        for the weight-free ones; a featurizer with a model says so itself when each forked
+        worker loads its own copy (:meth:`forked`) and no accelerator is in use."""
+        from scanner.features import WEIGHT_FREE
+
+        return self.name in WEIGHT_FREE
+
+    def forked(self) -> None:
+        """Called in a freshly forked decode worker, before its first item: drop what must not
+        cross a fork (a loaded model's session and its threads) and run on one thread (the
+        worker's siblings hold the other cores). Nothing to do for weight-free featurizers."""
+
+    @property
     @abstractmethod
     def version(self) -> str:
         """Version string; a new version invalidates vectors built by an older one."""

@@ -171,6 +171,17 @@ class SSCD(Featurizer):
                     raise ModelError(f"image-sscd: cannot load {path}: {str(exc).splitlines()[0]}") from None
         return self._session
 
+    @property
+    def forkable(self) -> bool:
+        """On the CPU, forked decode workers each load their own session (:meth:`forked`);
+        never with CUDA (a GPU context must not be forked)."""
+        return self.providers() == ["CPUExecutionProvider"]
+
+    def forked(self) -> None:
+        """In a forked worker: the parent's session (if it loaded one) is left unused, its
+        threads did not cross the fork; the worker loads its own, on one thread."""
+        self._session, self._lock, self.threads = None, threading.Lock(), 1
+
     def get_params(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "threads": self.threads}
 

@@ -1,7 +1,7 @@
 """Preparing inputs: decoding files and running each featurizer's per-item work, ahead of the caller.
 
-Decode workers (forked processes for weight-free featurizers, threads for those
-with a model), bounded look-ahead, crash isolation (a decoder that kills its
+Decode workers (forked processes where every featurizer may be forked, threads
+otherwise), bounded look-ahead, crash isolation (a decoder that kills its
 process costs one file, not the scan), batching for the judges, and embedding
 ahead for a distributed engine's GPU workers.
 """
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from scanner import media, search, search_choice, thumbs
 from scanner.errors import DecodeError, LikenessError, ParameterError
-from scanner.features import WEIGHT_FREE, Featurizer
+from scanner.features import Featurizer
 from scanner.features.content import analyse
 from scanner.features.prepared import BATCH, Prepared, embed_prepared
 from scanner.results import Result
@@ -158,13 +158,15 @@ _FORKED_SCANNER: Judges | None = None
 
 def forks(featurizers: Sequence[Featurizer]) -> bool:
     """Whether :func:`prepare_stream` prepares for these featurizers in forked processes:
-    weight-free ones only (a model must not be forked), where the system forks."""
-    return hasattr(os, "fork") and all(f.name in WEIGHT_FREE for f in featurizers)
+    where the system forks and every featurizer may be (:attr:`Featurizer.forkable`:
+    the weight-free ones, and a model each worker loads for itself on the CPU)."""
+    return hasattr(os, "fork") and all(f.forkable for f in featurizers)
 
 
 def _worker_start(parent: int, judge: bool) -> None:
     """Decode worker start-up: go when the scan process goes, even by ``kill -9``;
-    a judging worker searches on one thread (its siblings hold the other cores).
+    BLAS, a judging worker's searches and each featurizer's model run on one thread
+    (its siblings hold the other cores; :meth:`Featurizer.forked`).
 
     Otherwise a killed scan leaves its workers behind, holding memory and the
     terminal's pipes, waiting forever for work. Linux sends the worker SIGKILL
@@ -173,6 +175,12 @@ def _worker_start(parent: int, judge: bool) -> None:
     import ctypes
     import signal
 
+    from scanner import blas
+
+    # each worker works on its own pictures: BLAS threads would only spin between their small products
+    blas.limit_threads(1)
+    for feat in {id(f): f for f in (*_FORKED_FEATURIZERS, *getattr(_FORKED_SCANNER, "featurizers", ()))}.values():
+        feat.forked()
     if judge:
         # one thread also keeps faiss's OpenMP off a thread team inherited from the parent;
         # faiss only: a torch copy of the rows in every worker would multiply the index's memory
@@ -207,10 +215,11 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
     ``reference=True`` prepares references being indexed
     (:meth:`Featurizer.prepare_reference`).
 
-    Weight-free featurizers run in forked processes (decoding and hashing hold
-    the GIL part of the time; processes scale to every core); featurizers with
-    a model run in threads, since a model must not be forked and Pillow
-    releases the GIL while decoding.
+    Featurizers that may be forked (:func:`forks`: the weight-free ones, and
+    image-sscd on the CPU, each worker loading its own session) run in forked
+    processes (decoding and hashing hold the GIL part of the time; processes
+    scale to every core); others (a torch model, a GPU) run in threads, since
+    their models must not be forked and Pillow releases the GIL while decoding.
 
     ``judge``: a scanner the forked processes inherit and judge pictures with
     (only where they fork, :func:`forks`): the stream then yields a
