@@ -7,12 +7,14 @@ Builds an index of synthetic pictures (``--works``; weight-free image-phash and 
   ``first_check_s`` against ``warm_check_p50_s`` (what model loading adds to the first check);
 * ``p50_s``/``p95_s`` of one picture checked at a time (``--latency N`` checks, half copies);
 * ``clients`` x ``--per-client`` concurrent checks: errors, checks/s, and ``likeness scan``'s
-  pictures/s on the same files (``scan_ratio``);
+  pictures/s on the same files, as many (``scan_ratio``: the server's rate over the scan's);
 * the server's RSS after each ``--rss-every`` checks of ``--rss-checks`` (growth from the first
   sample to the last, in %).
 
-Usage::
+Usage (``--index``/``--queries`` take an index already built, such as ``scan_throughput.py``'s)::
 
+    .venv/bin/python benchmarks/serve_bench.py --index WORKS/index-default --queries WORKS/queries-1000-v2 \
+        --latency 200 --clients 16 --per-client 50 --rss-checks 5000 --rss-every 250 --out benchmarks/results/serve.json
     .venv/bin/python benchmarks/serve_bench.py --works 10000 --latency 200 --clients 16 --per-client 50 \
         --rss-checks 5000 --out benchmarks/results/serve.json
 """
@@ -63,6 +65,10 @@ def main() -> None:
     ap.add_argument("--rss-checks", type=int, default=500)
     ap.add_argument("--rss-every", type=int, default=100)
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--index", type=Path, default=None,
+                    help="an index already built (for example scan_throughput.py's); --works is then ignored")
+    ap.add_argument("--queries", type=Path, default=None,
+                    help="with --index: a folder of pictures to check (50 of them, sorted, copies and others alike)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -70,18 +76,29 @@ def main() -> None:
     refs, index, state, queries = work / "refs", work / "index", work / "state", work / "queries"
     for d in (refs, queries):
         d.mkdir(parents=True, exist_ok=True)
-    if not (index / "manifest.json").exists():
-        for i in range(args.works):
-            synthetic_picture(i).save(refs / f"ref{i:06d}.png")
-        build_index([refs], index, options=FeatureOptions(names=args.features.split(",")))
-    rng = np.random.default_rng(0)
-    picks = rng.choice(args.works, 50, replace=False)
     files = []
-    for k, i in enumerate(picks):
-        data = (_png(flatten(MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(int(i))))) if k % 2
-                else _png(synthetic_picture(10_000_000 + k)))
-        (queries / f"q{k:03d}.png").write_bytes(data)
-        files.append((f"q{k:03d}.png", data))
+    if args.index is not None:
+        index = args.index
+        manifest = json.loads((index / "manifest.json").read_text())
+        args.works = int(manifest.get("works", {}).get("count", 0)) or args.works
+        args.features = ",".join(n for n, f in manifest["features"].items() if f.get("count"))
+        names = sorted(p for p in (args.queries or Path()).iterdir() if p.is_file())
+        # every tenth file, so that a folder sorted by kind (copies, then others) gives both
+        for p in (names[:: max(1, len(names) // 50)])[:50]:
+            (queries / p.name).write_bytes(p.read_bytes())
+            files.append((p.name, p.read_bytes()))
+    else:
+        if not (index / "manifest.json").exists():
+            for i in range(args.works):
+                synthetic_picture(i).save(refs / f"ref{i:06d}.png")
+            build_index([refs], index, options=FeatureOptions(names=args.features.split(",")))
+        rng = np.random.default_rng(0)
+        picks = rng.choice(args.works, 50, replace=False)
+        for k, i in enumerate(picks):
+            data = (_png(flatten(MILD_TRANSFORMS["jpeg-q40"](synthetic_picture(int(i))))) if k % 2
+                    else _png(synthetic_picture(10_000_000 + k)))
+            (queries / f"q{k:03d}.png").write_bytes(data)
+            files.append((f"q{k:03d}.png", data))
     token = UserStore(state).add(f"bench-{os.getpid()}", "viewer")[1]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,10 +151,17 @@ def main() -> None:
             th.join()
         wall = time.perf_counter() - t
         out.update(concurrent_checks=done[0], concurrent_errors=len(errors), checks_per_s=round(done[0] / wall, 2))
+        # `likeness scan` on the very checks the clients sent (the same files, as many times), so that
+        # its start (opening the index, loading models) weighs on it as little as on the server
+        batch = work / "scan-batch"
+        batch.mkdir(exist_ok=True)
+        sent = [files[(k * 7 + j) % len(files)] for k in range(args.clients) for j in range(args.per_client)]
+        for n, (name, data) in enumerate(sent):
+            (batch / f"{n:05d}-{name}").write_bytes(data)
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(queries), "--index", str(index), "-q"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        scan_rate = len(files) / (time.perf_counter() - t)
+        subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(batch), "--index", str(index), "-q",
+                        "--out", str(work / "scan-out")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        scan_rate = len(sent) / (time.perf_counter() - t)
         out.update(scan_pictures_per_s=round(scan_rate, 2), scan_ratio=round(out["checks_per_s"] / scan_rate, 3))
         rss = []
         with httpx.Client(base_url=base, headers=auth, timeout=120) as c:

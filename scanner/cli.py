@@ -793,7 +793,7 @@ def serve_cmd(index: Path = IndexOpt,
               workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Checks at once (default: "
                                                     "the CPUs)."),
               queue: Optional[int] = typer.Option(None, "--queue", min=0, help="Checks waiting beyond those "
-                                                  "(503 beyond; default twice --workers)."),
+                                                  "(503 beyond; default 32)."),
               rate: float = typer.Option(600, "--rate", min=0, help="Requests a minute per token (429 beyond; "
                                          "0: no limit)."),
               thumbnails: bool = typer.Option(False, "--thumbnails", help="Show thumbnails of outputs that need a "

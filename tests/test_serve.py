@@ -373,6 +373,42 @@ def test_a_decision_on_the_page_goes_to_the_ledger_with_the_user_and_later_check
     assert next(e for e in hist if e["id"] == check_id)["decision"]["decision"] == "approved"
 
 
+def test_the_history_and_its_decisions_survive_a_restart_and_hold_nothing_of_the_outputs(
+        index: Path, tmp_path: Path) -> None:
+    import shutil
+    import stat
+
+    own = tmp_path / "index"
+    shutil.copytree(index, own)
+    state = tmp_path / "state"
+    data = copy_bytes(5)
+    with start(own, state, thumbnails=True) as srv:
+        r = srv.check(data, "poster.png")
+        check_id = r.headers["x-likeness-check"]
+        assert r.json()["verdict"] == "flagged"
+        other = srv.check(unrelated_bytes(951), "field.png").headers["x-likeness-check"]
+        assert srv.client.post("/v1/decisions", json={"check": check_id, "decision": "licensed", "why": "LIC-12"},
+                               headers=srv.auth("reviewer")).status_code == 200
+        tokens = srv.tokens
+    written = state / "history.jsonl"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    text = written.read_bytes()
+    # the result lines and who decided what; never the picture, nor its thumbnail
+    assert b"poster.png" in text and b"LIC-12" in text
+    assert data[:64] not in text and b"PNG" not in text and b"base64" not in text and b"thumb" not in text
+    with open(written, "ab") as fh:
+        fh.write(b'{"id": "torn by a cra')  # a crash mid-line is skipped
+    with TestClient(create_app(ServeConfig(index_dir=own, state_dir=state))) as client:
+        _wait_ready(client)
+        hist = client.get("/v1/history", headers={"Authorization": f"Bearer {tokens['viewer']}"}).json()["checks"]
+        assert [e["id"] for e in hist] == [other, check_id]
+        assert hist[1]["name"] == "poster.png" and hist[1]["verdict"] == "flagged"
+        assert hist[1]["decision"]["decision"] == "licensed" and hist[1]["decision"]["by"] == "reviewer-person"
+        # its evidence still renders (from the index's own thumbnails; the output's was memory only)
+        assert client.get(f"/v1/checks/{check_id}/evidence",
+                          headers={"Authorization": f"Bearer {tokens['viewer']}"}).status_code == 200
+
+
 def test_check_by_path_only_inside_the_allowed_roots(index: Path, tmp_path: Path) -> None:
     root, outside = tmp_path / "outputs", tmp_path / "private"
     root.mkdir()
@@ -433,8 +469,11 @@ def test_uploads_leave_nothing_behind_and_the_private_folder_is_swept_at_start(i
         for i in range(3):
             assert srv.check(copy_bytes(i), f"o{i}.png").status_code == 200
         assert os.listdir(tmp) == [] and _open_upload_fds(tmp) == []
-        # nothing of an output was written anywhere in the state folder but users.json
-        assert sorted(p.name for p in state.iterdir()) == [".users.lock", "tmp", "users.json"]
+        # nothing of an output was written in the state folder but its result lines, in the history
+        assert sorted(p.name for p in state.iterdir()) == [".users.lock", "history.jsonl", "tmp", "users.json"]
+        lines = [json.loads(x) for x in (state / "history.jsonl").read_text().splitlines()]
+        assert [r["line"]["path"] for r in lines] == ["o0.png", "o1.png", "o2.png"]
+        assert all(set(r) == {"id", "time", "user", "seconds", "line", "decision"} for r in lines)
 
 
 def test_a_client_that_disconnects_mid_upload_leaves_nothing(server: Server) -> None:
@@ -502,6 +541,42 @@ def test_a_batch_job_streams_one_event_per_file_then_done(server: Server) -> Non
     # another viewer does not see it
     assert server.client.get(job["status"], headers=server.auth("reviewer")).status_code == 404
     assert os.listdir(server.state / "tmp") == [] and _open_upload_fds(server.state / "tmp") == []
+
+
+def test_a_video_job_streams_its_progress_then_a_result_that_names_its_check(server: Server,
+                                                                            tmp_path: Path) -> None:
+    from scanner import video
+
+    clip = tmp_path / "cut.mp4"
+    video.write_clip(clip, [(synthetic_picture(901), 2.0), (synthetic_picture(3), 2.0), (synthetic_picture(902), 2.0)],
+                     fps=5)
+    r = server.client.post("/v1/jobs", files=[("file", ("cut.mp4", clip.read_bytes(), "video/mp4"))],
+                           headers=server.auth("viewer"))
+    assert r.status_code == 202
+    events = []
+    with server.client.stream("GET", r.json()["events"], headers=server.auth("viewer")) as stream:
+        event, ident = None, None
+        for raw in stream.iter_lines():
+            if raw.startswith("event: "):
+                event = raw[7:]
+            elif raw.startswith("id: "):
+                ident = raw[4:]
+            elif raw.startswith("data: "):
+                events.append((event, ident, json.loads(raw[6:])))
+                event = ident = None
+                if events[-1][0] == "done":
+                    break
+    kinds = [e for e, _, _ in events]
+    assert kinds[-2:] == ["result", "done"] and kinds.count("result") == 1
+    progress = [d for e, _, d in events if e == "progress"]
+    pictures = [p for p in progress if p["stage"] == "picture"]
+    assert pictures and all(p["file"] == "cut.mp4" for p in progress), progress
+    assert [p["seconds"] for p in pictures] == sorted(p["seconds"] for p in pictures)
+    assert abs(pictures[0]["duration"] - 6.0) < 0.5 and progress[-1]["stage"] == "judging"
+    _, check_id, line = events[-2]
+    assert line["path"] == "cut.mp4" and line["verdict"] == "flagged", line
+    assert check_id in {e["id"] for e in server.client.get("/v1/history", headers=server.auth("viewer")).json()["checks"]}
+    assert server.client.get(f"/v1/checks/{check_id}/evidence", headers=server.auth("viewer")).status_code == 200
 
 
 def test_index_add_is_picked_up_without_dropping_checks(refs: Path, tmp_path: Path) -> None:

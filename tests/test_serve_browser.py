@@ -95,6 +95,29 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
             proc.wait(10)
 
 
+def _sign_in(b: Browser, base: str, token: str) -> None:
+    b.open(base + "/")
+    assert b.js("location.pathname") == "/signin"  # no session: the sign-in page
+    b.js(f"document.getElementById('token').value = {json.dumps(token)};"
+         "document.querySelector('form').submit(); true")
+    b.wait_event("Page.loadEventFired")
+    _wait(b, "location.pathname === '/' && !!document.getElementById('drop')")
+
+
+def _drop(b: Browser, files: list[tuple[str, bytes, str]]) -> None:
+    """Drop files (name, content, MIME type) on the page, as a person dragging them would."""
+    given = json.dumps([[name, base64.b64encode(data).decode(), kind] for name, data, kind in files])
+    b.js(f"""(function () {{
+        const dt = new DataTransfer();
+        for (const [name, data, kind] of {given}) {{
+          const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+          dt.items.add(new File([bytes], name, {{type: kind}}));
+        }}
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {{dataTransfer: dt, bubbles: true,
+                                                                           cancelable: true}}));
+        return true; }})()""")
+
+
 def test_sign_in_drop_see_flagged_and_clear_approve_and_find_it_in_the_ledger(
         served: tuple[str, str, Path]) -> None:
     base, token, index = served
@@ -102,24 +125,9 @@ def test_sign_in_drop_see_flagged_and_clear_approve_and_find_it_in_the_ledger(
     other = _png(synthetic_picture(4242))
     assert CHROMIUM is not None
     with Browser(CHROMIUM) as b:
-        b.open(base + "/")
-        assert b.js("location.pathname") == "/signin"  # no session: the sign-in page
-        b.js(f"document.getElementById('token').value = {json.dumps(token)};"
-             "document.querySelector('form').submit(); true")
-        b.wait_event("Page.loadEventFired")
-        _wait(b, "location.pathname === '/' && !!document.getElementById('drop')")
+        _sign_in(b, base, token)
         assert b.js("document.cookie") == ""  # the session cookie is HttpOnly: no script reads it
-        files = json.dumps([["copy of work 2.png", base64.b64encode(copy).decode()],
-                            ["something new.png", base64.b64encode(other).decode()]])
-        b.js(f"""(function () {{
-            const dt = new DataTransfer();
-            for (const [name, data] of {files}) {{
-              const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
-              dt.items.add(new File([bytes], name, {{type: "image/png"}}));
-            }}
-            document.getElementById('drop').dispatchEvent(new DragEvent('drop', {{dataTransfer: dt, bubbles: true,
-                                                                               cancelable: true}}));
-            return true; }})()""")
+        _drop(b, [("copy of work 2.png", copy, "image/png"), ("something new.png", other, "image/png")])
         cards = "Array.from(document.querySelectorAll('#checks .card'))"
         _wait(b, f"{cards}.length === 2 && {cards}.every(c => c.dataset.verdict)")
         verdicts = b.js(f"Object.fromEntries({cards}.map(c => [c.querySelector('.name').textContent, "
@@ -151,3 +159,29 @@ def test_sign_in_drop_see_flagged_and_clear_approve_and_find_it_in_the_ledger(
     d = decided[0]
     assert d.decision == "approved" and d.why == "parody, cleared by counsel on LEG-112"
     assert d.path == "copy of work 2.png" and [w["title"] for w in d.works] == ["Work 2"]
+
+
+def test_a_dropped_video_shows_its_progress_then_its_verdict_and_evidence(
+        served: tuple[str, str, Path], tmp_path: Path) -> None:
+    from scanner import video
+
+    base, token, _ = served
+    clip = tmp_path / "trailer cut.mp4"
+    video.write_clip(clip, [(synthetic_picture(7001 + k), 1.5) for k in range(4)] + [(synthetic_picture(3), 2.0)],
+                     fps=5, size=(320, 240))
+    assert CHROMIUM is not None
+    with Browser(CHROMIUM) as b:
+        _sign_in(b, base, token)
+        # every text the card's status line shows, as it changes
+        b.js("""window.seen = []; new MutationObserver(() => document.querySelectorAll('#checks .status')
+                  .forEach(s => s.textContent && window.seen.push(s.textContent)))
+                .observe(document.getElementById('checks'), {subtree: true, childList: true,
+                                                              characterData: true}); true""")
+        _drop(b, [(clip.name, clip.read_bytes(), "video/mp4")])
+        card = "document.querySelector('#checks .card')"
+        _wait(b, f"!!{card} && !!{card}.dataset.verdict")
+        assert b.js(f"{card}.dataset.verdict") == "flagged", b.js(f"{card}.querySelector('.plain').textContent")
+        seen = b.js("window.seen")
+        assert any(s.startswith("decoding pictures") and s.endswith("of 8 s") for s in seen), seen
+        assert "matching against the index…" in seen, seen
+        _wait(b, f"{card}.querySelector('iframe.evidence').src.includes('/evidence')")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from scanner import media, search, search_choice, thumbs
 from scanner.errors import DecodeError, LikenessError, ParameterError
@@ -19,6 +19,12 @@ from scanner.features import Featurizer
 from scanner.features.content import analyse
 from scanner.features.prepared import BATCH, Prepared, embed_prepared
 from scanner.results import Result
+
+
+#: Told how far a long file's decoding has got: a dict with ``stage`` ("picture" for a video's
+#: pictures, "sound" for audio or a video's soundtrack), ``seconds`` decoded and ``duration``
+#: (seconds per the file's header, or None). Called from the decoding thread.
+Progress = Callable[[dict[str, Any]], None]
 
 
 class Judges(Protocol):
@@ -41,7 +47,22 @@ def decode_side(featurizers: Sequence[Featurizer]) -> int:
     return max([DECODE_SIDE, *(f.decode_side for f in featurizers if f.modality == "image")])
 
 
-def prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False) -> Prepared:
+def prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference: bool = False,
+                progress: Progress | None = None) -> Prepared:
+    """Decode one file and run every featurizer's per-item work on it.
+
+    Parameters
+    ----------
+    item : the file and its modality
+    featurizers : those of the index (each runs on the inputs of its modality)
+    reference : prepare as a reference work (thumbnails, reference-side templates)
+    progress : told how far decoding has got, for audio and video (see :data:`Progress`)
+
+    Returns
+    -------
+    Prepared
+        With :attr:`Prepared.error` set, never raised, when the file cannot be checked.
+    """
     out = Prepared(item)
     try:
         out.sha256 = media.sha256_file(item.path)
@@ -49,13 +70,13 @@ def prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference:
         pass  # load_image names the problem below
     try:
         if item.modality == "video":
-            _prepare_video(out, featurizers, reference)
+            _prepare_video(out, featurizers, reference, progress)
             return out
         if not any(f.modality == item.modality for f in featurizers):
             raise DecodeError(item.path, f"{item.modality} files are not supported by this index "
                                          f"(it holds no {item.modality} features)")
         if item.modality == "audio":
-            _prepare_audio(out, featurizers, reference)
+            _prepare_audio(out, featurizers, reference, progress=progress)
             return out
         image = media.load_image(item.path, max_side=decode_side(featurizers))
         if reference:  # from the decoded picture: reports show works without their files
@@ -82,7 +103,7 @@ def _prepare_image(out: Prepared, image: Any, featurizers: Sequence[Featurizer],
 
 
 def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: bool,
-                   audio: media.Audio | None = None) -> None:
+                   audio: media.Audio | None = None, progress: Progress | None = None) -> None:
     """Decode an audio input (or a video's soundtrack) once, in bounded chunks, feeding every audio featurizer."""
     audio = audio or media.open_audio(out.item.path)
     feats = [f for f in featurizers if f.modality == "audio"]
@@ -93,6 +114,9 @@ def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: 
             feat.update(state, chunk)  # type: ignore[attr-defined]
         if strip is not None:
             strip.update(chunk.y)
+        if progress is not None:
+            progress({"stage": "sound", "seconds": round((chunk.start + len(chunk.y)) / chunk.sr, 1),
+                      "duration": audio.duration})
     if strip is not None:
         out.thumb, out.thumb_meta = strip.finish(), {"duration": round(strip.duration, 3)}
     out.featureless = audio.featureless()
@@ -100,7 +124,8 @@ def _prepare_audio(out: Prepared, featurizers: Sequence[Featurizer], reference: 
         out.prepared[feat.name] = feat.finish(state)  # type: ignore[attr-defined]
 
 
-def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: bool) -> None:
+def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: bool,
+                   progress: Progress | None = None) -> None:
     """Decode a video: its keyframes through the image featurizers, its soundtrack through the audio ones.
 
     Each keyframe and the soundtrack become a part (:attr:`Prepared.parts`),
@@ -129,11 +154,13 @@ def _prepare_video(out: Prepared, featurizers: Sequence[Featurizer], reference: 
                 if not part.featureless:
                     out.thumb = first
             out.parts.append(part)
+            if progress is not None:
+                progress({"stage": "picture", "seconds": key.time, "duration": clip.duration})
         out.thumb = out.thumb or first
     if audio_feats and clip.has_audio:
         # its times are from its first sample: ``timecode`` puts that on the picture's timeline
         part = Prepared(media.Input(out.item.path, "audio"), timecode=clip.audio_offset)
-        _prepare_audio(part, audio_feats, reference, clip.soundtrack())
+        _prepare_audio(part, audio_feats, reference, clip.soundtrack(), progress)
         part.thumb = part.thumb_meta = None
         out.parts.append(part)
     reasons = [p.featureless for p in out.parts]

@@ -26,7 +26,7 @@ import json
 import logging
 import secrets
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -41,6 +41,7 @@ from starlette.routing import Route
 from scanner import __version__, ledger
 from scanner.errors import LikenessError
 from scanner.serve.auth import RateLimiter, Sessions, User, UserStore, check_name, check_role
+from scanner.serve.history import Entry, History
 from scanner.serve.worker import (Busy, CheckPool, Checked, Forbidden, NotMedia, PrivateTmp, ScannerHolder,
                                   Upload, open_in_roots, sanitise_name)
 
@@ -58,10 +59,10 @@ EVIDENCE_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; s
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 #: Largest JSON body accepted (``{"path": ...}``, decisions, users).
 MAX_JSON = 64 * 1024
-#: Checks a page keeps in its history (in memory: a restart empties it).
-HISTORY = 500
 #: Batch jobs kept (the oldest finished one goes first).
 MAX_JOBS = 200
+#: Seconds between a job's progress events for one stage of one file (each new stage is told at once).
+PROGRESS_EVERY = 0.5
 
 
 @dataclass
@@ -108,34 +109,6 @@ class ApiError(Exception):
 
 
 @dataclass
-class Entry:
-    """One check of this server, as the page's history shows it (memory only)."""
-
-    id: str
-    time: str
-    user: str
-    line: dict[str, Any]
-    thumb: bytes | None = None
-    seconds: float = 0.0
-    decision: dict[str, Any] | None = None
-
-    def public(self, run: dict[str, Any] | None) -> dict[str, Any]:
-        from scanner.report.words import plain_verdict
-
-        line = self.line
-        works = []
-        for m in line.get("matches") or []:
-            if m.get("work_id") not in [w["work_id"] for w in works]:
-                works.append({"work_id": m.get("work_id"), "title": m.get("title") or m.get("talent"),
-                              "rights_holder": m.get("rights_holder")})
-        return {"id": self.id, "time": self.time, "user": self.user, "name": line.get("path"),
-                "sha256": line.get("sha256"), "modality": line.get("modality"), "verdict": line.get("verdict"),
-                "reason": line.get("reason"), "score": line.get("score"), "works": works,
-                "plain": plain_verdict(line, run or {}), "decision": self.decision or line.get("decision"),
-                "seconds": self.seconds}
-
-
-@dataclass
 class Job:
     """A batch of files checked one after another; results stream to whoever listens."""
 
@@ -144,12 +117,42 @@ class Job:
     total: int
     created: str
     results: list[dict[str, Any]] = field(default_factory=list)
+    #: how far the file being checked has got (``file``, ``stage``, ``seconds``, ``duration``)
+    progress: dict[str, Any] | None = None
+    #: what the event stream sends, in order, from the start to every listener: ``(event, id, data)``
+    #: (progress at most every :data:`PROGRESS_EVERY` seconds, and at each new stage)
+    events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
     state: str = "queued"
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _told: float = 0.0
+
+    def signal(self) -> None:
+        """Wake whoever listens for this job's events."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def result(self, line: dict[str, Any], check_id: str | None) -> None:
+        """A file decided: its line, and its check in the history (None for a file not checked)."""
+        self.results.append(line)
+        self.progress = None
+        self.events.append(("result", check_id, line))
+        self.signal()
+
+    def progressed(self, progress: dict[str, Any]) -> None:
+        if self.state != "running" or len(self.results) >= self.total:
+            return
+        new_stage = self.progress is None or self.progress.get("stage") != progress.get("stage")
+        self.progress = progress
+        now = time.monotonic()
+        if new_stage or now - self._told >= PROGRESS_EVERY:
+            self._told = now
+            self.events.append(("progress", None, progress))
+            self.signal()
 
     def public(self, with_results: bool = True) -> dict[str, Any]:
         out = {"id": self.id, "state": self.state, "total": self.total, "done": len(self.results),
-               "created": self.created, "counts": dict(Counter(r.get("verdict") for r in self.results))}
+               "created": self.created, "counts": dict(Counter(r.get("verdict") for r in self.results)),
+               "progress": self.progress}
         if with_results:
             out["results"] = self.results
         return out
@@ -169,7 +172,7 @@ class Service:
         self.pool = CheckPool(self.holder, workers=config.workers, queue=config.queue,
                               thumbnails=config.thumbnails)
         self.roots = [Path(r).resolve() for r in config.allow_roots]
-        self.history: deque[Entry] = deque(maxlen=HISTORY)
+        self.history = History(config.state_dir)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.started = time.monotonic()
         self.first_check_s: float | None = None
@@ -238,10 +241,11 @@ class Service:
                 raise ApiError(503, f"the scanner could not start: {self.holder.error}")
             raise ApiError(503, "the scanner is still starting; retry shortly", {"Retry-After": "5"})
 
-    async def run_check(self, upload: Upload, user: User) -> tuple[Checked, Entry]:
+    async def run_check(self, upload: Upload, user: User, progress: Any = None) -> tuple[Checked, Entry]:
         """Check one upload in the pool (the caller admitted it). From this call on, the upload
         is closed and the place released when the check ends, whatever happens, even if the
-        client is gone by then (the pool's future does it, not the request)."""
+        client is gone by then (the pool's future does it, not the request). ``progress`` is
+        called from the pool's thread (see :meth:`CheckPool.submit`)."""
         submitted = False
         try:
             if upload.size == 0:
@@ -251,7 +255,7 @@ class Service:
             except NotMedia as exc:
                 raise ApiError(415, str(exc)) from None
             await self.ready()
-            future = self.pool.submit(upload, modality)
+            future = self.pool.submit(upload, modality, progress)
             submitted = True
         finally:
             if not submitted:
@@ -271,7 +275,7 @@ class Service:
             self.first_check_s = checked.seconds
         entry = Entry(secrets.token_hex(8), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       user.name, checked.line, checked.thumb, checked.seconds)
-        self.history.append(entry)
+        self.history.add(entry)
         LOG.info("check by %s: %s %s in %.3f s", user.name, checked.line.get("verdict"),
                  (checked.line.get("sha256") or "-")[:12], checked.seconds)
         return checked, entry
@@ -594,10 +598,10 @@ async def history(request: Request, svc: Service, user: User) -> Response:
 
 
 def _entry(svc: Service, entry_id: str) -> Entry:
-    for e in svc.history:
-        if e.id == entry_id:
-            return e
-    raise ApiError(404, "no such check in this server's history")
+    entry = svc.history.find(entry_id)
+    if entry is None:
+        raise ApiError(404, "no such check in this server's history")
+    return entry
 
 
 @api("viewer", limited=False)
@@ -653,7 +657,7 @@ async def decide(request: Request, svc: Service, user: User) -> Response:
     d = ledger.Decision(sha256, decision, user.name, why.strip(), works=concerned, index_id=index_id, path=path)
     d = await run_in_threadpool(ledger.append, svc.config.index_dir, d)
     if entry is not None:
-        entry.decision = {k: v for k, v in d.to_dict().items() if k not in ("sha256", "path")}
+        svc.history.decided(entry, {k: v for k, v in d.to_dict().items() if k not in ("sha256", "path")})
     LOG.info("decision by %s: %s on %s", user.name, decision, sha256[:12])
     return JSONResponse({"recorded": d.to_dict(), "ledger": str(ledger.ledger_path(svc.config.index_dir))})
 
@@ -740,8 +744,16 @@ async def _run_job(svc: Service, job: Job, uploads: list[Upload], user: User) ->
     """Check a job's files one after another, each waiting for a place in the pool (a job
     queues rather than fails); every upload is closed by the end, whatever happens."""
     job.state = "running"
+    loop = asyncio.get_running_loop()
+
+    def progress_of(name: str) -> Any:
+        def told(p: dict[str, Any]) -> None:  # from the pool's thread: hand it to the loop
+            loop.call_soon_threadsafe(job.progressed, {"file": name, **p})
+        return told
+
     try:
         for up in uploads:
+            check_id = None
             admitted = await run_in_threadpool(svc.pool.admit_wait, 600.0)
             if not admitted:
                 line = {"path": up.name, "sha256": None, "modality": None, "verdict": "error", "score": 0.0,
@@ -750,22 +762,20 @@ async def _run_job(svc: Service, job: Job, uploads: list[Upload], user: User) ->
                 up.close()
             else:
                 try:
-                    checked, _ = await svc.run_check(up, user)
-                    line = checked.line
+                    checked, entry = await svc.run_check(up, user, progress_of(up.name))
+                    line, check_id = checked.line, entry.id
                 except ApiError as exc:  # not media, empty: the job goes on, as a scan does
                     line = {"path": up.name, "sha256": None, "modality": None, "verdict": "error",
                             "score": 0.0, "reason": exc.message, "error": exc.message, "index_id": None,
                             "matches": []}
-            job.results.append(line)
-            job.changed.set()
-            job.changed = asyncio.Event()
+            job.result(line, check_id)
     except Exception:  # noqa: BLE001
         LOG.exception("job %s failed", job.id)
     finally:
         for up in uploads:
             up.close()
         job.state = "done"
-        job.changed.set()
+        job.signal()
 
 
 def _job(svc: Service, user: User, job_id: str) -> Job:
@@ -782,17 +792,21 @@ async def job_status(request: Request, svc: Service, user: User) -> Response:
 
 @api("viewer", limited=False)
 async def job_events(request: Request, svc: Service, user: User) -> Response:
-    """Server-sent events: one ``result`` event per file as it is decided, then ``done``."""
+    """Server-sent events: ``progress`` while a long file decodes (``file``, ``stage``: picture,
+    sound or judging, ``seconds``, ``duration``), one ``result`` per file as it is decided (the
+    result line; the event's id is the check's, for its evidence and decisions), then ``done``."""
     job = _job(svc, user, request.path_params["id"])
 
     async def stream() -> AsyncIterator[bytes]:
         sent = 0
         while True:
             waiter = job.changed
-            while sent < len(job.results):
-                yield f"event: result\ndata: {json.dumps(job.results[sent], ensure_ascii=False)}\n\n".encode()
+            while sent < len(job.events):
+                event, ident, data = job.events[sent]
+                head = f"id: {ident}\n" if ident else ""
+                yield f"event: {event}\n{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
                 sent += 1
-            if job.state == "done" and sent >= len(job.results):
+            if job.state == "done" and sent >= len(job.events):
                 yield f"event: done\ndata: {json.dumps(job.public(with_results=False))}\n\n".encode()
                 return
             with contextlib.suppress(asyncio.TimeoutError):

@@ -45,6 +45,9 @@ from scanner.results import Result
 
 LOG = logging.getLogger("likeness.serve")
 
+#: Checks waiting beyond the workers before a request is refused with 503 (the default).
+QUEUE = 32
+
 #: Longest file name kept of a client's (in bytes of UTF-8, as file systems count).
 MAX_NAME_BYTES = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -474,7 +477,8 @@ class CheckPool:
     ----------
     holder : the warm scanner
     workers : threads checking at once (default: the CPUs this process may use)
-    queue : checks waiting beyond those (default: twice ``workers``)
+    queue : checks waiting beyond those (default: ``QUEUE``, so that a pipeline's usual
+        handful of concurrent clients waits its turn rather than being refused)
     thumbnails : keep each flagged, review or licensed output's thumbnail in memory for the page
     """
 
@@ -482,7 +486,7 @@ class CheckPool:
                  thumbnails: bool = False):
         self.holder = holder
         self.workers = workers or max(1, len(os.sched_getaffinity(0)))
-        self.capacity = self.workers + (queue if queue is not None else 2 * self.workers)
+        self.capacity = self.workers + (queue if queue is not None else max(QUEUE, 2 * self.workers))
         self.thumbnails = thumbnails
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="likeness-check")
         self._admitted = 0
@@ -522,12 +526,14 @@ class CheckPool:
     def in_flight(self) -> int:
         return self._admitted
 
-    def submit(self, upload: Upload, modality: str) -> Any:
+    def submit(self, upload: Upload, modality: str, progress: Any = None) -> Any:
         """Check an upload in the pool; returns a future of :class:`Checked`. The caller
-        has admitted it and releases the place (and closes the upload) when the future is done."""
-        return self._executor.submit(self._check, upload, modality)
+        has admitted it and releases the place (and closes the upload) when the future is done.
+        ``progress`` (:data:`scanner.pipeline.prepare.Progress`) is told how decoding goes, then
+        ``{"stage": "judging"}``; it is called from the pool's thread."""
+        return self._executor.submit(self._check, upload, modality, progress)
 
-    def _check(self, upload: Upload, modality: str) -> Checked:
+    def _check(self, upload: Upload, modality: str, progress: Any = None) -> Checked:
         from scanner.pipeline import prepare_one
 
         t0 = time.perf_counter()
@@ -535,7 +541,9 @@ class CheckPool:
         with self.holder.acquire() as loaded:
             scanner = loaded.scanner
             path = upload.path()
-            prepared = prepare_one(media.Input(path, modality), scanner.featurizers)
+            prepared = prepare_one(media.Input(path, modality), scanner.featurizers, progress=progress)
+            if progress is not None and modality != "image":  # a picture is decoded in a blink
+                progress({"stage": "judging"})
             with loaded.judge_lock:
                 stamp = _ledger_stamp(self.holder.index_dir)
                 if stamp != loaded.ledger_stamp:  # a decision recorded since (here or by `likeness review`)

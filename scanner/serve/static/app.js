@@ -1,4 +1,5 @@
-// likeness serve: the page. Checks dropped files one request each (POST /v1/check), shows each
+// likeness serve: the page. Checks dropped files one request each (POST /v1/check; sound and video
+// as one-file jobs, for their progress), shows each
 // verdict in plain words with the report's evidence in a sandboxed frame, records decisions.
 // Every string from a file or a result goes in as text (textContent), never as markup.
 "use strict";
@@ -11,6 +12,39 @@
 
   function badge(el, verdict) { el.textContent = verdict; el.className = "v " + verdict; }
 
+  // Pictures: one request. Sound and video (long to decode): a one-file job whose event
+  // stream tells how far decoding has got, then brings the result.
+  const isLong = (file) => /^(audio|video)\//.test(file.type) ||
+    /\.(mp4|m4v|mov|mkv|webm|avi|mpe?g|ts|wav|flac|mp3|ogg|oga|opus|m4a|aac|aiff?)$/i.test(file.name);
+
+  function describe(p) {
+    if (p.stage === "judging") return "matching against the index…";
+    const what = p.stage === "picture" ? "pictures" : "sound";
+    const of = p.duration ? " of " + Math.round(p.duration) + " s" : "";
+    return "decoding " + what + ": " + Math.round(p.seconds) + " s" + of;
+  }
+
+  async function viaCheck(body) {
+    const answer = await fetch("/v1/check", {method: "POST", body: body, headers: headers(), credentials: "same-origin"});
+    return {ok: answer.ok, status: answer.status, id: answer.headers.get("X-Likeness-Check"), line: await answer.json()};
+  }
+
+  async function viaJob(body, status, tick) {
+    const answer = await fetch("/v1/jobs", {method: "POST", body: body, headers: headers(), credentials: "same-origin"});
+    const job = await answer.json();
+    if (!answer.ok) return {ok: false, status: answer.status, line: job};
+    return new Promise((resolve) => {
+      const events = new EventSource(job.events);  // same origin: the session cookie goes with it
+      events.addEventListener("progress", (ev) => { clearInterval(tick); status.textContent = describe(JSON.parse(ev.data)); });
+      events.addEventListener("result", (ev) => {
+        events.close();
+        const line = JSON.parse(ev.data);
+        resolve({ok: line.verdict !== "error" || !!ev.lastEventId, status: 200, id: ev.lastEventId || null, line: line});
+      });
+      events.onerror = () => { events.close(); resolve({ok: false, status: 0, line: {error: "the server's event stream broke off"}}); };
+    });
+  }
+
   async function checkOne(file) {
     const card = document.getElementById("card").content.firstElementChild.cloneNode(true);
     card.querySelector(".name").textContent = file.name;
@@ -21,21 +55,21 @@
     const tick = setInterval(() => { status.textContent = "checking… " + Math.round((Date.now() - t0) / 1000) + " s"; }, 500);
     const body = new FormData();
     body.append("file", file, file.name);
-    let answer, line;
+    let got;
     try {
-      answer = await fetch("/v1/check", {method: "POST", body: body, headers: headers(), credentials: "same-origin"});
-      line = await answer.json();
+      got = await (isLong(file) ? viaJob(body, status, tick) : viaCheck(body));
     } catch (e) {
-      line = {error: "the server could not be reached (" + e + ")"};
+      got = {ok: false, status: 0, line: {error: "the server could not be reached (" + e + ")"}};
     } finally { clearInterval(tick); }
     status.textContent = "";
-    if (!answer || !answer.ok) {
+    const line = got.line;
+    if (!got.ok) {
       badge(card.querySelector(".v"), "error");
-      card.querySelector(".plain").textContent = "Not checked: " + (line.error || answer.status);
+      card.querySelector(".plain").textContent = "Not checked: " + (line.error || got.status);
       card.dataset.verdict = "error";
       return;
     }
-    const id = answer.headers.get("X-Likeness-Check");
+    const id = got.id;
     card.dataset.verdict = line.verdict;
     card.dataset.check = id;
     badge(card.querySelector(".v"), line.verdict);
