@@ -8,8 +8,8 @@ Builds an index of synthetic pictures (``--works``; weight-free image-phash and 
 * ``p50_s``/``p95_s`` of one picture checked at a time (``--latency N`` checks, half copies);
 * ``clients`` x ``--per-client`` concurrent checks: errors, checks/s, and ``likeness scan``'s
   pictures/s on the same files, as many (``scan_ratio``: the server's rate over the scan's);
-* the server's RSS after each ``--rss-every`` checks of ``--rss-checks`` (growth from the first
-  sample to the last, in %).
+* the server's RSS, and its picture workers', after each ``--rss-every`` checks of
+  ``--rss-checks`` (growth of the two together from the first sample to the last, in %).
 
 Usage (``--index``/``--queries`` take an index already built, such as ``scan_throughput.py``'s)::
 
@@ -53,6 +53,21 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _tree_rss_kb(pid: int) -> tuple[int, int]:
+    """RSS of the server and of the picture workers it forked (their shared pages counted in each)."""
+    return _rss_kb(pid), sum(_rss_kb(c) for c in _children(pid))
 
 
 def main() -> None:
@@ -169,9 +184,13 @@ def main() -> None:
                 name, data = files[j % len(files)]
                 c.post("/v1/check", files={"file": (name, data)})
                 if (j + 1) % args.rss_every == 0:
-                    rss.append(_rss_kb(proc.pid))
-        out["rss_kb"] = rss
-        out["rss_growth_pct"] = round(100 * (rss[-1] - rss[0]) / rss[0], 2) if len(rss) > 1 else None
+                    rss.append(_tree_rss_kb(proc.pid))
+        out["rss_kb"] = [server for server, _ in rss]
+        out["workers_rss_kb"] = [workers for _, workers in rss]
+        total = [a + b for a, b in rss]
+        out["rss_growth_pct"] = round(100 * (total[-1] - total[0]) / total[0], 2) if len(rss) > 1 else None
+        out["server_rss_growth_pct"] = (round(100 * (rss[-1][0] - rss[0][0]) / rss[0][0], 2) if len(rss) > 1
+                                        else None)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

@@ -794,6 +794,9 @@ def serve_cmd(index: Path = IndexOpt,
                                                     "the CPUs)."),
               queue: Optional[int] = typer.Option(None, "--queue", min=0, help="Checks waiting beyond those "
                                                   "(503 beyond; default 32)."),
+              processes: Optional[int] = typer.Option(None, "--processes", min=0, help="Processes that check "
+                                                      "pictures, forked from the warm scanner (default: the CPUs; "
+                                                      "0: threads only)."),
               rate: float = typer.Option(600, "--rate", min=0, help="Requests a minute per token (429 beyond; "
                                          "0: no limit)."),
               thumbnails: bool = typer.Option(False, "--thumbnails", help="Show thumbnails of outputs that need a "
@@ -814,7 +817,8 @@ def serve_cmd(index: Path = IndexOpt,
         _fail(f"no index at {index} (build one with `likeness index build`)")
     _warn_blas()
     config = ServeConfig(index_dir=index, state_dir=_state(state), max_upload_bytes=int(max_upload_mb * 2 ** 20),
-                         workers=workers, queue=queue, rate_per_minute=rate, allow_roots=list(allow_root or []),
+                         workers=workers, queue=queue, processes=processes, rate_per_minute=rate,
+                         allow_roots=list(allow_root or []),
                          thumbnails=thumbnails, hmac_key=_key(hmac_key_file),
                          options=_options(None, clip_model, clip_pretrained, models_dir))
     scheme = "https" if tls_cert else "http"

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -302,6 +303,37 @@ def test_a_copy_is_flagged_an_unrelated_picture_clear_and_the_line_is_the_cli_s(
     assert r.status_code == 200 and r.json()["verdict"] == "clear" and r.json()["matches"] == []
 
 
+def test_pictures_are_checked_in_forked_workers_and_one_that_crashes_its_worker_costs_one_error_line(
+        index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scanner.pipeline
+
+    real = scanner.pipeline.prepare_one
+
+    def crashing(item, featurizers, reference=False, progress=None):  # as a segfaulting C decoder would
+        with Image.open(item.path) as im:
+            if im.size == (17, 17):
+                os._exit(139)
+        return real(item, featurizers, reference, progress)
+
+    monkeypatch.setattr(scanner.pipeline, "prepare_one", crashing)  # before the workers fork: they inherit it
+    with start(index, tmp_path / "state") as srv:
+        loaded = srv.svc.holder._current
+        assert loaded.procs is not None and loaded.n_procs >= 1
+        assert srv.check(copy_bytes(2)).json()["verdict"] == "flagged"
+        r = srv.check(_png(Image.new("RGB", (17, 17), "red")), "crash.png")
+        assert r.status_code == 200
+        line = r.json()
+        assert line["verdict"] == "error" and "crashed" in line["error"] and line["path"] == "crash.png"
+        assert line["sha256"] and len(line["sha256"]) == 64
+        # the next pictures are checked as before, by workers forked anew
+        assert srv.check(copy_bytes(3)).json()["verdict"] == "flagged"
+        assert srv.check(unrelated_bytes(977)).json()["verdict"] == "clear"
+    with start(index, tmp_path / "state-threads", processes=0) as srv:
+        assert srv.svc.holder._current.procs is None  # threads only, when asked
+        assert srv.check(copy_bytes(2)).json()["verdict"] == "flagged"
+        assert srv.check(unrelated_bytes(977)).json()["verdict"] == "clear"
+
+
 def test_bad_input_gets_clear_errors_with_the_issue_s_status_codes(server: Server) -> None:
     c, h = server.client, server.auth("viewer")
     r = c.post("/v1/check", content=b"hello", headers={**h, "Content-Type": "text/plain"})
@@ -375,7 +407,6 @@ def test_a_decision_on_the_page_goes_to_the_ledger_with_the_user_and_later_check
 
 def test_the_history_and_its_decisions_survive_a_restart_and_hold_nothing_of_the_outputs(
         index: Path, tmp_path: Path) -> None:
-    import shutil
     import stat
 
     own = tmp_path / "index"
@@ -720,3 +751,52 @@ def test_real_server_on_loopback_killed_mid_check_keeps_nothing_and_serves_a_bou
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make a test certificate")
+def test_over_tls_the_api_answers_plain_http_does_not_and_the_session_cookie_is_secure(
+        index: Path, tmp_path: Path) -> None:
+    import re
+    import ssl
+
+    import httpx
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    state = tmp_path / "state"
+    token = UserStore(state).add("pipeline", "viewer")[1]
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "serve", "--index", str(index), "--state",
+                             str(state), "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key),
+                             "--processes", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline, ready = time.monotonic() + 60, False
+        while time.monotonic() < deadline and not ready:
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(base + "/healthz", verify=trust, timeout=2).json()["ready"]
+            time.sleep(0.1)
+        assert ready, "the server never answered over TLS"
+        with httpx.Client(base_url=base, verify=trust, timeout=30) as c:
+            r = c.post("/v1/check", files={"file": ("c.png", copy_bytes(1))},
+                       headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and r.json()["verdict"] == "flagged"
+            form = c.get("/signin")
+            pre = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+            assert "secure" in form.headers["set-cookie"].lower()
+            r = c.post("/signin", data={"token": token, "csrf": pre}, follow_redirects=False)
+            assert r.status_code == 303
+            session = [v for k, v in r.headers.multi_items() if k == "set-cookie" and SESSION_COOKIE in v][0]
+            assert "secure" in session.lower() and "httponly" in session.lower()
+        with pytest.raises(httpx.HTTPError):  # plain HTTP on the TLS port gets no answer
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
+        with pytest.raises(httpx.ConnectError):  # nor does a client that does not trust the certificate
+            httpx.get(base + "/healthz", timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

@@ -248,8 +248,16 @@ def test_a_scan_forks_its_decode_workers_with_image_sscd_and_judges_as_threads_w
                                                                   for m in r["matches"]])
                 for r in read_results(out / "results.jsonl")}
 
-    # the parent has used its session before the workers fork: theirs are their own
-    make("image-sscd", model="distilled").embed([np.zeros((sscd.SIDE, sscd.SIDE, 3), np.uint8)])
+    # the parent has used the very session the workers inherit: theirs are their own (dropping the
+    # inherited one in a worker would wait forever for its threads, which stayed in the parent)
+    real_init = scan_mod.Scanner.__init__
+
+    def warmed(self, *a, **k):
+        real_init(self, *a, **k)
+        for f in self.featurizers:
+            if f.name == "image-sscd":
+                f.embed([np.zeros((sscd.SIDE, sscd.SIDE, 3), np.uint8)])
+    monkeypatch.setattr(scan_mod.Scanner, "__init__", warmed)
     scan([outs], index, out_dir=tmp_path / "forked", thumbnails=False)
     forked = lines(tmp_path / "forked")
     monkeypatch.setattr(scan_mod, "forks", lambda featurizers: False)

@@ -85,6 +85,10 @@ def model_file(model: str) -> Path:
     return path
 
 
+#: Sessions a forked worker inherited from its parent (see :meth:`SSCD.forked`).
+_INHERITED: list[Any] = []
+
+
 class SSCD(Featurizer):
     """SSCD descriptors through onnxruntime.
 
@@ -180,6 +184,10 @@ class SSCD(Featurizer):
     def forked(self) -> None:
         """In a forked worker: the parent's session (if it loaded one) is left unused, its
         threads did not cross the fork; the worker loads its own, on one thread."""
+        if self._session is not None:
+            # kept, never destroyed here: its destructor would wait for the threads of its pool,
+            # which stayed in the parent (a worker forked after the parent ran the model hangs)
+            _INHERITED.append(self._session)
         self._session, self._lock, self.threads = None, threading.Lock(), 1
 
     def get_params(self) -> dict[str, Any]:

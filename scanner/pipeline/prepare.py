@@ -191,13 +191,24 @@ def forks(featurizers: Sequence[Featurizer]) -> bool:
 
 
 def _worker_start(parent: int, judge: bool) -> None:
-    """Decode worker start-up: go when the scan process goes, even by ``kill -9``;
+    """Decode worker start-up (:func:`start_worker` with the featurizers it was forked with)."""
+    start_worker(parent, (*_FORKED_FEATURIZERS, *getattr(_FORKED_SCANNER, "featurizers", ())), judge)
+
+
+def start_worker(parent: int, featurizers: Sequence[Featurizer], judge: bool) -> None:
+    """Start-up of a freshly forked worker: go when the parent goes, even by ``kill -9``;
     BLAS, a judging worker's searches and each featurizer's model run on one thread
     (its siblings hold the other cores; :meth:`Featurizer.forked`).
 
     Otherwise a killed scan leaves its workers behind, holding memory and the
     terminal's pipes, waiting forever for work. Linux sends the worker SIGKILL
     when its parent dies (``PR_SET_PDEATHSIG``); elsewhere nothing is set up.
+
+    Parameters
+    ----------
+    parent : the forking process's id
+    featurizers : those the worker runs (each told it was forked)
+    judge : whether the worker also searches the index
     """
     import ctypes
     import signal
@@ -206,7 +217,7 @@ def _worker_start(parent: int, judge: bool) -> None:
 
     # each worker works on its own pictures: BLAS threads would only spin between their small products
     blas.limit_threads(1)
-    for feat in {id(f): f for f in (*_FORKED_FEATURIZERS, *getattr(_FORKED_SCANNER, "featurizers", ()))}.values():
+    for feat in {id(f): f for f in featurizers}.values():
         feat.forked()
     if judge:
         # one thread also keeps faiss's OpenMP off a thread team inherited from the parent;

@@ -75,6 +75,8 @@ class ServeConfig:
     state_dir : users, and ``tmp/`` for uploads (0700)
     max_upload_bytes : largest file accepted (413 beyond)
     workers, queue : checks running at once, and waiting beyond those (503 beyond)
+    processes : processes forked from the opened scanner that check pictures (default: the
+        CPUs, where every feature may be forked and no GPU is in use; 0: threads only)
     rate_per_minute, rate_burst : requests per token (429 beyond); 0 turns limiting off
     allow_roots : folders whose files ``{"path": ...}`` may name (none: checking by path is off)
     thumbnails : keep flagged/review/licensed outputs' thumbnails in memory for the page's
@@ -88,6 +90,7 @@ class ServeConfig:
     max_upload_bytes: int = 512 * 1024 * 1024
     workers: int | None = None
     queue: int | None = None
+    processes: int | None = None
     rate_per_minute: float = 600.0
     rate_burst: int | None = None
     allow_roots: list[Path] = field(default_factory=list)
@@ -168,7 +171,7 @@ class Service:
         self.limiter = RateLimiter(config.rate_per_minute, config.rate_burst)
         self.tmp = PrivateTmp(Path(config.state_dir) / "tmp")
         self.holder = ScannerHolder(config.index_dir, options=config.options, hmac_key=config.hmac_key,
-                                    warm=config.warm)
+                                    warm=config.warm, processes=config.processes)
         self.pool = CheckPool(self.holder, workers=config.workers, queue=config.queue,
                               thumbnails=config.thumbnails)
         self.roots = [Path(r).resolve() for r in config.allow_roots]

@@ -17,11 +17,18 @@ opened again when ``likeness index add`` swaps a new index in, and checks in
 flight finish on the one they started with.
 
 Checks (:class:`CheckPool`) run in a bounded pool of threads, off the event
-loop: decoding and featurizing run in parallel (Pillow, OpenCV and numpy
-release the GIL), judging (index search, geometric verification, policy)
-runs one at a time per scanner, since the judges keep search state; a
-request beyond the pool's workers plus its queue is refused with 503 at
-once (back-pressure), before its upload is read.
+loop; a request beyond the pool's workers plus its queue is refused with 503
+at once (back-pressure), before its upload is read. Pictures are checked in
+processes forked from the opened, warm scanner (as a scan's decode workers
+are, where every feature may be forked and no GPU is in use): each decodes,
+describes, searches and verifies its own picture on one core, the index's
+memory-mapped files shared, none waiting on another's GIL; it reads the upload
+through the server's own descriptor (``/proc/PID/fd/N``), so nothing is
+copied. A decoder that kills its process costs that picture an error line,
+and the workers are forked anew. Sound and video are checked in the server's
+threads (their progress is reported as they decode): decoding and featurizing
+in parallel, judging one at a time per scanner, since the judges keep search
+state.
 """
 
 from __future__ import annotations
@@ -274,7 +281,8 @@ def open_in_roots(path: str, roots: list[Path]) -> tuple[int, str]:
 
 @dataclass
 class Loaded:
-    """One opened scanner with the lock its judges need and how many checks hold it."""
+    """One opened scanner with the lock its judges need and how many checks hold it, and
+    the processes forked from it that check pictures (``None``: every check in threads)."""
 
     scanner: Any
     stamp: tuple[int, int]
@@ -282,6 +290,85 @@ class Loaded:
     users: int = 0
     retired: bool = False
     ledger_stamp: tuple[int, int, int] | None = None
+    procs: Any = None
+    n_procs: int = 0
+    procs_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close(self) -> None:
+        if self.procs is not None:
+            self.procs.shutdown(wait=False, cancel_futures=True)
+        self.scanner.close()
+
+
+#: The scanner forked picture workers check with, and the index folder whose ledger they follow
+#: (set in the server just before it forks them; each child keeps its own copy).
+_FORKED: tuple[Any, Path] | None = None
+_FORKED_LEDGER: list[Any] = [None]
+_FORK_LOCK = threading.Lock()
+_FORKER: ThreadPoolExecutor | None = None
+
+
+def _in_forker(fn: Any) -> Any:
+    """Run ``fn`` in the one thread that forks picture workers, which lives as long as the
+    server: a worker is killed when the *thread* that forked it ends (``PR_SET_PDEATHSIG``
+    follows the thread), so neither the thread that opens the index nor a pool thread may."""
+    global _FORKER
+    with _FORK_LOCK:
+        if _FORKER is None:
+            _FORKER = ThreadPoolExecutor(1, thread_name_prefix="likeness-forker")
+        forker = _FORKER
+    return forker.submit(fn).result()
+
+
+def warm_scanner(scanner: Any, judge_lock: Any = None) -> None:
+    """Check one made-up picture so that every model and lazily read file is loaded now,
+    not in a client's check (the picture is made here, in a private folder; nothing is kept)."""
+    import io
+
+    from scanner.demo import synthetic_picture
+    from scanner.pipeline import prepare_one
+
+    if not any(f.modality == "image" for f in scanner.featurizers):
+        return
+    buf = io.BytesIO()
+    synthetic_picture(12345).save(buf, "PNG")
+    tmp = PrivateTmp.__new__(PrivateTmp)
+    tmp.path = Path(tempfile.mkdtemp(prefix="likeness-warm-"))
+    try:
+        with Upload(tmp, "warm.png") as up:
+            up.write(buf.getvalue())
+            p = prepare_one(media.Input(up.path(), "image"), scanner.featurizers)
+            with judge_lock or contextlib.nullcontext():
+                scanner.judge([p])
+    except Exception as exc:  # noqa: BLE001 - warming is a courtesy: a failure shows in the first check
+        LOG.warning("warming the scanner failed: %s", type(exc).__name__)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(tmp.path)
+
+
+def _procs_start(parent: int) -> None:
+    """A forked picture worker starts: what a scan's decode worker does (go with the server,
+    one thread for BLAS, searches and models), then its own models loaded and warm."""
+    from scanner.pipeline import prepare
+
+    assert _FORKED is not None
+    scanner = _FORKED[0]
+    prepare.start_worker(parent, scanner.featurizers, judge=True)
+    warm_scanner(scanner)
+
+
+def _check_picture(path: str) -> Result:
+    """In a forked worker: check one picture, by the private link to the server's upload
+    (the worker reads the server's open file; nothing is copied), honouring the ledger as it is now."""
+    from scanner.pipeline import prepare_one
+
+    assert _FORKED is not None
+    scanner, index_dir = _FORKED
+    stamp = _ledger_stamp(index_dir)
+    if stamp != _FORKED_LEDGER[0]:
+        scanner.decisions, _FORKED_LEDGER[0] = ledger.load(index_dir), stamp
+    return scanner.judge([prepare_one(media.Input(Path(path), "image"), scanner.featurizers)])[0]
 
 
 def _index_stamp(index_dir: Path) -> tuple[int, int]:
@@ -310,9 +397,10 @@ class ScannerHolder:
     """
 
     def __init__(self, index_dir: str | Path, *, options: Any = None, hmac_key: bytes | None = None,
-                 warm: bool = True):
+                 warm: bool = True, processes: int | None = None):
         self.index_dir = Path(index_dir)
         self.options, self.hmac_key, self.warm = options, hmac_key, warm
+        self.processes = processes
         self.state = "starting"
         self.error: str | None = None
         self.started = time.monotonic()
@@ -338,36 +426,59 @@ class ScannerHolder:
         stamp = _index_stamp(self.index_dir)
         scanner = Scanner(self.index_dir, options=self.options, hmac_key=self.hmac_key)
         loaded = Loaded(scanner, stamp, ledger_stamp=_ledger_stamp(self.index_dir))
+        t0 = time.perf_counter()
         if self.warm:
-            t0 = time.perf_counter()
-            self._warm(loaded)
+            warm_scanner(scanner, loaded.judge_lock)
+        try:
+            self._fork(loaded)
+        except Exception:
+            loaded.close()
+            raise
+        if self.warm:
             self.warm_seconds = round(time.perf_counter() - t0, 3)
         return loaded
 
-    def _warm(self, loaded: Loaded) -> None:
-        """Check one made-up picture so every model and lazily read file is loaded now, not
-        in the first client's check (the picture is made here; nothing is kept)."""
-        from scanner.demo import synthetic_picture
-        from scanner.pipeline import prepare_one
+    def forks(self, scanner: Any) -> int:
+        """How many processes to fork for pictures: ``processes`` (default: the CPUs) where every
+        image featurizer may be forked and no GPU is in use, as a scan's decode workers; else 0
+        (sound and video are checked in threads whatever their featurizers)."""
+        from scanner import search
+        from scanner.pipeline import forks
 
-        import io
+        images = [f for f in scanner.featurizers if f.modality == "image"]
+        if self.processes == 0 or not images or not forks(images) or search.may_use_gpu(scanner.options.device):
+            return 0
+        return self.processes or max(1, len(os.sched_getaffinity(0)))
 
-        buf = io.BytesIO()
-        synthetic_picture(12345).save(buf, "PNG")
-        tmp = PrivateTmp.__new__(PrivateTmp)
-        tmp.path = Path(tempfile.mkdtemp(prefix="likeness-warm-"))
-        try:
-            with Upload(tmp, "warm.png") as up:
-                up.write(buf.getvalue())
-                if any(f.modality == "image" for f in loaded.scanner.featurizers):
-                    p = prepare_one(media.Input(up.path(), "image"), loaded.scanner.featurizers)
-                    with loaded.judge_lock:
-                        loaded.scanner.judge([p])
-        except Exception as exc:  # noqa: BLE001 - warming is a courtesy: a failure shows in the first check
-            LOG.warning("warming the scanner failed: %s", type(exc).__name__)
-        finally:
-            with contextlib.suppress(OSError):
-                os.rmdir(tmp.path)
+    def _fork(self, loaded: Loaded) -> None:
+        """Fork the picture workers from this scanner now (opened and warm: its memory-mapped index
+        is shared), each warming its own models before it takes a check."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        n = self.forks(loaded.scanner)
+        if not n:
+            return
+
+        def fork() -> None:
+            global _FORKED
+            _FORKED = (loaded.scanner, self.index_dir)
+            loaded.procs = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
+                                               initializer=_procs_start, initargs=(os.getpid(),))
+            loaded.n_procs = n
+            # the fork start method starts every worker at the first task: now, not in a client's check
+            loaded.procs.submit(os.getpid).result()
+
+        _in_forker(fork)
+
+    def refork(self, loaded: Loaded) -> None:
+        """A picture worker died (a decoder crashed it): the pool is broken; fork a new one."""
+        with loaded.procs_lock:
+            old = loaded.procs
+            if old is None or not getattr(old, "_broken", False):
+                return
+            old.shutdown(wait=False, cancel_futures=True)
+            self._fork(loaded)
 
     def _first_load(self) -> None:
         try:
@@ -419,7 +530,7 @@ class ScannerHolder:
             self.reloads += 1
             LOG.info("index reloaded: %s", new.scanner.index.index_id)
             if old is not None and close_now:
-                old.scanner.close()
+                old.close()
             return True
         finally:
             self._reloading.release()
@@ -439,7 +550,7 @@ class ScannerHolder:
                 loaded.users -= 1
                 close = loaded.retired and loaded.users == 0
             if close:
-                loaded.scanner.close()
+                loaded.close()
 
     def describe(self) -> dict[str, Any] | None:
         """The current scanner's provenance (index id, works, features, thresholds), or ``None``; the
@@ -454,7 +565,7 @@ class ScannerHolder:
         with self._lock:
             loaded, self._current = self._current, None
         if loaded is not None:
-            loaded.scanner.close()
+            loaded.close()
 
 
 # --- the pool ---------------------------------------------------------------------------------
@@ -541,14 +652,16 @@ class CheckPool:
         with self.holder.acquire() as loaded:
             scanner = loaded.scanner
             path = upload.path()
-            prepared = prepare_one(media.Input(path, modality), scanner.featurizers, progress=progress)
-            if progress is not None and modality != "image":  # a picture is decoded in a blink
-                progress({"stage": "judging"})
-            with loaded.judge_lock:
-                stamp = _ledger_stamp(self.holder.index_dir)
-                if stamp != loaded.ledger_stamp:  # a decision recorded since (here or by `likeness review`)
-                    scanner.decisions, loaded.ledger_stamp = ledger.load(self.holder.index_dir), stamp
-                result = scanner.judge([prepared])[0]
+            result = self._forked(loaded, path) if modality == "image" and loaded.procs is not None else None
+            if result is None:
+                prepared = prepare_one(media.Input(path, modality), scanner.featurizers, progress=progress)
+                if progress is not None and modality != "image":  # a picture is decoded in a blink
+                    progress({"stage": "judging"})
+                with loaded.judge_lock:
+                    stamp = _ledger_stamp(self.holder.index_dir)
+                    if stamp != loaded.ledger_stamp:  # a decision recorded since (here or by `likeness review`)
+                        scanner.decisions, loaded.ledger_stamp = ledger.load(self.holder.index_dir), stamp
+                    result = scanner.judge([prepared])[0]
             # the line names the client's file, never the private link it was read through
             result.path = upload.name
             for attr in ("reason", "error"):
@@ -560,6 +673,27 @@ class CheckPool:
             if self.thumbnails and line["verdict"] in ("flagged", "review", "licensed"):
                 thumb = _thumbnail(line, path)
         return Checked(result, line, thumb, round(time.perf_counter() - t0, 4))
+
+    def _forked(self, loaded: Loaded, path: Path) -> Result | None:
+        """Check a picture in one of the processes forked from the scanner (every core checks,
+        none waits on another's GIL); ``None`` to check it here instead (the pool was shut down
+        by a reload). A picture whose decoder kills its process gets an error line, and the
+        pool is forked again for the next."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from scanner.features.prepared import Prepared
+
+        try:
+            return loaded.procs.submit(_check_picture, str(path)).result()
+        except BrokenProcessPool:
+            LOG.error("a picture worker died during a check; forking new ones")
+            self.holder.refork(loaded)
+            failed = Prepared(media.Input(path, "image"), error="the decoder crashed on this file")
+            failed.sha256 = media.sha256_file(path)
+            with loaded.judge_lock:
+                return loaded.scanner.judge([failed])[0]
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            return None
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
