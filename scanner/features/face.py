@@ -201,6 +201,16 @@ class Face(Featurizer):
         return 128
 
     @property
+    def forkable(self) -> bool:
+        """dlib's models are loaded per thread and per process (:class:`_Models`): a forked
+        decode worker loads its own; not where dlib runs on CUDA (a GPU context must not be forked)."""
+        try:
+            import dlib
+        except ImportError:
+            return True  # nothing loaded, nothing to fork; prepare names what is missing
+        return not getattr(dlib, "DLIB_USE_CUDA", False)
+
+    @property
     def model_id(self) -> str:
         folder = model_dir()
         if folder is None:
