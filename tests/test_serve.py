@@ -334,6 +334,25 @@ def test_pictures_are_checked_in_forked_workers_and_one_that_crashes_its_worker_
         assert srv.check(unrelated_bytes(977)).json()["verdict"] == "clear"
 
 
+def test_the_logs_carry_no_token_no_file_name_and_no_content(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    data = copy_bytes(1)
+    assert server.check(data, "secret-campaign-frame.png").json()["verdict"] == "flagged"
+    c, csrf = _sign_in(server, "admin")
+    r = c.post("/v1/users", json={"name": "new-person", "role": "viewer"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 201
+    new_token = r.json()["token"]
+    assert server.client.get("/v1/me", headers={"Authorization": "Bearer lk_wrong-token-xyz"}).status_code == 401
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert "check by viewer-person: flagged" in text  # the log is there, and says who and what
+    for secret in (*server.tokens.values(), new_token, "lk_wrong-token-xyz", "secret-campaign-frame"):
+        assert secret not in text, secret
+    assert repr(data[:32])[2:-1] not in text and "PNG" not in text
+    server.svc.users.remove("new-person")
+
+
 def test_bad_input_gets_clear_errors_with_the_issue_s_status_codes(server: Server) -> None:
     c, h = server.client, server.auth("viewer")
     r = c.post("/v1/check", content=b"hello", headers={**h, "Content-Type": "text/plain"})
@@ -713,8 +732,8 @@ def test_real_server_on_loopback_killed_mid_check_keeps_nothing_and_serves_a_bou
         for t in threads:
             t.join(120)
         assert codes == [200] * 24
-        # now a large upload, and the server killed while it is held
-        big = _png(synthetic_picture(77, size=(2400, 1800)))
+        # now a large picture, and the server killed while it checks it
+        big = _png(synthetic_picture(77, size=(3200, 2400)))
         got: dict[str, Any] = {}
 
         def upload() -> None:
@@ -727,20 +746,23 @@ def test_real_server_on_loopback_killed_mid_check_keeps_nothing_and_serves_a_bou
         t.start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and "r" not in got and "error" not in got:
-            # the moment the server holds it: a descriptor on a nameless file in the private folder
-            held = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")
-                    if os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith(str(state / "tmp"))]
-            if held:
-                got["held"] = held
+            # the check has begun once its decoders' link to the upload exists (the upload is whole
+            # by then); the server holds the content only as a descriptor on a nameless file
+            links = [p for p in (state / "tmp").iterdir() if p.is_symlink()]
+            if links:
+                got["links"] = [os.readlink(p) for p in links]
+                got["held"] = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")
+                               if os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith(str(state / "tmp"))]
                 break
             time.sleep(0.002)
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the server and its picture workers
         proc.wait(10)
         t.join(30)
-        # caught in the act on an idle machine; on a loaded one the check may have ended first
-        if "held" in got:
-            assert all(h.endswith("(deleted)") for h in got["held"]), got["held"]
-        print("held at kill:", got.get("held"), "answer:", got.get("r") or got.get("error"))
+        # caught mid-check on an idle machine; on a loaded one the check may have ended first
+        if "links" in got:
+            assert got["held"] and all(h.endswith("(deleted)") for h in got["held"]), got["held"]
+            assert all(link.startswith(f"/proc/{proc.pid}/fd/") for link in got["links"]), got["links"]
+        print("mid-check at kill:", got.get("links"), got.get("held"), "answer:", got.get("r") or got.get("error"))
         # no content anywhere: at most a dangling link (swept at the next start), never a file
         left = list((state / "tmp").iterdir())
         assert all(p.is_symlink() and not p.exists() for p in left), left

@@ -9,13 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from scanner.errors import ParameterError
-from scanner.features.base import Featurizer
+from scanner.features.base import WEIGHT_FREE as WEIGHT_FREE, Featurizer
 
 #: Every featurizer name likeness knows, in the order reports list them.
 NAMES = ("image-phash", "image-local", "image-sscd", "image-clip", "image-face", "audio-fingerprint",
          "audio-melody", "audio-voice")
-#: Those that need no downloaded weights.
-WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody")
 #: Dense features whose distances are read against each query's neighbourhood in the index
 #: (a learned copy descriptor: :mod:`scanner.match.dense`).
 QUERY_ADAPTIVE = frozenset({"image-sscd"})

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from scanner.media import Audio, AudioChunk
 
 
+#: Featurizers that need no downloaded weights (:mod:`scanner.features` exports it).
+WEIGHT_FREE = ("image-phash", "image-local", "audio-fingerprint", "audio-melody")
+
+
 class Featurizer(ABC):
     """Base class of all featurizers.
 
@@ -82,8 +86,6 @@ class Featurizer(ABC):
         """Whether decode workers may be forked processes with this featurizer in them: true
         for the weight-free ones; a featurizer with a model says so itself when each forked
         worker loads its own copy (:meth:`forked`) and no accelerator is in use."""
-        from scanner.features import WEIGHT_FREE
-
         return self.name in WEIGHT_FREE
 
     def forked(self) -> None:
