@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -320,7 +321,12 @@ def test_pictures_are_checked_in_forked_workers_and_one_that_crashes_its_worker_
         loaded = srv.svc.holder._current
         assert loaded.procs is not None and loaded.n_procs >= 1
         assert srv.check(copy_bytes(2)).json()["verdict"] == "flagged"
-        r = srv.check(_png(Image.new("RGB", (17, 17), "red")), "crash.png")
+        # a picture checked beside the one that crashes may lose its worker too: it is tried again
+        crash_png, ok_png = _png(Image.new("RGB", (17, 17), "red")), copy_bytes(4)
+        with ThreadPoolExecutor(2) as ex:
+            crashed, beside = ex.map(lambda a: srv.check(a[0], a[1]), [(crash_png, "crash.png"), (ok_png, "ok.png")])
+        assert beside.status_code == 200 and beside.json()["verdict"] == "flagged", beside.json()
+        r = crashed
         assert r.status_code == 200
         line = r.json()
         assert line["verdict"] == "error" and "crashed" in line["error"] and line["path"] == "crash.png"

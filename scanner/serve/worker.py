@@ -600,6 +600,7 @@ class CheckPool:
         self.capacity = self.workers + (queue if queue is not None else max(QUEUE, 2 * self.workers))
         self.thumbnails = thumbnails
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="likeness-check")
+        self._retry_lock = threading.Lock()
         self._admitted = 0
         self._lock = threading.Lock()
         self.done = 0
@@ -677,23 +678,35 @@ class CheckPool:
     def _forked(self, loaded: Loaded, path: Path) -> Result | None:
         """Check a picture in one of the processes forked from the scanner (every core checks,
         none waits on another's GIL); ``None`` to check it here instead (the pool was shut down
-        by a reload). A picture whose decoder kills its process gets an error line, and the
-        pool is forked again for the next."""
+        by a reload). When a worker dies, the pool is forked again and the picture tried once
+        more there (the one that died may have been another's: a broken pool fails every check
+        in it); a picture whose second try kills a worker too gets an error line."""
         from concurrent.futures.process import BrokenProcessPool
 
         from scanner.features.prepared import Prepared
 
-        try:
-            return loaded.procs.submit(_check_picture, str(path)).result()
-        except BrokenProcessPool:
-            LOG.error("a picture worker died during a check; forking new ones")
-            self.holder.refork(loaded)
-            failed = Prepared(media.Input(path, "image"), error="the decoder crashed on this file")
-            failed.sha256 = media.sha256_file(path)
-            with loaded.judge_lock:
-                return loaded.scanner.judge([failed])[0]
-        except RuntimeError:  # "cannot schedule new futures after shutdown"
-            return None
+        def attempt() -> Result | None | bool:
+            try:
+                return loaded.procs.submit(_check_picture, str(path)).result()
+            except BrokenProcessPool:
+                LOG.error("a picture worker died during a check; forking new ones")
+                self.holder.refork(loaded)
+                return False
+            except RuntimeError:  # "cannot schedule new futures after shutdown"
+                return None
+
+        result = attempt()
+        if result is False:
+            # second tries one at a time, each with the pool it broke forked anew before the next
+            # starts: a crasher's second try cannot take an innocent's down
+            with self._retry_lock:
+                result = attempt()
+        if result is not False:
+            return result
+        failed = Prepared(media.Input(path, "image"), error="the decoder crashed on this file")
+        failed.sha256 = media.sha256_file(path)
+        with loaded.judge_lock:
+            return loaded.scanner.judge([failed])[0]
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
