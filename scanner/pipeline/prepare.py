@@ -190,6 +190,21 @@ def forks(featurizers: Sequence[Featurizer]) -> bool:
     return hasattr(os, "fork") and all(f.forkable for f in featurizers)
 
 
+def before_fork() -> None:
+    """Collect this process's garbage now, before workers are forked from it.
+
+    A forked worker must never destroy what it inherited from a model's runtime:
+    an onnxruntime session's destructor waits for the threads of its pool, and
+    those stayed in the parent, so a worker whose garbage collector meets a
+    parent's unreachable session (a reference cycle not yet collected) hangs for
+    ever. Collected here, where its threads are; :func:`start_worker` then
+    freezes what the worker inherited (:func:`gc.freeze`).
+    """
+    import gc
+
+    gc.collect()
+
+
 def _worker_start(parent: int, judge: bool) -> None:
     """Decode worker start-up (:func:`start_worker` with the featurizers it was forked with)."""
     start_worker(parent, (*_FORKED_FEATURIZERS, *getattr(_FORKED_SCANNER, "featurizers", ())), judge)
@@ -211,9 +226,13 @@ def start_worker(parent: int, featurizers: Sequence[Featurizer], judge: bool) ->
     judge : whether the worker also searches the index
     """
     import ctypes
+    import gc
     import signal
 
     from scanner import blas
+
+    # what the worker inherited is never collected here (see before_fork); also spares its memory pages
+    gc.freeze()
 
     # each worker works on its own pictures: BLAS threads would only spin between their small products
     blas.limit_threads(1)
@@ -275,6 +294,7 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
         chunk, args = 16, (None, reference, judge is not None)
 
         def new_pool() -> Any:
+            before_fork()
             return ProcessPoolExecutor(workers or cpus, mp_context=context, initializer=_worker_start,
                                        initargs=(os.getpid(), judge is not None))
     else:

@@ -462,6 +462,9 @@ class ScannerHolder:
 
         def fork() -> None:
             global _FORKED
+            from scanner.pipeline import prepare
+
+            prepare.before_fork()
             _FORKED = (loaded.scanner, self.index_dir)
             loaded.procs = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
                                                initializer=_procs_start, initargs=(os.getpid(),))
