@@ -365,9 +365,7 @@ def _check_picture(path: str) -> Result:
 
     assert _FORKED is not None
     scanner, index_dir = _FORKED
-    stamp = _ledger_stamp(index_dir)
-    if stamp != _FORKED_LEDGER[0]:
-        scanner.decisions, _FORKED_LEDGER[0] = ledger.load(index_dir), stamp
+    _FORKED_LEDGER[0] = _follow_ledger(scanner, index_dir, _FORKED_LEDGER[0])
     return scanner.judge([prepare_one(media.Input(Path(path), "image"), scanner.featurizers)])[0]
 
 
@@ -383,6 +381,15 @@ def _ledger_stamp(index_dir: Path) -> tuple[int, int, int]:
         return st.st_ino, st.st_size, st.st_mtime_ns
     except FileNotFoundError:
         return 0, 0, 0
+
+
+def _follow_ledger(scanner: Any, index_dir: Path, seen: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """Load the scanner's decisions again when the ledger changed since ``seen`` (a decision
+    recorded here or by ``likeness review``); returns the ledger's stamp now."""
+    stamp = _ledger_stamp(index_dir)
+    if stamp != seen:
+        scanner.decisions = ledger.load(index_dir)
+    return stamp
 
 
 class ScannerHolder:
@@ -474,13 +481,13 @@ class ScannerHolder:
 
         _in_forker(fork)
 
-    def refork(self, loaded: Loaded) -> None:
-        """A picture worker died (a decoder crashed it): the pool is broken; fork a new one."""
+    def refork(self, loaded: Loaded, broken: Any) -> None:
+        """A picture worker of the pool ``broken`` died (a decoder crashed it), which breaks the
+        pool: fork a new one, unless another check has done so already."""
         with loaded.procs_lock:
-            old = loaded.procs
-            if old is None or not getattr(old, "_broken", False):
+            if loaded.procs is not broken:
                 return
-            old.shutdown(wait=False, cancel_futures=True)
+            broken.shutdown(wait=False, cancel_futures=True)
             self._fork(loaded)
 
     def _first_load(self) -> None:
@@ -662,9 +669,7 @@ class CheckPool:
                 if progress is not None and modality != "image":  # a picture is decoded in a blink
                     progress({"stage": "judging"})
                 with loaded.judge_lock:
-                    stamp = _ledger_stamp(self.holder.index_dir)
-                    if stamp != loaded.ledger_stamp:  # a decision recorded since (here or by `likeness review`)
-                        scanner.decisions, loaded.ledger_stamp = ledger.load(self.holder.index_dir), stamp
+                    loaded.ledger_stamp = _follow_ledger(scanner, self.holder.index_dir, loaded.ledger_stamp)
                     result = scanner.judge([prepared])[0]
             # the line names the client's file, never the private link it was read through
             result.path = upload.name
@@ -689,11 +694,12 @@ class CheckPool:
         from scanner.features.prepared import Prepared
 
         def attempt() -> Result | None | bool:
+            pool = loaded.procs
             try:
-                return loaded.procs.submit(_check_picture, str(path)).result()
+                return pool.submit(_check_picture, str(path)).result()
             except BrokenProcessPool:
                 LOG.error("a picture worker died during a check; forking new ones")
-                self.holder.refork(loaded)
+                self.holder.refork(loaded, pool)
                 return False
             except RuntimeError:  # "cannot schedule new futures after shutdown"
                 return None
