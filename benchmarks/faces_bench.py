@@ -77,6 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make ``scanner`` importable
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.accuracy.metrics import distribution  # noqa: E402
 from scanner import media  # noqa: E402
 from scanner import policy as pol  # noqa: E402
 from scanner.features import face  # noqa: E402
@@ -374,15 +375,6 @@ def first_pass_near(im: Image.Image, subj: dict[str, Any]) -> dict[str, Any]:
             "face_side_at_512": round(subj["sx"] * W / back, 1)}
 
 
-def stats(x: list[float]) -> dict[str, Any]:
-    if not x:
-        return {"n": 0}
-    a = np.asarray(x, np.float64)
-    return {"n": int(len(a)), "min": round(float(a.min()), 4), "p10": round(float(np.quantile(a, 0.1)), 4),
-            "median": round(float(np.median(a)), 4), "p90": round(float(np.quantile(a, 0.9)), 4),
-            "max": round(float(a.max()), 4), "below_0.6": round(float((a < 0.6).mean()), 3)}
-
-
 def mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
@@ -640,14 +632,14 @@ def main() -> int:
     ref_pairs = np.linalg.norm(D[iu[0]] - D[iu[1]], axis=1) if len(D) > 1 else np.zeros(0)
     close_pairs = sorted(([descs[a]["id"], descs[b]["id"], round(float(d), 3)] for a, b, d in zip(*iu, ref_pairs)
                           if d < 0.6), key=lambda t: t[2])
-    distances = {
-        "same_person (enrolled variants to own template)": stats([x["d_right"] for x in pos_var
-                                                                   if x.get("d_right") is not None]),
-        "different (others' variants to nearest template)": stats([x["d_other"] for x in rows if x["role"] == "other"
-                                                                    and x.get("d_other") is not None]),
-        "different (enrolled variants to nearest other template)": stats(
-            [x["d_other"] for x in pos_var if x.get("d_other") is not None]),
-        "different (people's photos, all pairs)": stats([float(v) for v in ref_pairs]),
+    distances = {  # with the share under 0.6, dlib's customary same-person distance
+        "same_person (enrolled variants to own template)": distribution(
+            [x["d_right"] for x in pos_var if x.get("d_right") is not None], below=0.6),
+        "different (others' variants to nearest template)": distribution(
+            [x["d_other"] for x in rows if x["role"] == "other" and x.get("d_other") is not None], below=0.6),
+        "different (enrolled variants to nearest other template)": distribution(
+            [x["d_other"] for x in pos_var if x.get("d_other") is not None], below=0.6),
+        "different (people's photos, all pairs)": distribution([float(v) for v in ref_pairs], below=0.6),
     }
     n_t = int(templates or len(enrolled))
     from scanner.match.faces import PRIOR_FACE_DISTANCE

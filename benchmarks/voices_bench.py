@@ -85,6 +85,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script: make ``scanner`` importable
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.accuracy.metrics import distribution  # noqa: E402
+
 DUB = Path("/usr/share/games/fillets-ng/sound")
 SCRIPTS = Path("/usr/share/games/fillets-ng/script")
 MUSIC = Path("/usr/share/games/wesnoth/1.16/data/core/music")
@@ -332,15 +334,6 @@ def eer(targets: list[float], nontargets: list[float]) -> dict[str, Any]:
             best = (abs(far - frr), (far + frr) / 2, float(th), far)
     return {"eer": round(best[1], 4), "threshold_cosine": round(best[2], 4), "targets": int(len(t)),
             "nontargets": int(len(n))}
-
-
-def stats(x: list[float]) -> dict[str, Any]:
-    if not x:
-        return {"n": 0}
-    a = np.asarray(x, np.float64)
-    return {"n": int(len(a)), "min": round(float(a.min()), 4), "p10": round(float(np.quantile(a, 0.1)), 4),
-            "median": round(float(np.median(a)), 4), "p90": round(float(np.quantile(a, 0.9)), 4),
-            "max": round(float(a.max()), 4)}
 
 
 def mark(ok: bool) -> str:
@@ -682,7 +675,7 @@ def main() -> int:
             "transform": tr, "n": len(pos), "judged": share(pos, "judged"), "found": share(pos, "flagged_right"),
             "review": share(pos, "review_right"),
             "found_by_fish": {f: share([x for x in pos if x["fish"] == f], "flagged_right") for f in FISH},
-            "same": stats(tgt), "other_fish": stats(non),
+            "same": distribution(tgt), "other_fish": distribution(non),
             "other_fish_flagged": sum(x["wrong"] == "flag" for x in pos),
             "other_fish_review": round(sum(x["wrong"] == "review" for x in pos) / max(1, len(pos)), 3),
             "eer": eers[tr]["pooled"]["eer"]})
@@ -704,7 +697,7 @@ def main() -> int:
                 "flagged": sum(x["wrong"] == "flag" for x in xs),
                 "review": sum(x["wrong"] == "review" for x in xs),
                 "review_share": round(sum(x["wrong"] == "review" for x in xs) / max(1, len(xs)), 3),
-                "best_cosine": stats(best),
+                "best_cosine": distribution(best),
                 "errors": sum(x.get("verdict") in ("error", "missing") for x in xs)}
 
     negatives = {"other fish's lines (every positive, against the other talent)": neg_summary(pos_all, wrong_only=True),
@@ -786,7 +779,7 @@ def main() -> int:
                and scores[x["file"]]["raw"]]
         non = [scores[x["file"]]["raw"][other_of[x["talent"]]] for x in pos_all if x["transform"] == "clean"
                and scores[x["file"]]["raw"]]
-        direct_eer[sr] = {**eer(tgt, non), "same": stats(tgt), "other_fish": stats(non),
+        direct_eer[sr] = {**eer(tgt, non), "same": distribution(tgt), "other_fish": distribution(non),
                           "no_stretch_judged": sum(not scores[f]["raw"] for f in clean)}
     # the VAD on the clean lines: how much of a line is speech, and why a line has no judged stretch
     min_speech = float(getattr(voices, "MIN_SPEECH", 2.0))
@@ -801,8 +794,8 @@ def main() -> int:
     for role in ("positive", "short"):
         v = [r for r in vad_rows if r["role"] == role]
         vad[role] = {"lines": len(v),
-                     "speech_share_of_line": stats([r["speech_total"] / r["seconds"] for r in v]),
-                     "longest_stretch_speech_s": stats([r["longest"] for r in v]),
+                     "speech_share_of_line": distribution([r["speech_total"] / r["seconds"] for r in v]),
+                     "longest_stretch_speech_s": distribution([r["longest"] for r in v]),
                      "no_stretch_of_1s": sum(r["stretches"] == 0 for r in v),
                      "total_below_min_speech": sum(0 < r["speech_total"] < min_speech for r in v),
                      "split_below_min_speech": sum(r["speech_total"] >= min_speech and r["longest"] < min_speech
@@ -813,7 +806,7 @@ def main() -> int:
         cos = [float(embs[by_line[(ln, tr)]] @ embs[by_line[(ln, "clean")]]) for ln in lines_ch
                if (ln, tr) in by_line and (ln, "clean") in by_line
                and embs[by_line[(ln, tr)]] is not None and embs[by_line[(ln, "clean")]] is not None]
-        channel[tr] = stats(cos)
+        channel[tr] = distribution(cos)
     scan_vs_direct = [abs(x["raw"][x["talent"]] - direct[str(media.ANALYSIS_SR)][x["file"]]["raw"][x["talent"]])
                       for x in pos_all if x["transform"] == "clean" and x["talent"] in x["raw"]
                       and direct[str(media.ANALYSIS_SR)][x["file"]]["raw"]]
@@ -902,7 +895,7 @@ def main() -> int:
         "per_transform": per_transform, "eer": eers, "by_speech": by_speech,
         "short_lines": {"n": len(short_rows), "judged": share(short_rows, "judged"),
                         "found": share(short_rows, "flagged_right"), "review": share(short_rows, "review_right"),
-                        "same": stats([x["raw"][x["talent"]] for x in short_rows if x["talent"] in x["raw"]])},
+                        "same": distribution([x["raw"][x["talent"]] for x in short_rows if x["talent"] in x["raw"]])},
         "negatives": negatives, "unnamed_lines": {**unnamed, "by_level": minor_by_level},
         "names_against_subtitles": agreement,
         "vad": {"min_speech_judged_s": min_speech, **vad},

@@ -298,3 +298,18 @@ def at_policy(results: Iterable[dict[str, Any]], truth: dict[str, str | None], f
         c[k] = c[k] / max(c["copies"], 1)
         c[f"negatives_{k}"] = c[f"negatives_{k}"] / max(c["negatives"], 1)
     return c
+
+
+def distribution(x: Sequence[float], below: float | None = None) -> dict[str, Any]:
+    """A sample's size and spread for a report: ``n``, ``min``, ``p10``, ``median``, ``p90``, ``max``
+    (4 decimals), and with ``below`` the share of values under it (``below_<value>``); ``{"n": 0}``
+    for an empty sample."""
+    if not len(x):
+        return {"n": 0}
+    a = np.asarray(x, np.float64)
+    out = {"n": int(len(a)), "min": round(float(a.min()), 4), "p10": round(float(np.quantile(a, 0.1)), 4),
+           "median": round(float(np.median(a)), 4), "p90": round(float(np.quantile(a, 0.9)), 4),
+           "max": round(float(a.max()), 4)}
+    if below is not None:
+        out[f"below_{below}"] = round(float((a < below).mean()), 3)
+    return out
