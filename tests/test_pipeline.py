@@ -213,6 +213,40 @@ def test_a_picture_turned_on_a_plain_ground_is_found_and_set_upright() -> None:
         assert again is not None and abs(again.degrees - turn.degrees) < 1.0
 
 
+def test_the_turn_is_looked_for_only_when_a_featurizer_reads_it(tmp_path: Path) -> None:
+    """The search for a turned picture is the costlier half of the content analysis:
+    prepared for image-phash it runs, for a model feature alone (CLIP, SSCD) it does not."""
+    from scanner import media
+    from scanner.features import make
+    from scanner.features.content import analyse
+    from scanner.pipeline.prepare import prepare_one
+
+    turned = synthetic_picture(41, (400, 300)).rotate(9.0, resample=Image.Resampling.BICUBIC, expand=True,
+                                                       fillcolor=(30, 160, 90))
+    assert analyse(turned).turn is not None
+    assert analyse(turned, turn=False).turn is None
+    assert analyse(turned, turn=False).box == analyse(turned).box   # the rest of the analysis is the same
+    path = tmp_path / "turned.png"
+    turned.save(path)
+    item = next(i for i in media.discover([path]) if isinstance(i, media.Input))
+    seen: list[bool] = []
+
+    class Reader:   # records whether the content it was given holds the turn
+        name, modality, reads_turn, decode_side = "reader", "image", True, 512
+
+        def prepare(self, image: Image.Image, content: object) -> np.ndarray:
+            seen.append(getattr(content, "turn") is not None)
+            return np.zeros(1)
+
+    class Blind(Reader):
+        name, reads_turn = "blind", False
+
+    for featurizers in ([Blind()], [Blind(), Reader()]):
+        assert prepare_one(item, featurizers).error is None  # type: ignore[arg-type]
+    assert seen == [False, True, True]
+    assert make("image-phash").reads_turn and make("image-local").reads_turn
+
+
 def test_drawings_bordered_pictures_and_diamonds_are_not_turned() -> None:
     from scanner.features.content import analyse
 

@@ -69,6 +69,11 @@ class Featurizer(ABC):
         Whether :meth:`embed` runs a model (an accelerator's work, batched; a
         distributed engine embeds ahead on GPU workers); weight-free featurizers
         do their work in :meth:`prepare`, in the decode workers.
+    reads_turn : bool
+        Whether :meth:`prepare` reads :attr:`Content.turn` (a copy turned on a
+        plain ground, set upright). The pipeline's content analysis looks for a
+        turn only when a featurizer reads it: the search costs about as much as
+        the rest of the analysis together.
     """
 
     name: str
@@ -78,6 +83,7 @@ class Featurizer(ABC):
     codes_per_item: int = 1
     decode_side: int = 512
     embeds_with_model: bool = False
+    reads_turn: bool = False
     #: a talent feature (faces, voices): built from talents' references only, never from works
     for_talents: bool = False
 

@@ -261,7 +261,8 @@ class Content:
         every uniform frame; ``None`` if the whole picture is one colour
     featureless : ``"near-uniform picture"``, ``"almost empty picture"`` or ``None``
     turn : a rectangular picture leaning on a plain ground (a copy turned, its
-        corners filled), or ``None``
+        corners filled), or ``None`` (none found, or none looked for:
+        ``analyse(..., turn=False)``)
     """
 
     box: tuple[int, int, int, int] | None
@@ -269,7 +270,7 @@ class Content:
     turn: Turn | None = None
 
 
-def analyse(image: Image.Image) -> Content:
+def analyse(image: Image.Image, *, turn: bool = True) -> Content:
     """Find an image's content inside uniform frames, and judge whether it is featureless.
 
     Peels an added border, the empty margin of clip art and the blended ring
@@ -281,6 +282,8 @@ def analyse(image: Image.Image) -> Content:
     Parameters
     ----------
     image : PIL.Image.Image, RGB
+    turn : look for a turned picture (the costlier half of the analysis; a
+        caller whose featurizers never read :attr:`Content.turn` skips it)
 
     Returns
     -------
@@ -299,4 +302,4 @@ def analyse(image: Image.Image) -> Content:
     # per channel: two colours of equal grey (a blue and a red band) are not uniform
     if mid.reshape(3, -1).std(axis=1).max() < MIN_CONTENT_STD:
         return Content(box, "near-uniform picture")
-    return Content(box, None, _turned(content, f, (left * f, top * f)))
+    return Content(box, None, _turned(content, f, (left * f, top * f)) if turn else None)

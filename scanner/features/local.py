@@ -372,6 +372,7 @@ class LocalORB(Featurizer):
     kind = "landmark"
     metric = "hamming"
     codes_per_item = 0  # variable: one row per keypoint
+    reads_turn = True
 
     def __init__(self, n_features: int = N_FEATURES, ref_features: int = REF_FEATURES):
         self.n_features = n_features

@@ -42,6 +42,7 @@ class PHash(Featurizer):
     kind = "binary"
     metric = "hamming"
     codes_per_item = 2  # locator 0: whole picture, 1: content inside frames
+    reads_turn = True
 
     def __init__(self, hash_size: int = 16):
         self.hash_size = hash_size

@@ -93,7 +93,7 @@ def prepare_one(item: media.Input, featurizers: Sequence[Featurizer], reference:
 
 def _prepare_image(out: Prepared, image: Any, featurizers: Sequence[Featurizer], reference: bool) -> None:
     """Run every image featurizer's per-item work on one decoded picture (a file or a keyframe)."""
-    content = analyse(image)
+    content = analyse(image, turn=any(f.reads_turn for f in featurizers if f.modality == "image"))
     out.featureless = content.featureless
     out.size = image.size
     for feat in featurizers:
