@@ -644,7 +644,7 @@ def main() -> int:
     t = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     scan_s = time.perf_counter() - t
-    if done.returncode not in (0, 1) or not (dirs["scan"] / "results.jsonl").is_file():
+    if done.returncode not in (0, 1, 3, 4) or not (dirs["scan"] / "results.jsonl").is_file():  # verdict codes
         print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
         return 1
     results = {str(Path(r["path"]).relative_to(dirs["queries"])): r

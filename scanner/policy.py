@@ -168,7 +168,7 @@ def standardize_hamming(distance: np.ndarray, ones_a: np.ndarray, ones_b: np.nda
     return (np.asarray(distance, dtype=np.float64) - dim * q) / np.sqrt(dim * q * (1 - q))
 
 
-def fit_null(distances: np.ndarray, *, prior: tuple[float, float]) -> dict[str, Any]:
+def fit_null(distances: np.ndarray, *, prior: tuple[float, float], independent: int | None = None) -> dict[str, Any]:
     """Fit a null model of chance-pair distances (smaller = closer).
 
     The model is a normal law fitted robustly to the bulk of the distances
@@ -183,6 +183,9 @@ def fit_null(distances: np.ndarray, *, prior: tuple[float, float]) -> dict[str, 
     distances : ``[shape=(m,)]`` distances between rows of different works
         (standardised Hamming distances, or ``1 - cosine``).
     prior : (centre, spread) used when there are too few pairs to fit (a tiny index)
+    independent : how many of the pairs are independent samples, when fewer than ``m``
+        (the same stretch of speech described through several channels): the
+        prior applies below :data:`MIN_NULL_PAIRS` of them
 
     Returns
     -------
@@ -192,7 +195,7 @@ def fit_null(distances: np.ndarray, *, prior: tuple[float, float]) -> dict[str, 
     """
     d = np.asarray(distances, dtype=np.float64)
     m = len(d)
-    if m < MIN_NULL_PAIRS:
+    if (m if independent is None else min(m, independent)) < MIN_NULL_PAIRS:
         return {"pairs": int(m), "centre": prior[0], "spread": prior[1], "tail_widening": TAIL_WIDENING,
                 "prior": True}
     q25, centre, q75 = np.quantile(d, [0.25, 0.5, 0.75])

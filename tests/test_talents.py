@@ -170,6 +170,9 @@ def speak(path: Path, text: str, voice_name: str) -> Path:
 @needs_voices
 def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_evidence(tmp_path: Path) -> None:
     import soundfile as sf
+    from scipy import signal
+
+    from scanner.report.words import describe_match
 
     refs = tmp_path / "refs"
     refs.mkdir()
@@ -180,7 +183,9 @@ def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_e
     build_index([refs], index, options=FeatureOptions(names=["audio-fingerprint", "audio-voice"]),
                 metadata=tmp_path / "talent.csv")
     with open_index(index) as idx:
-        assert idx.faiss_index("audio-voice").ntotal == 3 and idx.null["audio-voice"]["source"] == "prior"
+        # three stretches, each described as recorded, through a telephone band and in a noisy room
+        assert idx.faiss_index("audio-voice").ntotal == 3 * len(voice.CHANNELS) == 9
+        assert idx.null["audio-voice"]["source"] == "prior"
         assert stat.S_IMODE((index / "audio-voice.faiss").stat().st_mode) == 0o600
     # a new line in the same voice, after five seconds of a chord (music: no speech, no evidence)
     line, sr = sf.read(speak(tmp_path / "line.wav", LINES[3], "en+m3"), dtype="float32")
@@ -196,6 +201,18 @@ def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_e
     assert check(tmp_path / "music.wav", index)[0].verdict == "clear"
     speak(tmp_path / "other.wav", LINES[3], "en+f4")                      # another voice, the same words
     assert check(tmp_path / "other.wav", index)[0].verdict == "clear"
+    # over a telephone line (a filter of its own here, not the enrolment's): still the talent, matched
+    # through the telephone-band voice; the other voice over the same line stays clear
+    for name in ("line", "other"):
+        y, sr_y = sf.read(tmp_path / f"{name}.wav", dtype="float64")
+        y8 = signal.resample_poly(y, 8000, sr_y)
+        y8 = signal.sosfilt(signal.butter(6, [350, 3000], btype="bandpass", fs=8000, output="sos"), y8)
+        sf.write(tmp_path / f"{name}-phone.wav", (0.9 * y8 / np.abs(y8).max()).astype(np.float32), 8000)
+    phone, _ = check(tmp_path / "line-phone.wav", index)
+    assert phone.verdict == "flagged" and phone.matches[0]["talent"] == "Voice A", phone.reason
+    assert phone.matches[0]["locator"]["talent_heard"] == "over a telephone line"
+    assert "as heard over a telephone line" in describe_match(phone.matches[0])["words"]
+    assert check(tmp_path / "other-phone.wav", index)[0].verdict == "clear"
     # the same speech as a film's soundtrack: found where it is heard
     from scanner import video
 
@@ -207,6 +224,25 @@ def test_a_talents_voice_is_found_in_its_span_and_music_or_another_voice_is_no_e
     assert film.video["timeline"][0]["talent"] == "Voice A" and 4.0 <= film.video["timeline"][0]["start"] <= 6.0
     set_talent_consent(index, "Voice A", voice=True)
     assert check(tmp_path / "generated.wav", index)[0].verdict == "licensed"
+
+
+def test_a_voice_null_counts_a_stretch_once_whatever_channels_describe_it() -> None:
+    from scanner.match.voices import fit_voice_null
+
+    rng = np.random.default_rng(0)
+
+    def rows(stretches: int, talents: int = 2) -> tuple[np.ndarray, ...]:
+        n = stretches * talents * len(voice.CHANNELS)
+        v = rng.standard_normal((n, 256)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        return (v, np.repeat(np.arange(talents), n // talents), np.ones(n, np.float32),
+                np.tile(np.arange(len(voice.CHANNELS)), n // len(voice.CHANNELS)))
+
+    # 2 talents x 10 stretches: 20 pairs as recorded (60 through the channels) are too few to fit on
+    assert fit_voice_null(*rows(10))["source"] == "prior"
+    fitted = fit_voice_null(*rows(30))                     # 60 pairs as recorded: fitted
+    # every stretch through every channel against the other talent's closest voice: 2 x 30 x 3 pairs
+    assert fitted["source"] == "talents" and fitted["pairs"] == 180 and fitted["talents"] == 2
 
 
 def test_the_distance_a_chance_rate_needs_inverts_the_pair_rate() -> None:

@@ -6,10 +6,13 @@ product), ``<feature>.rows.npy`` (work, stretch number) and ``<feature>.npz``
 owner only and covered by the manifest's checksums like every index file.
 
 A talent's voice is the centroid of all their stretches, weighted by speech (GE2E's
-enrolment); an output's stretch is scored against every talent's centroid by cosine
-distance, and its chance is the share of *other* talents' speech that close
-(:func:`scanner.policy.pair_rate`) times the comparisons (talents x stretches of
-the output). The null is fitted at build on the index's own talents (each
+enrolment), once per channel the references were described through
+(:data:`scanner.features.voice.CHANNELS`: as recorded, a telephone band, a noisy
+room); an output's stretch is scored against every talent's voices by cosine
+distance, each talent by their closest voice, and its chance is the share of *other*
+talents' speech that close to a talent's closest voice (:func:`scanner.policy.pair_rate`)
+times the comparisons (talents x stretches of the output). The evidence says through which channel the
+talent's voice matched when it was not as recorded. The null is fitted at build on the index's own talents (each
 reference stretch against the centroids of the other talents); a registry too
 small for that keeps :data:`PRIOR_VOICE_DISTANCE`. ``index info`` says which.
 """
@@ -22,8 +25,9 @@ import numpy as np
 
 from scanner import policy as pol
 from scanner.features.base import Featurizer
+from scanner.features.voice import CHANNELS
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, IndexFiles, Judge, Writer
+from scanner.match.base import Evidence, IndexFiles, Judge, Staged, Writer
 from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
@@ -38,12 +42,21 @@ PRIOR_VOICE_DISTANCE = (0.37, 0.04)
 MIN_SPEECH = 1.5
 
 
+def voice_groups(talent_of_row: np.ndarray, channel: np.ndarray | None) -> np.ndarray:
+    """Each row's voice: its talent and channel as one number (``talent * channels + channel``),
+    -1 for a row of no talent; int64 ``[shape=(n,)]``. An index built before channels: all as recorded."""
+    n_ch = len(CHANNELS)
+    ch = np.zeros(len(talent_of_row), np.int64) if channel is None else np.asarray(channel, np.int64)
+    return np.where(talent_of_row >= 0, talent_of_row * n_ch + ch, -1)
+
+
 def centroids(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each talent's voice: the speech-weighted mean of their stretches, unit length.
+    """Each talent's voice (or each voice group's, :func:`voice_groups`): the speech-weighted mean
+    of their stretches, unit length.
 
     Returns
     -------
-    (talents, centroids): int64 ``[shape=(t,)]`` talent numbers, float32 ``[shape=(t, d)]``
+    (talents, centroids): int64 ``[shape=(t,)]`` talent (group) numbers, float32 ``[shape=(t, d)]``
     """
     talents = np.unique(talent_of_row[talent_of_row >= 0])
     out = np.zeros((len(talents), vecs.shape[1]), np.float32)
@@ -54,8 +67,14 @@ def centroids(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarray) -
     return talents, out
 
 
-def fit_voice_null(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarray) -> dict[str, Any]:
+def fit_voice_null(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarray,
+                   channel: np.ndarray | None = None) -> dict[str, Any]:
     """The null of distances from a stretch to other talents' voices, from the index's own talents.
+
+    Each stretch (through each channel) against each other talent, as a scan scores it:
+    the distance to the closest of that talent's voices (:func:`voice_groups`). The prior
+    applies while the stretches as recorded give too few pairs: a stretch heard through
+    another channel is no new sample of a voice.
 
     Returns
     -------
@@ -63,11 +82,16 @@ def fit_voice_null(vecs: np.ndarray, talent_of_row: np.ndarray, weight: np.ndarr
         :func:`scanner.policy.fit_null`'s model plus ``source`` (``talents`` or ``prior``),
         ``talents``, and ``within`` (median distance of a talent's stretches to their own voice)
     """
-    talents, cents = centroids(vecs, talent_of_row, weight)
+    row_group = voice_groups(talent_of_row, channel)
+    groups, cents = centroids(vecs, row_group, weight)
     keep = talent_of_row >= 0
-    d = 1.0 - vecs[keep] @ cents.T                                   # (stretches, talents)
+    talents = np.unique(talent_of_row[keep])
+    by_voice = 1.0 - vecs[keep] @ cents.T                            # (stretches, voices)
+    voice_talent = groups // len(CHANNELS)
+    d = np.stack([by_voice[:, voice_talent == t].min(axis=1) for t in talents], axis=1)  # (stretches, talents)
     own = talent_of_row[keep][:, None] == talents[None, :]
-    null = pol.fit_null(d[~own], prior=PRIOR_VOICE_DISTANCE)
+    as_recorded = (row_group[keep] % len(CHANNELS) == 0)[:, None]
+    null = pol.fit_null(d[~own], prior=PRIOR_VOICE_DISTANCE, independent=int((~own & as_recorded).sum()))
     within = d[own]
     return {**null, "source": "prior" if null.get("prior") else "talents", "talents": int(len(talents)),
             "within": ({"stretches": int(len(within)), "median": round(float(np.median(within)), 4)}
@@ -81,12 +105,22 @@ class Voices(Templates):
     raw_kind = "voice_cosine"
     metric = "ip"
 
+    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        """The stored voices; an index built before channels has its stretches as recorded (0), so
+        references added to it keep their channels apart."""
+        old = super().read(staged)
+        if old is not None and "channel" not in old[2]:
+            old[2]["channel"] = np.zeros(len(old[1]), np.uint8)
+        return old
+
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
         vecs, rows = writer.vectors(name)
         talent_of_row = talent_numbers(writer.work_talents(), rows[:, 0])
-        speech = writer.extras(name).get("speech", np.ones(len(rows), np.float32))
-        return fit_voice_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(speech, np.float32))
+        extras = writer.extras(name)
+        speech = extras.get("speech", np.ones(len(rows), np.float32))
+        return fit_voice_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(speech, np.float32),
+                              extras.get("channel"))
 
     def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return VoiceJudge(index, feat)
@@ -101,9 +135,14 @@ class VoiceJudge(Judge):
         faiss_index = index.faiss_index(name)
         rows = np.asarray(index.rows(name))
         vecs = faiss_index.reconstruct_n(0, faiss_index.ntotal) if faiss_index.ntotal else np.zeros((0, 256))
-        speech = index.landmarks(name).get("speech", np.ones(len(rows), np.float32))
+        arrays = index.landmarks(name)
+        speech = arrays.get("speech", np.ones(len(rows), np.float32))
         talent_of_row = talent_numbers(index.work_talents(), rows[:, 0]) if len(rows) else np.zeros(0, np.int64)
-        talents, self.centroids = centroids(np.asarray(vecs, np.float32), talent_of_row, np.asarray(speech))
+        groups, self.centroids = centroids(np.asarray(vecs, np.float32),
+                                           voice_groups(talent_of_row, arrays.get("channel")), np.asarray(speech))
+        # each voice's talent (column of the talents' evidence) and channel
+        talents, self.talent_of = np.unique(groups // len(CHANNELS), return_inverse=True)
+        self.channel_of = groups % len(CHANNELS)
         # a talent is shown through their reference with the most speech
         self.work_of = np.array([int(rows[talent_of_row == t, 0][np.argmax(speech[talent_of_row == t])])
                                  for t in talents], np.int64)
@@ -121,15 +160,21 @@ class VoiceJudge(Judge):
             stretches = stretches[stretches["speech"] >= MIN_SPEECH]
             if not len(stretches):
                 continue
-            d = 1.0 - stretches["emb"] @ self.centroids.T             # (stretches, talents)
-            best = d.argmin(axis=0)                                    # per talent, its closest stretch
-            evs = [Evidence(int(self.work_of[t]), name, float(1.0 - d[s, t]), float(d[s, t]), 0, int(s), -1,
-                            {"query_start": round(float(stretches["start"][s]), 3),
-                             "duration": round(float(stretches["duration"][s]), 3),
-                             "speech": round(float(stretches["speech"][s]), 3)})
-                   for t, s in enumerate(best)]
+            d = 1.0 - stretches["emb"] @ self.centroids.T             # (stretches, voices)
+            evs = []
+            for t, work in enumerate(self.work_of):                    # per talent, its closest voice and stretch
+                cols = np.flatnonzero(self.talent_of == t)
+                s, c = np.unravel_index(int(np.argmin(d[:, cols])), (len(d), len(cols)))
+                v = int(cols[c])
+                detail = {"query_start": round(float(stretches["start"][s]), 3),
+                          "duration": round(float(stretches["duration"][s]), 3),
+                          "speech": round(float(stretches["speech"][s]), 3)}
+                if self.channel_of[v]:
+                    detail["talent_heard"] = CHANNELS[int(self.channel_of[v])]
+                evs.append(Evidence(int(work), name, float(1.0 - d[s, v]), float(d[s, v]), 0, int(s), -1, detail))
             evs.sort(key=lambda e: e.distance)
-            # every talent against every stretch of the output is a chance to match by chance
+            # every talent against every stretch of the output is a chance to match by chance (a
+            # talent's closest voice, as the null was fitted: fit_voice_null)
             out[i] = (evs, pol.expected_chance(np.array([e.distance for e in evs]), null,
-                                               len(self.centroids) * len(stretches)))
+                                               len(self.work_of) * len(stretches)))
         return out
