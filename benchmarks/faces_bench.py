@@ -641,7 +641,8 @@ def main() -> int:
             [x["d_other"] for x in pos_var if x.get("d_other") is not None], below=0.6),
         "different (people's photos, all pairs)": distribution([float(v) for v in ref_pairs], below=0.6),
     }
-    n_t = int(templates or len(enrolled))
+    # a scan counts photos (a photo's renderings are one comparison: scanner.match.faces), not templates
+    n_t = int(templates or len(enrolled)) // len(getattr(face, "RENDERINGS", (0,)))
     from scanner.match.faces import PRIOR_FACE_DISTANCE
 
     fitted = pol.fit_null(ref_pairs, prior=PRIOR_FACE_DISTANCE)

@@ -73,10 +73,18 @@ def test_the_face_null_comes_from_the_talents_or_from_the_prior() -> None:
     vecs = np.repeat(people, 3, axis=0) + rng.normal(size=(60, 128)).astype(np.float32) * 0.01
     talent, work = np.repeat(np.arange(20), 3), np.arange(60)
     null = fit_face_null(vecs, talent, work)
-    assert null["source"] == "talents" and null["talents"] == 20 and null["pairs"] == 20 * 19 // 2 * 9
+    # each face against each other talent's photo, both ways round
+    assert null["source"] == "talents" and null["talents"] == 20 and null["pairs"] == 2 * 20 * 19 // 2 * 9
     assert null["within"]["median"] < null["centre"]                     # one person's photos are closer
     few = fit_face_null(vecs[:6], talent[:6], work[:6])                  # two people: too few pairs
     assert few["source"] == "prior" and (few["centre"], few["spread"]) == PRIOR_FACE_DISTANCE
+    # renderings of a photo are no new samples of a face: 4 people x 3 photos give 54 photo pairs
+    # (fitted), 3 x 3 give 27 (the prior), however many renderings each photo has
+    rendered = np.repeat(vecs, 3, axis=0) + rng.normal(size=(180, 128)).astype(np.float32) * 0.02
+    by = (np.repeat(talent, 3), np.repeat(work, 3), np.tile(np.arange(3), 60))
+    assert fit_face_null(rendered[:36], *(x[:36] for x in by))["source"] == "talents"
+    thin = fit_face_null(rendered[:27], *(x[:27] for x in by))
+    assert thin["source"] == "prior" and thin["pairs"] > 50                # 27 photo pairs, 2 x 81 scored
 
 
 @needs_faces
@@ -95,7 +103,10 @@ def test_a_talents_face_is_found_withdrawn_consent_flags_and_removal_deletes_the
     with open_index(index) as idx:
         assert list(idx.talents()) == ["Ada Lovelace"] and idx.talents()["Ada Lovelace"].works == 2
         faces_rows = np.asarray(idx.rows("image-face"))
-        assert len(faces_rows) >= 2 and set(faces_rows[:, 0]) == {1, 2}  # the talent's references only
+        assert set(faces_rows[:, 0]) == {1, 2}                           # the talent's references only
+        # her face in each photo, as photographed and re-rendered
+        assert len(faces_rows) == 2 * len(face.RENDERINGS)
+        assert sorted(idx.landmarks("image-face")["rendering"]) == sorted(2 * list(range(len(face.RENDERINGS))))
         assert idx.manifest["features"]["image-phash"]["count"] == 3 * idx.manifest["features"]["image-phash"][
             "codes_per_item"]                                                           # works only
         assert idx.null["image-face"]["source"] == "prior"
@@ -124,6 +135,21 @@ def test_a_talents_face_is_found_withdrawn_consent_flags_and_removal_deletes_the
         assert idx.talents() == {} and idx.faiss_index("image-face").ntotal == 0
     assert check(variant, index)[0].verdict != "flagged"
     assert CliRunner().invoke(app, ["index", "verify", "--index", str(index)]).exit_code == 0
+
+
+@needs_faces
+def test_a_talents_face_is_also_described_re_rendered() -> None:
+    """A restyled picture of a talent (a filter unlike the renderings) is closer to their
+    re-rendered faces than to their photo: what the renderings are for."""
+    import cv2
+
+    person = portrait()
+    ref = face.Face().prepare_reference(person)
+    assert list(ref["rendering"]) == list(range(len(face.RENDERINGS)))
+    assert (ref["box"] == ref["box"][0]).all()                           # one face, described three ways
+    styled = face.Face().prepare(Image.fromarray(cv2.stylization(np.asarray(person), sigma_s=60, sigma_r=0.45)))
+    d = np.linalg.norm(ref["desc"] - styled["desc"][0], axis=1)
+    assert d[1:].min() < d[0] - 0.1, d
 
 
 @needs_faces
@@ -263,5 +289,7 @@ def test_a_talents_photo_gives_one_template_the_largest_face() -> None:
     found = feat.prepare(scene)
     assert len(found) >= 2                                # an output: every face is judged
     kept = feat.prepare_reference(scene)
-    assert len(kept) == 1 and kept["eye"][0] == found["eye"].max() and kept["box"][0][0] < 0.4
+    # one face (as photographed, then re-rendered), the largest
+    assert len(kept) == len(face.RENDERINGS) and (kept["eye"] == found["eye"].max()).all()
+    assert kept["box"][0][0] < 0.4
     assert kept["box"][0][1] < 0.4                        # her face, not the badge on her suit

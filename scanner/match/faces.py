@@ -7,9 +7,9 @@ number in its picture) and ``<feature>.npz`` (each face's ``box``, normalised
 covered by the manifest's checksums (and its HMAC) like every index file.
 
 A query's faces are each compared with every template; a talent's evidence is their
-closest template (of any of their photos) to any face of the output, its chance the share of pairs of
-*different* people that close (:func:`scanner.policy.pair_rate`) times the
-comparisons made (templates x faces). The null is fitted at build on the index's
+closest template (of any of their photos, as photographed or re-rendered: :data:`scanner.features.face.RENDERINGS`)
+to any face of the output, its chance the share of pairs of *different* people that close
+(:func:`scanner.policy.pair_rate`) times the comparisons made (photos x faces). The null is fitted at build on the index's
 own talents: distances between faces of different talents. A registry too small
 for that (fewer than :data:`scanner.policy.MIN_NULL_PAIRS` such pairs) keeps
 :data:`PRIOR_FACE_DISTANCE`, set from the descriptor's published operating point;
@@ -24,8 +24,9 @@ import numpy as np
 
 from scanner import policy as pol
 from scanner.features.base import Featurizer
+from scanner.features.face import RENDERINGS
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, IndexFiles, Judge, Writer
+from scanner.match.base import Evidence, IndexFiles, Judge, Staged, Writer
 from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
@@ -66,8 +67,30 @@ def talent_pairs(talent_of_row: np.ndarray, *, limit: int = NULL_PAIRS, seed: in
     return a[~same], b[~same], a[same], b[same]
 
 
-def fit_face_null(vecs: np.ndarray, talent_of_row: np.ndarray, work_of_row: np.ndarray) -> dict[str, Any]:
+def closest_rendering(vecs: np.ndarray, a: np.ndarray, b: np.ndarray, work_of_row: np.ndarray,
+                      rendering: np.ndarray) -> np.ndarray:
+    """Distance from row ``a[i]`` to the closest rendering of the face of photo row ``b[i]``
+    (the rows of ``b[i]``'s reference: one face, described once per rendering), float ``[shape=(m,)]``."""
+    rows_of = {}
+    for r in np.flatnonzero(np.isin(work_of_row, np.unique(work_of_row[b]))):
+        rows_of.setdefault(int(work_of_row[r]), []).append(int(r))
+    d = np.full(len(a), np.inf)
+    for k in range(int(rendering.max(initial=0)) + 1):
+        alt = np.array([next((r for r in rows_of[int(work_of_row[j])] if rendering[r] == k), -1) for j in b],
+                       np.int64)
+        has = alt >= 0
+        d[has] = np.minimum(d[has], np.linalg.norm(vecs[a[has]] - vecs[alt[has]], axis=1))
+    return d
+
+
+def fit_face_null(vecs: np.ndarray, talent_of_row: np.ndarray, work_of_row: np.ndarray,
+                  rendering: np.ndarray | None = None) -> dict[str, Any]:
     """The null of distances between different people's faces, from the index's own talents.
+
+    Each face (as photographed or rendered) against another talent's photo is scored
+    as a scan scores it: at the photo's closest rendering (:func:`closest_rendering`).
+    The prior applies while photos alone give too few pairs (a rendering is no new
+    sample of a face).
 
     Parameters
     ----------
@@ -75,6 +98,8 @@ def fit_face_null(vecs: np.ndarray, talent_of_row: np.ndarray, work_of_row: np.n
     talent_of_row : int ``[shape=(n,)]`` each row's talent number (-1: none)
     work_of_row : int ``[shape=(n,)]`` each row's reference (one talent's faces in
         different references give the spread within one person)
+    rendering : int ``[shape=(n,)]`` each row's rendering (:data:`scanner.features.face.RENDERINGS`);
+        all 0 (as photographed) when None
 
     Returns
     -------
@@ -83,9 +108,15 @@ def fit_face_null(vecs: np.ndarray, talent_of_row: np.ndarray, work_of_row: np.n
         ``prior`` when too few pairs), ``talents``, and ``within`` (median and
         90th percentile of one talent's faces across their references, for ``index info``)
     """
+    rendering = np.zeros(len(vecs), np.int64) if rendering is None else np.asarray(rendering, np.int64)
     a, b, sa, sb = talent_pairs(talent_of_row)
-    d = np.linalg.norm(vecs[a] - vecs[b], axis=1) if len(a) else np.zeros(0)
-    null = pol.fit_null(d, prior=PRIOR_FACE_DISTANCE)
+    # both ways round, each against a photo (rendering 0) of the other talent
+    a, b = np.concatenate([a, b]), np.concatenate([b, a])
+    a, b = a[rendering[b] == 0], b[rendering[b] == 0]
+    d = closest_rendering(vecs, a, b, work_of_row, rendering) if len(a) else np.zeros(0)
+    null = pol.fit_null(d, prior=PRIOR_FACE_DISTANCE, independent=int((rendering[a] == 0).sum()) // 2)
+    photos = (rendering[sa] == 0) & (rendering[sb] == 0)
+    sa, sb = sa[photos], sb[photos]
     across = work_of_row[sa] != work_of_row[sb]
     within = np.linalg.norm(vecs[sa[across]] - vecs[sb[across]], axis=1) if across.any() else np.zeros(0)
     return {**null, "source": "prior" if null.get("prior") else "talents",
@@ -105,7 +136,16 @@ class Faces(Templates):
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
         vecs, rows = writer.vectors(name)
         talent_of_row = talent_numbers(writer.work_talents(), rows[:, 0])
-        return fit_face_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(rows[:, 0]))
+        return fit_face_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(rows[:, 0]),
+                             writer.extras(name).get("rendering"))
+
+    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        """The stored faces; an index built before renderings has its faces as photographed (0), so
+        references added to it keep their renderings apart."""
+        old = super().read(staged)
+        if old is not None and "rendering" not in old[2]:
+            old[2]["rendering"] = np.zeros(len(old[1]), np.uint8)
+        return old
 
     def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return FaceJudge(index, feat)
@@ -117,7 +157,10 @@ class FaceJudge(Judge):
     def __init__(self, index: IndexFiles, feat: Featurizer):
         self.index, self.feat = index, feat
         self.rows = np.asarray(index.rows(feat.name))
-        self.boxes = index.landmarks(feat.name).get("box", np.zeros((0, 4), np.float32))
+        arrays = index.landmarks(feat.name)
+        self.boxes = arrays.get("box", np.zeros((0, 4), np.float32))
+        self.rendering = arrays.get("rendering", np.zeros(len(self.rows), np.uint8))
+        self.photos = int((self.rendering == 0).sum())
         # a talent's evidence is their closest template, whichever of their photos holds it
         self.talent_of_row = (talent_numbers(index.work_talents(), self.rows[:, 0]) if len(self.rows)
                               else np.zeros(0, np.int64))
@@ -150,14 +193,18 @@ class FaceJudge(Judge):
                         best[who] = Evidence(int(self.rows[r, 0]), name, float(dd), float(dd), int(self.rows[r, 1]),
                                              q, int(r), self._detail(f, q, int(r)))
             evs = sorted(best.values(), key=lambda e: e.distance)
-            # every template against every face of the output is a chance to match by chance
-            expected = pol.expected_chance(np.array([e.distance for e in evs]), null, int(index.ntotal) * len(f))
+            # every photo against every face of the output is a chance to match by chance (a photo's
+            # closest rendering, as the null was fitted: fit_face_null)
+            expected = pol.expected_chance(np.array([e.distance for e in evs]), null, self.photos * len(f))
             out[i] = (evs, expected)
         return out
 
     def _detail(self, faces: np.ndarray, q: int, row: int) -> dict[str, Any]:
         """Where the match sits: the face's box in the output and in the talent's reference."""
-        return {"query_box": [round(float(v), 4) for v in faces["box"][q]],
-                "ref_box": [round(float(v), 4) for v in self.boxes[row]] if row < len(self.boxes) else None,
-                "face": int(q), "faces_in_output": int(len(faces)),
-                "eye_px": round(float(faces["eye"][q]), 1)}
+        out = {"query_box": [round(float(v), 4) for v in faces["box"][q]],
+               "ref_box": [round(float(v), 4) for v in self.boxes[row]] if row < len(self.boxes) else None,
+               "face": int(q), "faces_in_output": int(len(faces)),
+               "eye_px": round(float(faces["eye"][q]), 1)}
+        if row < len(self.rendering) and self.rendering[row]:
+            out["talent_seen"] = RENDERINGS[int(self.rendering[row])]
+        return out

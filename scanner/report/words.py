@@ -67,6 +67,8 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "inliers" and isinstance(loc, Mapping) and loc.get("proposed_by"):
         words += (f" on a work {loc['proposed_by']} ranked among its {loc.get('proposals', '?')} nearest"
                   " (its chance counted among those)")
+    if kind == "face_distance" and isinstance(loc, Mapping) and loc.get("talent_seen"):
+        words += f" to the talent's photo re-rendered ({loc['talent_seen']})"
     if kind == "voice_cosine" and isinstance(loc, Mapping) and loc.get("talent_heard"):
         words += f" as heard {loc['talent_heard']}"
     if kind == "fused" and isinstance(m.get("fused_from"), Mapping):
