@@ -203,9 +203,31 @@ def _best_time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = la
     return best
 
 
+#: A CPU's peak is measured on the largest square product (of 4096, 2048, 1024) predicted to take at
+#: most this long (seconds) from a first product of 1024: a BLAS running a kernel far older than
+#: the CPU (a misdetected core type) took 5 s a 4096 product, 20 s for the measurement alone.
+PEAK_SECONDS = 2.0
+
+
+def _peak_size(make: Callable[[int], Callable[[], Any]], size: int) -> int:
+    """``size``, or a half of it down to 1024, whose product ``make(n)()`` is predicted (n³ from
+    one product of 1024) to take at most :data:`PEAK_SECONDS`."""
+    if size <= 1024:
+        return size
+    t0 = time.perf_counter()
+    make(1024)()
+    t = time.perf_counter() - t0
+    while size > 1024 and t * (size / 1024) ** 3 > PEAK_SECONDS:
+        size //= 2
+    return size
+
+
 def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None = None,
               repeat: int = 3) -> float | None:
     """GFLOP/s of one square ``size³`` GEMM in the compute precision of ``precision``.
+
+    On the CPU without ``size``: 4096, or smaller where a product that large would take
+    longer than :data:`PEAK_SECONDS` (:func:`_peak_size`).
 
     Parameters
     ----------
@@ -223,34 +245,41 @@ def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None 
     """
     device = search.resolve_device(device)
     cuda = device.startswith("cuda")
+    adapt = size is None and not cuda
     size = size or (8192 if cuda else 4096)
     flops = 0.0
     if has_torch():
         import torch
 
         _, dtype = search._torch_dtype(precision, device)
-        if dtype == torch.int8:
-            a = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
-            b = torch.randint(-127, 128, (size, size), dtype=dtype, device=device)
-            product = lambda: torch._int_mm(a, b.T)  # noqa: E731  (the search's layout: rows x codes.T)
-        else:
-            a = torch.randn(size, size, device=device).to(dtype)
-            b = torch.randn(size, size, device=device).to(dtype)
-            product = lambda: a @ b  # noqa: E731
+
+        def torch_product(n: int) -> Callable[[], Any]:
+            if dtype == torch.int8:
+                a = torch.randint(-127, 128, (n, n), dtype=dtype, device=device)
+                b = torch.randint(-127, 128, (n, n), dtype=dtype, device=device)
+                return lambda: torch._int_mm(a, b.T)   # the search's layout: rows x codes.T
+            a = torch.randn(n, n, device=device).to(dtype)
+            b = torch.randn(n, n, device=device).to(dtype)
+            return lambda: a @ b
+
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, not TF32
         try:
-            t = _best_time(product, repeat, sync)
+            n = _peak_size(torch_product, size) if adapt else size
+            flops = 2 * n**3 / _best_time(torch_product(n), repeat, sync) / 1e9
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
-        flops = 2 * size**3 / t / 1e9
     elif precision != "fp32":
         return None
     if not cuda and precision == "fp32":
         # faiss multiplies with its own BLAS; count the faster of the two as the peak
-        x = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-        flops = max(flops, 2 * size**3 / _best_time(lambda: x @ x, repeat) / 1e9)
+        def numpy_product(n: int) -> Callable[[], Any]:
+            x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+            return lambda: x @ x
+
+        n = _peak_size(numpy_product, size) if adapt else size
+        flops = max(flops, 2 * n**3 / _best_time(numpy_product(n), repeat) / 1e9)
     return flops
 
 

@@ -223,3 +223,23 @@ def test_the_default_row_is_the_scanners_choice_and_the_cache_can_be_listed_and_
     assert f"{r['backend']} {r['precision']}" in res.stdout and "faiss:fp32" in res.stdout
     res = CliRunner().invoke(app, ["bench", "choice", "--clear"], env={search_choice.ENV: str(tmp_path)})
     assert "cleared 1 cached search choice" in res.stdout and search_choice.cached() == []
+
+
+def test_a_slow_blas_has_its_peak_measured_on_a_smaller_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel far older than the CPU makes a 4096 product take seconds: the peak is measured on
+    the largest product predicted to fit in PEAK_SECONDS, from one product of 1024."""
+    import time
+
+    monkeypatch.setattr(bench, "PEAK_SECONDS", 0.2)
+    sizes: list[int] = []
+
+    def make(per_1024: float):
+        def product_of(n: int):
+            sizes.append(n)
+            return lambda: time.sleep(per_1024 * (n / 1024) ** 3)
+        return product_of
+
+    assert bench._peak_size(make(0.05), 4096) == 1024        # 2048 would take 0.4 s
+    assert bench._peak_size(make(0.02), 4096) == 2048        # 0.16 s; 4096 would take 1.3 s
+    assert bench._peak_size(make(0.001), 4096) == 4096
+    assert bench._peak_size(make(1.0), 512) == 512 and sizes == [1024, 1024, 1024]  # asked small: kept, no probe
