@@ -191,7 +191,11 @@ def synthetic_hashes(n: int, weights: np.ndarray, *, seed: int = 1, near: float 
 # --------------------------------------------------------------------------- limits
 
 
-def _best_time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None) -> float:
+def _no_sync() -> None:
+    """Nothing to wait for: the CPU's work is done when the call returns."""
+
+
+def _best_time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = _no_sync) -> float:
     fn()
     sync()
     best = float("inf")
@@ -262,7 +266,7 @@ def gemm_peak(precision: str = "fp32", device: str = "cpu", *, size: int | None 
             b = torch.randn(n, n, device=device).to(dtype)
             return lambda: a @ b
 
-        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        sync = torch.cuda.synchronize if cuda else _no_sync
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, not TF32
         try:
@@ -664,7 +668,7 @@ def bench_compare(entries: list[str], *, n_refs: int, dim: int = 512, n_queries:
         built.append({"run": run, "searcher": searcher, "label": label, "visited": visited,
                       "build_s": build_s, "index_mb": current_rss_mb() - rss0})
 
-    sync: Callable[[], None] = (lambda: None)
+    sync: Callable[[], None] = _no_sync
     if cuda:
         import torch
         sync = torch.cuda.synchronize
