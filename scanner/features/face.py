@@ -63,6 +63,9 @@ MAX_FACES = 32
 #: separates people); a reference's face is described as photographed and as each of these
 #: renderings, its ``rendering`` the number here. An output's faces are described as they are (0).
 RENDERINGS = ("as photographed", "drawn", "painted")
+#: Longest side (pixels) a face's neighbourhood (three faces across) is brought down to before
+#: it is re-rendered.
+RENDER_SIDE = 384
 #: What a picture's faces are kept as: descriptor, box (normalised x0, y0, x1, y1), the
 #: distance between the eyes in decoded pixels, and the rendering described (:data:`RENDERINGS`).
 FACE_DTYPE = np.dtype([("desc", np.float32, (128,)), ("box", np.float32, (4,)), ("eye", np.float32),
@@ -274,7 +277,13 @@ class Face(Featurizer):
         m = max(x1 - x0, y1 - y0)
         cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
         crop = np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1])
-        box = (int(x0 - cx0), int(y0 - cy0), int(x1 - cx0), int(y1 - cy0))
+        # at most RENDER_SIDE pixels across the face and its surroundings: the renderings' filters
+        # cost by the pixel (1.5 s for a large face at full size), dlib describes a 150-pixel chip
+        f = min(1.0, RENDER_SIDE / max(crop.shape[:2]))
+        if f < 1.0:
+            crop = np.asarray(Image.fromarray(crop).resize(
+                (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f))), Image.Resampling.BOX))
+        box = tuple(int(round(v * f)) for v in (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0))
         out = [faces]
         for k in range(1, len(RENDERINGS)):
             seen = describe(np.ascontiguousarray(render(crop, k)), [box], shaper, describer)
