@@ -271,6 +271,29 @@ def test_a_voice_null_counts_a_stretch_once_whatever_channels_describe_it() -> N
     assert fitted["source"] == "talents" and fitted["pairs"] == 180 and fitted["talents"] == 2
 
 
+def test_templates_of_an_index_built_before_renderings_and_channels_read_as_recorded() -> None:
+    import faiss
+
+    from scanner.match.faces import Faces
+    from scanner.match.voices import Voices
+
+    class Old:   # what an older index's files hold: no rendering or channel per row
+        def read_faiss(self):
+            index = faiss.IndexFlatIP(4)
+            index.add(np.eye(4, dtype=np.float32)[:3])
+            return index
+
+        def load_npy(self, suffix: str) -> np.ndarray:
+            return np.array([[1, 0], [2, 0], [2, 1]], np.int32)
+
+        def load_npz(self, suffix: str) -> dict[str, np.ndarray]:
+            return {"speech": np.ones(3, np.float32)}
+
+    for kind, key in ((Faces(), "rendering"), (Voices(), "channel")):
+        vecs, rows, arrays = kind.read(Old())   # type: ignore[arg-type]
+        assert len(vecs) == 3 and list(arrays[key]) == [0, 0, 0] and "speech" in arrays
+
+
 def test_the_distance_a_chance_rate_needs_inverts_the_pair_rate() -> None:
     null = {"centre": 0.37, "spread": 0.04, "tail_widening": 1.5}
     for rate in (1e-6, 5e-4, 0.01, 0.5):

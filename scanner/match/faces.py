@@ -26,7 +26,7 @@ from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.face import RENDERINGS
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, IndexFiles, Judge, Staged, Writer
+from scanner.match.base import Evidence, IndexFiles, Judge, Writer
 from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
@@ -131,6 +131,7 @@ class Faces(Templates):
     name = "face"
     raw_kind = "face_distance"
     metric = "l2"
+    described = "rendering"
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -139,13 +140,6 @@ class Faces(Templates):
         return fit_face_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(rows[:, 0]),
                              writer.extras(name).get("rendering"))
 
-    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        """The stored faces; an index built before renderings has its faces as photographed (0), so
-        references added to it keep their renderings apart."""
-        old = super().read(staged)
-        if old is not None and "rendering" not in old[2]:
-            old[2]["rendering"] = np.zeros(len(old[1]), np.uint8)
-        return old
 
     def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return FaceJudge(index, feat)

@@ -38,6 +38,9 @@ class Templates(FeatureKind):
     has_arrays = True
     #: ``"l2"`` (faiss ``IndexFlatL2``) or ``"ip"`` (``IndexFlatIP``)
     metric: ClassVar[str]
+    #: the per-row array saying how each template was described (a face's rendering, a voice's
+    #: channel); an index built before it had every template as recorded (0)
+    described: ClassVar[str | None] = None
 
     def empty(self, spec: dict[str, Any]) -> np.ndarray:
         return np.zeros((0, spec["dim"]), np.float32)
@@ -46,7 +49,11 @@ class Templates(FeatureKind):
         old = staged.read_faiss()
         if old is None or not old.ntotal:
             return None
-        return old.reconstruct_n(0, old.ntotal), staged.load_npy(".rows.npy"), staged.load_npz(".npz")
+        arrays = staged.load_npz(".npz")
+        if self.described and self.described not in arrays:
+            # built before: its templates as recorded, so references added now keep theirs apart
+            arrays[self.described] = np.zeros(int(old.ntotal), np.uint8)
+        return old.reconstruct_n(0, old.ntotal), staged.load_npy(".rows.npy"), arrays
 
     def write(self, staged: Staged) -> int:
         import faiss

@@ -27,7 +27,7 @@ from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.voice import CHANNELS
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, IndexFiles, Judge, Staged, Writer
+from scanner.match.base import Evidence, IndexFiles, Judge, Writer
 from scanner.match.templates import Templates, talent_numbers
 from scanner.search_choice import Plan
 
@@ -104,14 +104,8 @@ class Voices(Templates):
     name = "voice"
     raw_kind = "voice_cosine"
     metric = "ip"
+    described = "channel"
 
-    def read(self, staged: Staged) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
-        """The stored voices; an index built before channels has its stretches as recorded (0), so
-        references added to it keep their channels apart."""
-        old = super().read(staged)
-        if old is not None and "channel" not in old[2]:
-            old[2]["channel"] = np.zeros(len(old[1]), np.uint8)
-        return old
 
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
