@@ -253,8 +253,12 @@ class Face(Featurizer):
         return f"dlib-resnet-v1:{file_sha256(folder / DESCRIPTOR_FILE)[:16]}"
 
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
+        return self._faces(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
+
+    @staticmethod
+    def _faces(rgb: np.ndarray) -> np.ndarray:
+        """Every face of ``rgb`` (uint8 ``[shape=(H, W, 3)]``), the largest :data:`MAX_FACES`, described."""
         detector, shaper, describer = _MODELS.get()
-        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
         boxes = detect(rgb, detector)
         boxes = sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))[:MAX_FACES]
         return describe(rgb, boxes, shaper, describer)
@@ -264,13 +268,12 @@ class Face(Featurizer):
         bystander in the picture, or a face on a poster behind them, must not become the talent's
         template; a box's area is no guide: the detector's boxes of badges and patches are face-sized),
         described as photographed and as each of :data:`RENDERINGS` (one row each, in that order)."""
-        faces = self.prepare(image, content)
-        if len(faces) != 1:
-            faces = faces[[int(np.argmax(faces["eye"]))]] if len(faces) else faces
+        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        faces = self._faces(rgb)
         if not len(faces):
             return faces
+        faces = faces[[int(np.argmax(faces["eye"]))]]
         _, shaper, describer = _MODELS.get()
-        rgb = np.asarray(image.convert("RGB"))
         H, W = rgb.shape[:2]
         x0, y0, x1, y1 = (faces["box"][0] * [W, H, W, H]).round().astype(int)
         # the face and as much again around it: rendering the whole picture would cost seconds

@@ -345,7 +345,7 @@ class Voice(AudioFeaturizer):
         included) when it holds enough speech."""
         if state["speech_start"] is not None and state["voiced"] * VAD_FRAME / SR >= MIN_SPEECH:
             wav = np.concatenate(state["speech"])
-            heard = [wav] + ([through(wav) for through in _THROUGH] if state.get("reference") else [])
+            heard = [wav] + ([through(wav) for through in _THROUGH] if state["reference"] else [])
             rows = np.zeros(len(heard), STRETCH_DTYPE)
             rows["emb"] = [stretch_embedding(w) for w in heard]
             rows["start"] = state["speech_start"] / SR

@@ -71,13 +71,10 @@ def closest_rendering(vecs: np.ndarray, a: np.ndarray, b: np.ndarray, work_of_ro
                       rendering: np.ndarray) -> np.ndarray:
     """Distance from row ``a[i]`` to the closest rendering of the face of photo row ``b[i]``
     (the rows of ``b[i]``'s reference: one face, described once per rendering), float ``[shape=(m,)]``."""
-    rows_of = {}
-    for r in np.flatnonzero(np.isin(work_of_row, np.unique(work_of_row[b]))):
-        rows_of.setdefault(int(work_of_row[r]), []).append(int(r))
+    row_of = {(int(w), int(k)): r for r, (w, k) in enumerate(zip(work_of_row, rendering))}
     d = np.full(len(a), np.inf)
     for k in range(int(rendering.max(initial=0)) + 1):
-        alt = np.array([next((r for r in rows_of[int(work_of_row[j])] if rendering[r] == k), -1) for j in b],
-                       np.int64)
+        alt = np.array([row_of.get((int(w), k), -1) for w in work_of_row[b]], np.int64)
         has = alt >= 0
         d[has] = np.minimum(d[has], np.linalg.norm(vecs[a[has]] - vecs[alt[has]], axis=1))
     return d
@@ -139,7 +136,6 @@ class Faces(Templates):
         talent_of_row = talent_numbers(writer.work_talents(), rows[:, 0])
         return fit_face_null(np.asarray(vecs, np.float32), talent_of_row, np.asarray(rows[:, 0]),
                              writer.extras(name).get("rendering"))
-
 
     def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
         return FaceJudge(index, feat)
