@@ -9,8 +9,19 @@ from benchmarks.accuracy.corpora import STOCK_FOLDERS
 
 #: Published DISC21 (ISC2021 descriptor track) figures of SSCD (Pizzi et al., CVPR 2022), for context.
 SSCD_DISC21 = {"muAP": (0.61, 0.72), "recall_at_p90": (0.38, 0.63)}
-#: Issue targets, per group of transforms and on negatives.
-TARGETS = {"mild": 0.95, "hard": 0.85, "combo": None, "negatives_flagged": 0.01, "negatives_review": 0.05}
+#: Issue targets, per group of transforms, on negatives and on the descriptor metrics: the
+#: weight-free features' (the first accuracy issue), and the stricter ones a learned copy
+#: descriptor is held to (the image-sscd issue: every hard transform >= 0.92, every mild one
+#: >= 0.98, negatives flagged <= 0.3% and sent to review <= 2%, muAP and recall@P90 >= 0.95).
+TARGETS = {"mild": 0.95, "hard": 0.85, "combo": None, "negatives_flagged": 0.01, "negatives_review": 0.05,
+           "muAP": None, "recall_at_p90": None}
+TARGETS_LEARNED = {"mild": 0.98, "hard": 0.92, "combo": None, "negatives_flagged": 0.003,
+                   "negatives_review": 0.02, "muAP": 0.95, "recall_at_p90": 0.95}
+
+
+def targets(features: str) -> dict[str, float | None]:
+    """The targets a run of these features (comma-separated) is judged by."""
+    return TARGETS_LEARNED if "image-sscd" in features.split(",") else TARGETS
 #: The negative rates count toward the targets only from this many negatives (counted as works):
 #: below it one false match moves a rate by a third of the 1% allowed flagged or more (the photos
 #: corpus holds 20 negatives per half).
@@ -52,8 +63,9 @@ def markdown(rep: dict[str, Any]) -> str:
         "| clear | error | recall@1 | muAP | scan images/s | recall, stock geometry apart |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    bars = targets(cfg["features"])
     for t, c in rep["per_transform"].items():
-        target = TARGETS[c["group"]]
+        target = bars[c["group"]]
         met = "" if target is None else (" ✓" if c["recall"] >= target else " ✗")
         lines.append(
             f"| {t} | {c['group']} | {c['n']} | {c['flagged_right']} ({_f(c['recall_flagged'], 2)}) "
@@ -67,7 +79,7 @@ def markdown(rep: dict[str, Any]) -> str:
               + (f" ({', '.join(stock)})" if stock else " (none in this corpus)")
               + ", which distinctiveness weighting counts for little (`corpora.STOCK_FOLDERS`); n in brackets."]
     neg = rep["negatives"]
-    ok = (neg["share_flagged"] <= TARGETS["negatives_flagged"] and neg["share_review"] <= TARGETS["negatives_review"])
+    ok = (neg["share_flagged"] <= bars["negatives_flagged"] and neg["share_review"] <= bars["negatives_review"])
     met = f"fewer than {MIN_NEGATIVES} negatives: rates not counted toward targets" \
         if s.get("n_negative_works", neg["n"]) < MIN_NEGATIVES else ("yes" if ok else "NO")
     lines += [
@@ -75,16 +87,22 @@ def markdown(rep: dict[str, Any]) -> str:
         "| negatives (unseen folders) | n | flagged | review | clear | error | target | met | scan images/s |",
         "|---|---:|---:|---:|---:|---:|---:|:-:|---:|",
         f"| {half} | {neg['n']} | {neg['flagged']} ({_pct(neg['share_flagged'])}) | {neg['review']} "
-        f"({_pct(neg['share_review'])}) | {neg['clear']} | {neg['error']} | <= 1% flagged, <= 5% review "
+        f"({_pct(neg['share_review'])}) | {neg['clear']} | {neg['error']} "
+        f"| <= {_pct(bars['negatives_flagged'])} flagged, <= {_pct(bars['negatives_review'])} review "
         f"| {met} | {neg['scan_images_per_s']:.0f} |",
         "",
         "| descriptor metrics (ISC2021/DISC21 definitions, score = -log10 expected) | muAP | recall@P90 "
         "| expected at P90 | recall@1 |",
         "|---|---:|---:|---:|---:|",
     ]
+    def judged(x: float | None, bar: float | None) -> str:
+        return "" if bar is None or x is None else (" ✓" if x >= bar else " ✗")
+
     for key, m in rep["descriptor"].items():
         thr = m.get("threshold_at_p90")
-        lines.append(f"| {key} | **{m['muAP']:.3f}** | **{_f(m['recall_at_p90'])}** "
+        mu, rp = (bars["muAP"], bars["recall_at_p90"]) if key == "all copies" else (None, None)
+        lines.append(f"| {key} | **{m['muAP']:.3f}**{judged(m['muAP'], mu)} "
+                     f"| **{_f(m['recall_at_p90'])}**{judged(m['recall_at_p90'], rp)} "
                      f"| {'-' if thr is None else f'{10 ** -thr:.2g}'} | {_f(m.get('recall_at_rank1'))} |")
     lo, hi = SSCD_DISC21["muAP"], SSCD_DISC21["recall_at_p90"]
     lines.append(f"| SSCD on DISC21 (published, for context) | {lo[0]}–{lo[1]} | {hi[0]}–{hi[1]} | | |")

@@ -331,7 +331,7 @@ def run_half(corpus: corpora.Corpus, split: dict[str, list[str]], half: str, arg
                 "n_queries": len(the_set["queries"]), "notes": the_set["notes"],
                 "skipped": the_set["skipped"], "known_copies_left_out": the_set.get("known_copies_left_out", []),
                 "featureless_refs": [r["path"] for r in the_set["refs"] if r["featureless"]]},
-        "targets": report.TARGETS, "sscd_disc21": report.SSCD_DISC21,
+        "targets": report.targets(args.features), "sscd_disc21": report.SSCD_DISC21,
         "throughput": {
             "set_seconds": set_seconds, "set_reused": reused,
             "build_files": len(the_set["refs"]), "build_seconds": timing["build_seconds"],
