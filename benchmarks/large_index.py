@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scanner.bench import GaussianMixture, load1  # noqa: E402
-from scanner import search
+from scanner import search  # noqa: E402
 from scanner.index import store, writer  # noqa: E402
 
 FEATURE = "synthetic-dense"

@@ -97,7 +97,7 @@ def gpu(args: argparse.Namespace) -> dict[str, Any]:
         try:
             s = search.TorchSearcher(R, device=dev, precision=prec, fused=fused, **opts)
             s.search(Q[:s.query_block], k)             # warm-up: Triton compile + autotune
-            t, (_, found) = timed(lambda: s.search(Q, k))
+            t, (_, found) = timed(lambda s=s: s.search(Q, k))
             row = _row(t, n, d, nq, k, peaks["fp16" if prec == "int8" else prec],
                        round(search.recall_at_k(found, truth), 5), "torch" if fused else "torch-unfused", prec)
             row["speedup_vs_plain_fp32"] = round(t_base / t, 2)
@@ -210,7 +210,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         os.environ["LIKENESS_TMA"] = "1"
         search.PROGRAMS_PER_SM = 1
         gmax, smax = search.ip_group_max(q, s.refs, group=g, super_group=search.SUPER_GROUP)
-        out[f"select_g{g}_ms"] = round(_cuda_ms(lambda: search.select_candidates(gmax, smax, k, g)), 3)
+        out[f"select_g{g}_ms"] = round(_cuda_ms(lambda gmax=gmax, smax=smax: search.select_candidates(gmax, smax, k, g)),
+                                          3)
         cols = search.select_candidates(gmax, smax, k, g)
         del gmax, smax
         out[f"rescore_g{g}_ms"] = round(_cuda_ms(lambda: search.rescore_candidates(q32, s.refs, cols)), 3)

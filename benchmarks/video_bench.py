@@ -116,7 +116,6 @@ def speed(path: Path, index: Path | None) -> dict[str, Any]:
 
 
 def over_white(path: Path):
-    from PIL import Image
 
     im = media.load_image(path, max_side=720)  # transparency composited over white, as a person sees it
     return im if im.mode == "RGB" else im.convert("RGB")
