@@ -316,3 +316,24 @@ def test_a_talents_photo_gives_one_template_the_largest_face() -> None:
     assert len(kept) == len(face.RENDERINGS) and (kept["eye"] == found["eye"].max()).all()
     assert kept["box"][0][0] < 0.4
     assert kept["box"][0][1] < 0.4                        # her face, not the badge on her suit
+
+
+@needs_faces
+def test_a_face_40_pixels_between_the_eyes_is_found_in_a_1024_pixel_picture() -> None:
+    """Too small for the reduced first pass to detect: its weak candidate there earns a second look."""
+    person = portrait()
+    feat = face.Face()
+    whole = feat.prepare(person)
+    big = whole[np.argmax(whole["eye"])]
+    rng = np.random.default_rng(0)
+    scene = Image.fromarray(rng.integers(90, 170, (768, 1024, 3), dtype=np.uint8))  # a busy ground
+    s = 40.0 / float(big["eye"])
+    small = person.resize((round(person.width * s), round(person.height * s)), Image.Resampling.LANCZOS)
+    scene.paste(small, (700, 400))
+    found = feat.prepare(scene)
+    assert len(found) >= 1
+    near = found[np.argmin(np.linalg.norm(found["desc"] - big["desc"], axis=1))]
+    assert 30 <= float(near["eye"]) <= 50
+    assert float(np.linalg.norm(near["desc"] - big["desc"])) < 0.35     # the same person
+    x0, y0, x1, y1 = near["box"]
+    assert x0 >= 700 / 1024 - 0.01 and y0 >= 400 / 768 - 0.01            # where she was pasted
