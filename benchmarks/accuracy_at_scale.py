@@ -20,7 +20,7 @@ Usage::
     python benchmarks/accuracy_at_scale.py --works WORKS --index WORKS/index-default \\
         --set /tmp/likeness-acc/openclipart-seed0/report [--work DIR]
 
-Writes ``benchmarks/results/accuracy_at_scale-<set>-<works>.json`` and ``.md``.
+Writes ``benchmarks/results/accuracy_at_scale-<set>-<works>-<index folder>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
               "per_transform": rows,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "load_1min": round(os.getloadavg()[0], 2)}}
-    name = f"accuracy_at_scale-{args.set.parent.name}-{args.set.name}-{len(refs)}"
+    name = f"accuracy_at_scale-{args.set.parent.name}-{args.set.name}-{len(refs)}-{args.index.name}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# Copies of `{args.set}` against {len(refs)} works", "",

@@ -204,8 +204,80 @@ def fit_null(distances: np.ndarray, *, prior: tuple[float, float], independent: 
             "tail_widening": TAIL_WIDENING, "mean": float(d.mean()), "std": float(d.std())}
 
 
+#: The measured lower tail (:func:`fit_tail`): its largest rate, the step between its points
+#: (decades of rate), the fewest pairs below its smallest point, and the fewest decades it
+#: must span to be used (so at least 100,000 pairs: about 450 works). Over one decade (150
+#: openclipart works) its slope, extrapolated, made the deepest tail heavier than the normal
+#: law by three decades and turned flags of copies into reviews.
+TAIL_TOP = 1e-2
+TAIL_STEP = 0.25
+TAIL_MIN_PAIRS = 10
+TAIL_DECADES = 2
+#: Points of the measured tail its extrapolation below the last one is fitted on (its last
+#: decade of rate).
+TAIL_FIT_POINTS = 5
+
+
+def fit_tail(distances: np.ndarray) -> dict[str, Any] | None:
+    """The lower tail of chance-pair distances as measured: where the rate of pairs at most that
+    close falls through :data:`TAIL_TOP`, then every :data:`TAIL_STEP` decade below, down to the
+    rate :data:`TAIL_MIN_PAIRS` pairs give.
+
+    A normal law fitted to the bulk (:func:`fit_null`) is the safe model of most
+    distances, but the tail of a learned copy descriptor's is far lighter than normal
+    (on a 10,000-work library, d' <= 0.17 for 3.1e-5 of the pairs where the normal law
+    says 2.1e-2), and at scale the tail is all that decides. Quantiles of the pairs
+    themselves say how rare a distance is as far as they reach; :func:`pair_rate`
+    extrapolates below them along their last decade.
+
+    Parameters
+    ----------
+    distances : ``[shape=(m,)]`` distances between rows of different works
+
+    Returns
+    -------
+    dict ``{"distance": [...], "log10_rate": [...], "pairs": m}``, closest first, or None
+    when there are too few pairs for :data:`TAIL_DECADES` decades of tail
+    """
+    d = np.sort(np.asarray(distances, dtype=np.float64))
+    m = len(d)
+    if m < TAIL_MIN_PAIRS / TAIL_TOP * 10 ** TAIL_DECADES:
+        return None
+    lowest = np.log10(TAIL_MIN_PAIRS / m)
+    logs = np.arange(np.log10(TAIL_TOP), lowest - 1e-9, -TAIL_STEP)[::-1]
+    x = np.quantile(d, 10.0 ** logs, method="inverted_cdf")
+    return {"distance": [round(float(v), 6) for v in x], "log10_rate": [round(float(v), 4) for v in logs],
+            "pairs": int(m)}
+
+
+def tail_rate(distance: np.ndarray, tail: dict[str, Any]) -> np.ndarray:
+    """Chance that an unrelated pair is at most ``distance`` apart, from the measured tail
+    (:func:`fit_tail`): interpolated between its points (log rate against distance), extrapolated
+    below them along the slope of its :data:`TAIL_FIT_POINTS` closest (no lower than its last
+    point where that slope is not positive), 1 above its top (the bulk's model applies there).
+
+    Returns
+    -------
+    float64 ``[shape=distance.shape]`` in ``[MIN_RATE, 1]``
+    """
+    x = np.asarray(tail["distance"], dtype=np.float64)
+    y = np.asarray(tail["log10_rate"], dtype=np.float64)
+    d = np.asarray(distance, dtype=np.float64)
+    out = np.interp(d, x, y, left=y[0], right=0.0)
+    k = min(TAIL_FIT_POINTS, len(x))
+    slope = np.polyfit(x[:k], y[:k], 1)[0] if k >= 2 and np.ptp(x[:k]) > 0 else 0.0
+    if slope > 0:
+        out = np.where(d < x[0], y[0] - slope * (x[0] - d), out)
+    return np.clip(10.0 ** out, MIN_RATE, 1.0)
+
+
 def pair_rate(distance: np.ndarray | float, null: dict[str, Any]) -> np.ndarray:
     """Chance that an unrelated pair is at most ``distance`` apart.
+
+    The normal law of :func:`fit_null`; where the null also measured its lower tail
+    (``null["tail"]``, :func:`fit_tail`), that tail below its top (:data:`TAIL_TOP`),
+    lighter or heavier than the normal law's, and the normal law above it, never
+    under the tail's top (rates keep growing with the distance).
 
     Parameters
     ----------
@@ -218,7 +290,13 @@ def pair_rate(distance: np.ndarray | float, null: dict[str, Any]) -> np.ndarray:
     """
     z = (np.asarray(distance, dtype=np.float64) - null["centre"]) / (
         null["spread"] * null.get("tail_widening", TAIL_WIDENING))
-    return np.clip(0.5 * _erfc(-z / np.sqrt(2)), MIN_RATE, 1.0)
+    rate = np.clip(0.5 * _erfc(-z / np.sqrt(2)), MIN_RATE, 1.0)
+    tail = null.get("tail")
+    if tail is None:
+        return rate
+    top = 10.0 ** tail["log10_rate"][-1]
+    return np.where(np.asarray(distance, dtype=np.float64) < tail["distance"][-1], tail_rate(distance, tail),
+                    np.maximum(rate, top))
 
 
 def distance_at_rate(rate: float, null: dict[str, Any]) -> float:

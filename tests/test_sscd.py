@@ -17,7 +17,8 @@ from scanner.features import make, sscd
 from scanner import models
 from scanner.models import file_sha256
 from scanner.match.base import Evidence
-from scanner.match.dense import ADAPT_RANK, adaptive_distances, other_work_distance
+from scanner import policy as pol
+from scanner.match.dense import ADAPT_RANK, Dense, adaptive_distances, other_work_distance
 from scanner.index.store import open_index
 from scanner.pipeline import FeatureOptions, available_features, build_index, check, read_results
 
@@ -92,6 +93,53 @@ def test_other_work_distance_skips_the_rows_own_work() -> None:
     others = sorted({w: max(sims[works == w]) for w in range(1, 20)}.values(), reverse=True)
     assert np.isclose(r[0], 1 - others[2], atol=1e-5)
 
+
+
+def test_the_null_measures_its_lower_tail_and_extrapolates_it() -> None:
+    """Distances with a log-linear lower tail (a Laplace law: P(d <= x) = exp((x - 1) / 0.05) / 2
+    below 1) are read from their own quantiles as far as the pairs reach, and along the tail's
+    slope below: the bulk's normal law, fitted to the middle half, is far lighter there (and far
+    heavier than a learned descriptor's real tail)."""
+    rng = np.random.default_rng(0)
+    d = 1.0 + rng.laplace(0.0, 0.05, 200_000)
+    null = {**pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE), "tail": pol.fit_tail(d)}
+    truth = lambda x: 0.5 * np.exp((x - 1.0) / 0.05)  # noqa: E731
+    x = np.array(null["tail"]["distance"])
+    assert np.all(np.diff(x) > 0) and null["tail"]["log10_rate"][-1] == np.log10(pol.TAIL_TOP)
+    measured = pol.pair_rate(x, null)
+    assert np.all(np.abs(np.log10(measured / truth(x))) < 0.25)         # within the count noise of its pairs
+    deep = np.array([x[0] - 0.1, x[0] - 0.3])                            # 5e-6 and 8e-8: no pair there
+    err = np.log10(pol.pair_rate(deep, null) / truth(deep))
+    assert np.all((err > -0.15) & (err < 0.6))                          # on the safe side, within 4x
+    plain = {k: v for k, v in null.items() if k != "tail"}
+    assert pol.pair_rate(deep, plain)[0] < pol.pair_rate(deep, null)[0] / 100   # the normal law's tail
+    above = np.array([1.0, 1.2])
+    assert np.allclose(pol.pair_rate(above, null), pol.pair_rate(above, plain))  # the bulk: unchanged
+    grid = np.linspace(0.2, 1.3, 500)
+    assert np.all(np.diff(pol.pair_rate(grid, null)) >= 0)                      # rates grow with the distance
+
+
+def test_a_tail_is_measured_only_from_enough_pairs_and_never_extrapolates_upward() -> None:
+    assert pol.fit_tail(np.linspace(0, 1, 50_000)) is None             # not two decades of tail
+    flat = {"distance": [0.2, 0.2, 0.2, 0.2, 0.2], "log10_rate": [-3.0, -2.75, -2.5, -2.25, -2.0]}
+    assert pol.tail_rate(np.array([0.0]), flat)[0] == pytest.approx(1e-3)   # no slope: its last point
+    assert pol.tail_rate(np.array([0.9]), flat)[0] == 1.0                   # above its top: the bulk's
+
+
+def test_a_descriptor_null_fitted_on_enough_pairs_carries_its_tail() -> None:
+    rng = np.random.default_rng(1)
+    n = 480
+    v = rng.normal(size=(n, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    rows = np.stack([np.arange(n), np.zeros(n, int)], axis=1)
+    a, b = pol.sample_pairs(rows[:, 0])
+    null = Dense().fit(None, "image-sscd", v, rows, np.ones(n, bool), a, b)
+    assert null["tail"]["pairs"] == len(a) and null["adaptive"]["rank"] == ADAPT_RANK
+    assert null["tail"]["log10_rate"][0] <= np.log10(pol.TAIL_TOP) - pol.TAIL_DECADES
+    k = 300                                                             # 44,850 pairs: the normal law alone
+    small = Dense().fit(None, "image-sscd", v[:k], rows[:k], np.ones(k, bool), *pol.sample_pairs(rows[:k, 0]))
+    assert "tail" not in small
+    assert "tail" not in Dense().fit(None, "image-clip", v, rows, np.ones(n, bool), a, b)
 
 @needs_sscd
 def test_a_feature_is_added_to_an_index_built_without_it(tmp_path: Path) -> None:

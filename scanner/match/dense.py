@@ -17,7 +17,9 @@ distance to the query's :data:`ADAPT_RANK`-th nearest work after its nearest (th
 nearest may be the copied work itself) and ``c`` the median of ``r`` over the index's
 own rows. A generic query (``r`` small) is held to a closer match; the null is fitted
 at build on ``d'`` of pairs of different works, each row's ``r`` found among the other
-works of the index, exactly as a query's.
+works of the index, exactly as a query's: a normal law for its bulk and, where the pairs
+reach far enough, their lower tail as measured (:func:`scanner.policy.fit_tail`), which is
+far lighter than the normal law's and decides at scale.
 """
 
 from __future__ import annotations
@@ -203,8 +205,12 @@ class Dense(RowsKind):
         r[asked] = other_work_distance(kept, rows[keep, 0], asked)
         use = ~np.isnan(r[a])
         centre = float(np.nanmedian(r[asked])) if np.isfinite(r[asked]).any() else 0.0
-        null = pol.fit_null(d[use] - r[a[use]] + centre, prior=pol.PRIOR_COSINE_DISTANCE)
-        return {**null, "adaptive": {"rank": ADAPT_RANK, "centre": centre, "rows": int(len(asked))}}
+        shifted = d[use] - r[a[use]] + centre
+        null = pol.fit_null(shifted, prior=pol.PRIOR_COSINE_DISTANCE)
+        # the bulk's normal law is far too heavy in this descriptor's tail, which decides at scale
+        tail = pol.fit_tail(shifted) if not null.get("prior") else None
+        return {**null, "adaptive": {"rank": ADAPT_RANK, "centre": centre, "rows": int(len(asked))},
+                **({"tail": tail} if tail else {})}
 
     def fusable(self, name: str) -> bool:
         """A copy descriptor (query-adaptive) fuses with landmarks; a semantic embedding does not."""
