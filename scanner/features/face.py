@@ -120,13 +120,14 @@ class _Models(threading.local):
 _MODELS = _Models()
 
 
-def _resized(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+def _resized(rgb: np.ndarray, side: int, resample: Image.Resampling = Image.Resampling.BILINEAR
+             ) -> tuple[np.ndarray, float]:
     """``rgb`` with its longest side at most ``side``, and the factor back to ``rgb``'s pixels."""
     h, w = rgb.shape[:2]
     s = min(1.0, side / max(h, w))
     if s >= 1.0:
         return rgb, 1.0
-    small = Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    small = Image.fromarray(rgb).resize((max(1, round(w * s)), max(1, round(h * s))), resample)
     return np.asarray(small), 1.0 / s
 
 
@@ -160,7 +161,7 @@ def detect(rgb: np.ndarray, detector: Any) -> list[tuple[int, int, int, int]]:
         crop, s = _resized(np.ascontiguousarray(rgb[y0:y1, x0:x1]),
                            round(max(x1 - x0, y1 - y0) * min(1.0, LOOK_WIDTH / max(w, 1))))
         # a small face at full size: looked at enlarged when the window is under the detector's 80 pixels
-        for rr in detector(np.ascontiguousarray(crop), 1 if w < 100 else 0):
+        for rr in detector(crop, 1 if w < 100 else 0):
             found.append((round(rr.left() * s) + x0, round(rr.top() * s) + y0,
                           round(rr.right() * s) + x0, round(rr.bottom() * s) + y0))
     return _distinct(found)
@@ -290,14 +291,10 @@ class Face(Featurizer):
         # the face and as much again around it: rendering the whole picture would cost seconds
         m = max(x1 - x0, y1 - y0)
         cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
-        crop = np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1])
         # at most RENDER_SIDE pixels across the face and its surroundings: the renderings' filters
         # cost by the pixel (1.5 s for a large face at full size), dlib describes a 150-pixel chip
-        f = min(1.0, RENDER_SIDE / max(crop.shape[:2]))
-        if f < 1.0:
-            crop = np.asarray(Image.fromarray(crop).resize(
-                (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f))), Image.Resampling.BOX))
-        box = tuple(int(round(v * f)) for v in (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0))
+        crop, back = _resized(np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1]), RENDER_SIDE, Image.Resampling.BOX)
+        box = tuple(int(round(v / back)) for v in (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0))
         out = [faces]
         for k in range(1, len(RENDERINGS)):
             seen = describe(np.ascontiguousarray(render(crop, k)), [box], shaper, describer)

@@ -106,7 +106,6 @@ class Voices(Templates):
     metric = "ip"
     described = "channel"
 
-
     def fit_null(self, writer: Writer, name: str, *, featureless: np.ndarray,
                  chance_pairs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
         vecs, rows = writer.vectors(name)
