@@ -337,3 +337,39 @@ def test_a_face_40_pixels_between_the_eyes_is_found_in_a_1024_pixel_picture() ->
     assert float(np.linalg.norm(near["desc"] - big["desc"])) < 0.35     # the same person
     x0, y0, x1, y1 = near["box"]
     assert x0 >= 700 / 1024 - 0.01 and y0 >= 400 / 768 - 0.01            # where she was pasted
+
+
+@needs_faces
+def test_the_numpy_descriptor_gives_dlibs_own_descriptors() -> None:
+    """dlib's network read from its file and run with numpy: dlib's vectors, several faces at once
+    (dlib's add of a 3-pixel block onto a 4-pixel shortcut included), any number of them."""
+    import dlib
+
+    person = np.ascontiguousarray(np.asarray(portrait()))
+    scene = np.ascontiguousarray(np.asarray(ImageOps.mirror(portrait()).rotate(8)))
+    detector, shaper, network = face._MODELS.get()
+    own = dlib.face_recognition_model_v1(str(face.model_dir() / face.DESCRIPTOR_FILE))
+    for rgb in (person, scene):
+        shapes = dlib.full_object_detections()
+        for b in face.detect(rgb, detector):
+            shapes.append(shaper(rgb, dlib.rectangle(*b)))
+        assert len(shapes) >= 1
+        want = np.array([np.asarray(v) for v in own.compute_face_descriptor(rgb, shapes, 0)], np.float32)
+        chips = np.stack([np.asarray(c) for c in dlib.get_face_chips(rgb, shapes, 150, 0.25)] * 3)
+        got = network(chips)
+        assert got.shape == (3 * len(shapes), 128) and got.dtype == np.float32
+        assert np.abs(got[:len(shapes)] - want).max() < 1e-4
+        assert np.abs(got[len(shapes):2 * len(shapes)] - want).max() < 1e-4
+    assert network(np.zeros((0, 150, 150, 3), np.uint8)).shape == (0, 128)
+
+
+def test_a_file_that_is_not_the_face_network_is_refused_by_name(tmp_path: Path) -> None:
+    from scanner.errors import ModelError
+    from scanner.features.face_descriptor import Network
+
+    bad = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
+    bad.write_bytes(b"\x01\x05con_4" + bytes(range(256)) * 4)
+    with pytest.raises(ModelError, match="dlib_face_recognition_resnet_model_v1.dat"):
+        Network(bad)
+    with pytest.raises(ModelError, match="not dlib's ResNet"):
+        Network(tmp_path / "missing.dat")
