@@ -218,7 +218,7 @@ TAIL_DECADES = 2
 TAIL_FIT_POINTS = 5
 
 
-def fit_tail(distances: np.ndarray) -> dict[str, Any] | None:
+def fit_tail(distances: np.ndarray, *, decades: int = TAIL_DECADES) -> dict[str, Any] | None:
     """The lower tail of chance-pair distances as measured: where the rate of pairs at most that
     close falls through :data:`TAIL_TOP`, then every :data:`TAIL_STEP` decade below, down to the
     rate :data:`TAIL_MIN_PAIRS` pairs give.
@@ -233,15 +233,16 @@ def fit_tail(distances: np.ndarray) -> dict[str, Any] | None:
     Parameters
     ----------
     distances : ``[shape=(m,)]`` distances between rows of different works
+    decades : the fewest decades of rate the tail must span (:data:`TAIL_DECADES`)
 
     Returns
     -------
     dict ``{"distance": [...], "log10_rate": [...], "pairs": m}``, closest first, or None
-    when there are too few pairs for :data:`TAIL_DECADES` decades of tail
+    when there are too few pairs for ``decades`` decades of tail
     """
     d = np.sort(np.asarray(distances, dtype=np.float64))
     m = len(d)
-    if m < TAIL_MIN_PAIRS / TAIL_TOP * 10 ** TAIL_DECADES:
+    if m < TAIL_MIN_PAIRS / TAIL_TOP * 10 ** decades:
         return None
     lowest = np.log10(TAIL_MIN_PAIRS / m)
     logs = np.arange(np.log10(TAIL_TOP), lowest - 1e-9, -TAIL_STEP)[::-1]

@@ -314,3 +314,108 @@ def test_a_scan_forks_its_decode_workers_with_image_sscd_and_judges_as_threads_w
     assert forked == lines(tmp_path / "threads")
     assert [forked[f"copy{i}.png"][0] for i in range(4)] == ["flagged"] * 4
     assert {forked[f"other{i}.png"][0] for i in range(4)} == {"clear"}
+
+
+def test_a_landmark_match_places_its_work_in_the_query_as_given_or_mirrored() -> None:
+    from scanner.features.local import KEYPOINT_DTYPE
+    from scanner.match.landmarks import MIRRORED_VIEW, LandmarkTable, placement
+
+    # the work (working size 400 x 300) shown at half size from (100, 50) in a query of working size 800 x 600
+    m = np.array([[2.0, 0.0, -200.0], [0.0, 2.0, -100.0]])       # query px -> work px
+    query = np.zeros(1, KEYPOINT_DTYPE)
+    query["size"] = (800, 600)
+    table = LandmarkTable(np.zeros((1, 2), np.int32), np.zeros((1, 32), np.uint8),
+                          np.zeros((1, 2), np.float32), np.array([[400, 300]], np.float32))
+    e = Evidence(7, "image-local", 20.0, -20.0, 0, pending=(query, table, "unique", 20, 0, m, np.array([0]), np.array([0])))
+    where = placement(e)
+    corners = where @ np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])   # the work's top-left and bottom-right
+    assert np.allclose(corners.T, [[100 / 800, 50 / 600], [300 / 800, 200 / 600]])
+    mirrored = placement(Evidence(7, "image-local", 20.0, -20.0, 1,
+                                  pending=(query, table, "unique", 20, MIRRORED_VIEW, m, np.array([0]), np.array([0]))))
+    assert np.allclose((mirrored @ np.array([0.0, 0.0, 1.0])), [1 - 100 / 800, 50 / 600])
+    assert placement(Evidence(7, "image-local", 20.0, -20.0, 0)) is None      # no geometry kept
+
+
+def test_a_prepared_picture_is_cut_where_a_work_was_placed() -> None:
+    feat = sscd.SSCD.__new__(sscd.SSCD)   # cutting needs no model
+    side = sscd.SIDE
+    picture = np.zeros((side, side, 3), np.uint8)
+    picture[:, : side // 2] = (200, 30, 30)                        # the left half red, the right half blue
+    picture[:, side // 2:] = (30, 30, 200)
+    left = feat.cut(picture, np.array([[0.5, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert left.shape == (side, side, 3) and left.dtype == np.uint8
+    assert np.abs(left[:, :-2].astype(int) - (200, 30, 30)).max() <= 2
+    beyond = feat.cut(picture, np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]))   # half of the work past the edge
+    assert (beyond[:, side // 2 + 2:] == 255).all() and np.abs(beyond[:, : side // 2 - 2].astype(int) - (30, 30, 200)).max() <= 2
+
+
+def test_a_descriptor_null_measures_plain_pairs_for_aligned_looks_over_one_decade() -> None:
+    from scanner.match.dense import ALIGNED_TAIL_DECADES
+
+    rng = np.random.default_rng(2)
+    n = 160                                                             # 12,720 pairs: one decade of tail
+    v = rng.normal(size=(n, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    rows = np.stack([np.arange(n), np.zeros(n, int)], axis=1)
+    a, b = pol.sample_pairs(rows[:, 0])
+    null = Dense().fit(None, "image-sscd", v, rows, np.ones(n, bool), a, b)
+    aligned = null["aligned"]
+    assert "tail" not in null and aligned["tail"]["pairs"] == len(a)
+    assert aligned["tail"]["log10_rate"][0] <= np.log10(pol.TAIL_TOP) - ALIGNED_TAIL_DECADES
+    d = 1.0 - np.einsum("ij,ij->i", v[a], v[b])
+    close = float(np.quantile(d, 1e-3))
+    assert pol.pair_rate(close, aligned) == pytest.approx(1e-3, rel=0.5)    # plain distances, as measured
+    k = 100                                                             # 4,950 pairs: no aligned looks
+    assert "aligned" not in Dense().fit(None, "image-sscd", v[:k], rows[:k], np.ones(k, bool),
+                                       *pol.sample_pairs(rows[:k, 0]))
+    assert "aligned" not in Dense().fit(None, "image-clip", v, rows, np.ones(n, bool), a, b)
+
+
+def test_a_look_again_where_keypoints_placed_the_work_is_never_fused_with_them() -> None:
+    from scanner.match.fusion import fuse
+
+    def match(feature: str, expected: float, locator: dict | None = None) -> dict:
+        return {"work_id": 3, "feature": feature, "expected": expected, "featureless_ref": None,
+                "locator": locator, "raw": 0.9, "raw_kind": "cosine", "score": 0.5}
+
+    spec = [{"features": ["image-local", "image-sscd"], "correlation": 0.0}]
+    local = match("image-local", 0.5, {"inliers": 9})
+    looked = match("image-sscd", 0.01, {"aligned_by": "image-local", "looks": 2, "query_box": [0, 0, 0.5, 0.5]})
+    assert fuse([local, looked], spec, 150, pol.Policy()) == []
+    assert fuse([local, match("image-sscd", 0.01)], spec, 150, pol.Policy())        # the whole picture's fuses
+
+
+@needs_sscd
+def test_a_work_pasted_into_a_larger_picture_is_looked_at_again_where_keypoints_placed_it(tmp_path: Path) -> None:
+    from scanner import media
+    from scanner.match.dense import ALIGNED_LOOKS
+    from scanner.pipeline.scan import Scanner
+
+    refs = clip_art_works(tmp_path, 150)          # 11,175 pairs: the aligned looks' null has its decade
+    index = tmp_path / "index"
+    build_index([refs], index, options=FeatureOptions(names=["image-local", "image-sscd"]))
+    assert json.loads((index / "manifest.json").read_text())["null"]["image-sscd"]["aligned"]["tail"]
+    collage = synthetic_picture(1017, (640, 480)).convert("RGB")
+    collage.paste(flatten(clip_art(17)).resize((190, 190)), (77, 57))   # a sixth of the picture
+    collage.save(tmp_path / "collage.png")
+    stranger = tmp_path / "stranger.png"
+    synthetic_picture(1018, (640, 480)).save(stranger)
+    # a policy that flags nothing yet: every input is looked at again
+    scanner = Scanner(index, policy=pol.Policy(flag_at=1e-12, review_at=2e-2))
+    found, other = scanner.check_paths([media.Input(tmp_path / "collage.png", "image"), media.Input(stranger, "image")])
+    looked = [m for m in found.matches if (m["locator"] or {}).get("aligned_by") == "image-local"]
+    assert looked and Path(looked[0]["ref_path"]).name == "r17.png" and looked[0]["feature"] == "image-sscd"
+    assert looked[0]["expected"] < 1e-3 and 1 <= looked[0]["locator"]["looks"] <= ALIGNED_LOOKS
+    x0, y0, x1, y1 = looked[0]["locator"]["query_box"]                 # where it was pasted
+    assert abs(x0 - 77 / 640) < 0.03 and abs(y0 - 57 / 480) < 0.03 and abs(x1 - 267 / 640) < 0.03 and abs(y1 - 247 / 480) < 0.03
+    assert other.verdict == "clear"
+
+
+def test_a_look_again_says_which_feature_placed_the_work_and_where() -> None:
+    from scanner.report.words import describe_match
+
+    m = {"feature": "image-sscd", "raw": 0.84, "raw_kind": "cosine", "expected": 2e-5,
+         "locator": {"aligned_by": "image-local", "looks": 3, "query_box": [0.1, 0.1, 0.6, 0.5]}}
+    shown = describe_match(m)
+    assert "where image-local placed the work" in shown["words"] and "3 such looks" in shown["words"]
+    assert "the work placed on 20% of the output" in shown["where"]

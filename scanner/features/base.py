@@ -174,6 +174,22 @@ class Featurizer(ABC):
         for binary features. Rows are item-major.
         """
 
+    def cut(self, prepared: np.ndarray, placement: np.ndarray) -> np.ndarray | None:
+        """A prepared query re-cut to where another feature placed a work, prepared as that work was.
+
+        Parameters
+        ----------
+        prepared : this featurizer's :meth:`prepare` of the query
+        placement : float64 ``[shape=(2, 3)]`` mapping the work's picture to the query's, both
+            normalised to their width and height (:meth:`scanner.match.base.Judge.placements`)
+
+        Returns
+        -------
+        the cut, as :meth:`prepare` returns an item; ``None`` where this featurizer cannot
+        cut (the default)
+        """
+        return None
+
     def informative(self, vectors: np.ndarray) -> np.ndarray:
         """Which rows carry enough detail to be evidence, bool ``[shape=(n,)]``."""
         return np.ones(len(vectors), dtype=bool)

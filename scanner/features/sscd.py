@@ -202,6 +202,24 @@ class SSCD(Featurizer):
         img = img.resize((SIDE, SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
         return np.asarray(img, dtype=np.uint8)
 
+    def cut(self, prepared: np.ndarray, placement: np.ndarray) -> np.ndarray:
+        """The part of a prepared picture where ``placement`` puts a work, brought to the work's
+        frame: uint8 ``[shape=(SIDE, SIDE, 3)]``, white where the work reaches past the picture.
+
+        Both pictures are prepared squeezed to :data:`SIDE` square, so normalised coordinates
+        are pixels over ``SIDE`` on either side; the cut is resampled from the prepared
+        picture (a work placed on a third of a 1024-pixel output is cut from about 100
+        of its pixels, which the descriptor takes well: a pasted work's cut reaches cosine
+        0.8-1.0 with it on clip art).
+        """
+        import cv2
+
+        scale = np.diag([float(SIDE), float(SIDE), 1.0])
+        to_query = scale @ np.vstack([placement, [0.0, 0.0, 1.0]]) @ np.linalg.inv(scale)
+        return cv2.warpAffine(np.ascontiguousarray(prepared), to_query[:2], (SIDE, SIDE),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(255, 255, 255))
+
     def embed(self, prepared: Sequence[np.ndarray]) -> np.ndarray:
         """Descriptors of prepared pictures, float32 ``[shape=(n, 512)]``, L2-normalised.
 

@@ -265,6 +265,22 @@ class Judge(ABC):
     proposer: str | None = None
     #: how many of them, per input
     proposals: int = 0
+    #: whether its evidence says where in the input each work lies (:meth:`placements`)
+    locates: bool = False
+    #: how many works placed by another feature it looks at again per input (:meth:`aligned`; 0: none)
+    looks: int = 0
+
+    def placements(self, found: tuple[list[Evidence], np.ndarray] | None, n: int) -> list[tuple[int, np.ndarray]]:
+        """Where the ``n`` strongest works of one input's evidence ``found`` lie in it, for a judge
+        that :attr:`locates`: ``(work id, map)``, the map float64 ``[shape=(2, 3)]`` from the work's
+        picture to the input's, both in coordinates normalised to their width and height."""
+        return []
+
+    def aligned(self, batch: Sequence[Prepared], placed: Sequence[Sequence[tuple[int, np.ndarray]]], *,
+                by: str = "") -> list[tuple[list[Evidence], np.ndarray] | None]:
+        """Evidence of a second look at each input, cut to where feature ``by`` placed a work
+        (``placed``: per input, :meth:`placements`), for a judge with :attr:`looks`; as :meth:`evidence`."""
+        return [None] * len(batch)
 
     @abstractmethod
     def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:

@@ -20,6 +20,20 @@ at build on ``d'`` of pairs of different works, each row's ``r`` found among the
 works of the index, exactly as a query's: a normal law for its bulk and, where the pairs
 reach far enough, their lower tail as measured (:func:`scanner.policy.fit_tail`), which is
 far lighter than the normal law's and decides at scale.
+
+Aligned looks (a copy descriptor's index whose null measured them, :data:`ALIGNED_LOOKS`):
+a work pasted into a larger output, or cropped, shares little of the whole picture's
+descriptor, while a landmark feature's geometry places it (a similarity transform
+from a few keypoints). The descriptor then looks again at the input cut to where a
+work was placed, in the work's frame (:meth:`scanner.features.base.Featurizer.cut`), and
+compares the cut with that work alone: the chance is a plain pair's (the pairs' own cosine
+distances, their lower tail as measured over at least one decade) times the placements
+offered for the input, not the search of every work. A placement covering most of the
+input (:data:`ALIGNED_MAX_SHARE`) is the whole picture's comparison, already made against
+the query-adaptive null, and is not cut. The query-adaptive shift is no guide here:
+a cut is mostly ground where the work reaches past the picture, far from every work, and
+the shift would read that as close. Such a match is conditional on the geometry that placed
+it and is never fused with it (:mod:`scanner.match.fusion`).
 """
 
 from __future__ import annotations
@@ -30,14 +44,39 @@ import numpy as np
 
 from scanner import policy as pol
 from scanner.features import QUERY_ADAPTIVE
-from scanner.match.base import Evidence, IndexFiles, Staged, WorkRows, Writer
+from scanner.features.base import Featurizer
+from scanner.features.prepared import Prepared
+from scanner.match.base import Evidence, IndexFiles, Judge, Staged, WorkRows, Writer, work_spans
 from scanner.match.rows import RowsJudge, RowsKind
+from scanner.search_choice import Plan
 
 
 #: The nearest other work whose distance a query's distances are read against (see above).
 ADAPT_RANK = 5
 #: Rows whose neighbourhood is searched to fit a query-adaptive null (a sample past this).
 ADAPT_ROWS = 4000
+#: Works placed by a landmark feature that a copy descriptor looks at again per input (see above).
+ALIGNED_LOOKS = 3
+#: A placement covering at least this share of the input is not looked at again: that is the
+#: comparison the whole picture made already, against its query-adaptive null (read against the
+#: plain pairs' instead it sent an apple, as a full moon, to review).
+ALIGNED_MAX_SHARE = 0.8
+#: Decades of measured tail the aligned looks' null needs (one: 10,000 pairs, about 150 works;
+#: a smaller index makes no aligned looks).
+ALIGNED_TAIL_DECADES = 1
+
+
+def reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
+    """Stored vectors of a dense faiss index by row number, float32 ``[shape=(len(ids), d)]``
+    (an inverted file gets its id map built on first use)."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, np.int64)
+    try:
+        return index.reconstruct_batch(ids)
+    except RuntimeError:
+        faiss.extract_index_ivf(index).make_direct_map()
+        return index.reconstruct_batch(ids)
 
 
 def other_work_distance(vecs: np.ndarray, works: np.ndarray, idx: np.ndarray, *, rank: int = ADAPT_RANK,
@@ -209,8 +248,11 @@ class Dense(RowsKind):
         null = pol.fit_null(shifted, prior=pol.PRIOR_COSINE_DISTANCE)
         # the bulk's normal law is far too heavy in this descriptor's tail, which decides at scale
         tail = pol.fit_tail(shifted) if not null.get("prior") else None
+        # aligned looks: plain distances, their tail measured over one decade at least
+        aligned_tail = pol.fit_tail(d, decades=ALIGNED_TAIL_DECADES)
+        aligned = {**pol.fit_null(d, prior=pol.PRIOR_COSINE_DISTANCE), "tail": aligned_tail} if aligned_tail else None
         return {**null, "adaptive": {"rank": ADAPT_RANK, "centre": centre, "rows": int(len(asked))},
-                **({"tail": tail} if tail else {})}
+                **({"tail": tail} if tail else {}), **({"aligned": aligned} if aligned else {})}
 
     def fusable(self, name: str) -> bool:
         """A copy descriptor (query-adaptive) fuses with landmarks; a semantic embedding does not."""
@@ -237,3 +279,71 @@ class Dense(RowsKind):
     def distances(self, judge: RowsJudge, vecs: np.ndarray, j: int, found: Sequence[Evidence]) -> np.ndarray:
         adapt = judge.index.null[judge.feat.name].get("adaptive")
         return np.array([e.distance for e in found]) if adapt is None else adaptive_distances(found, adapt)
+
+    def open(self, index: IndexFiles, feat: Featurizer, *, plan: Plan | None = None) -> Judge:
+        return DenseJudge(self, index, feat, plan or Plan())
+
+
+class DenseJudge(RowsJudge):
+    """A dense feature of an open index; one whose null measured aligned looks also looks again
+    where another feature placed a work (module docstring)."""
+
+    def __init__(self, kind: RowsKind, index: IndexFiles, feat: Featurizer, plan: Plan):
+        super().__init__(kind, index, feat, plan)
+        self.looks = ALIGNED_LOOKS if "aligned" in index.null[feat.name] else 0
+
+    def aligned(self, batch: Sequence[Prepared], placed: Sequence[Sequence[tuple[int, np.ndarray]]], *,
+                by: str = "") -> list[tuple[list[Evidence], np.ndarray] | None]:
+        """Each input cut where ``placed`` puts a work (:meth:`Featurizer.cut`), described, and compared
+        with that work's closest row: cosine ``raw``; expected chance matches the aligned null's pair
+        rate times the placements offered for the input (``looks``); ``detail`` says which feature
+        placed the work (``aligned_by``), the looks and the part of the input it covers
+        (``query_box``: x0, y0, x1, y1 normalised)."""
+        feat = self.feat
+        out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
+        cuts: list[np.ndarray] = []
+        owners: list[tuple[int, int, np.ndarray]] = []   # input, work, the part of the input it covers
+        # every placement offered counts as a look, cut or not: a look left out as the whole picture's
+        # must not make the others' chance lighter
+        looks = np.array([len(places) for places in placed], np.int64)
+        for i, (p, places) in enumerate(zip(batch, placed)):
+            item = p.prepared.get(feat.name) if p.error is None else None
+            for work, where in places if item is not None else ():
+                corners = where @ np.array([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+                box = np.clip([*corners.min(axis=1), *corners.max(axis=1)], 0.0, 1.0)
+                if (box[2] - box[0]) * (box[3] - box[1]) >= ALIGNED_MAX_SHARE:
+                    continue
+                cut = feat.cut(item, where)
+                if cut is not None:
+                    cuts.append(cut)
+                    owners.append((i, int(work), box))
+        if not cuts:
+            return out
+        cosine = self._closest(feat.embed(cuts), np.array([w for _, w, _ in owners], np.int64))
+        expected = pol.pair_rate(1.0 - cosine, self.index.null[feat.name]["aligned"]) * looks[[i for i, _, _ in owners]]
+        for k, (i, work, box) in enumerate(owners):
+            if not np.isfinite(cosine[k]):
+                continue
+            e = Evidence(work, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
+                         detail={"aligned_by": by, "looks": int(looks[i]),
+                                 "query_box": [round(float(v), 4) for v in box]})
+            evs, x = out[i] or ([], np.zeros(0))
+            out[i] = ([*evs, e], np.append(x, expected[k]))
+        return out
+
+    def _closest(self, vecs: np.ndarray, works: np.ndarray) -> np.ndarray:
+        """Cosine of ``vecs[k]`` with the closest stored row of ``works[k]``; NaN for a work without rows."""
+        rows = self.index.rows(self.feat.name)
+        if "spans" not in self.cache:
+            self.cache["spans"] = work_spans(rows[:, 0]) or WorkRows(np.asarray(rows[:, 0]))
+        spans = self.cache["spans"]
+        out = np.full(len(works), np.nan)
+        for k, w in enumerate(works):
+            if isinstance(spans, WorkRows):
+                ids = spans(int(w))
+            else:
+                at = int(np.searchsorted(spans[0], w))
+                ids = np.arange(spans[1][at], spans[1][at + 1]) if at < len(spans[0]) and spans[0][at] == w else []
+            if len(ids):
+                out[k] = float(np.max(reconstruct(self.index.faiss_index(self.feat.name), np.asarray(ids)) @ vecs[k]))
+        return out

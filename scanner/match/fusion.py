@@ -68,7 +68,8 @@ def fuse(evidence: Sequence[dict[str, Any]], fusions: Sequence[dict[str, Any]], 
         a, b = spec["features"]
         best: dict[int, dict[str, dict[str, Any]]] = {}
         for m in evidence:
-            if m["feature"] in (a, b) and not m["featureless_ref"]:
+            # a look again where the other feature placed the work stands on that geometry: not fused with it
+            if m["feature"] in (a, b) and not m["featureless_ref"] and "aligned_by" not in (m["locator"] or {}):
                 cur = best.setdefault(m["work_id"], {}).get(m["feature"])
                 if cur is None or m["expected"] < cur["expected"]:
                     best[m["work_id"]][m["feature"]] = m

@@ -308,6 +308,29 @@ def verify_landmarks(query: np.ndarray, candidates: Iterable[tuple[int, int]], t
     return out
 
 
+def placement(e: Evidence) -> np.ndarray | None:
+    """Where a verified work lies in the query: float64 ``[shape=(2, 3)]`` mapping the work's
+    picture to the query's, both normalised to their width and height (the query as given, also
+    when the work was found in its mirror image); ``None`` for evidence without its geometry.
+
+    The similarity RANSAC fitted (:func:`verify_landmarks`) maps the query's working pixels to
+    the work's; keypoint positions are normalised to the whole picture of their view, so
+    the inverse, between the two normalised frames, places the work whatever view found it.
+    """
+    if e.pending is None:
+        return None
+    query, table, _, _, view, m, qk, rk = e.pending[:8]
+    try:
+        back = np.linalg.inv(np.vstack([m, [0.0, 0.0, 1.0]]))
+    except np.linalg.LinAlgError:
+        return None
+    q_size, r_size = query["size"][qk[0]].astype(np.float64), table.size[rk[0]].astype(np.float64)
+    out = np.diag([1.0 / q_size[0], 1.0 / q_size[1], 1.0]) @ back @ np.diag([r_size[0], r_size[1], 1.0])
+    if view == MIRRORED_VIEW:   # positions there are in the mirrored picture
+        out = np.array([[-1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ out
+    return out[:2] if np.all(np.isfinite(out)) else None
+
+
 def landmark_detail(e: Evidence) -> dict[str, Any] | None:
     """The whole detail of landmark evidence, its boxes built now if they were left for later
     (with who proposed the work, when a proposer did: :class:`LandmarkJudge`)."""
@@ -679,6 +702,8 @@ class Landmarks(FeatureKind):
 class LandmarkJudge(Judge):
     """A landmark feature of an open index: its reference keypoints loaded, verified per work."""
 
+    locates = True
+
     def __init__(self, index: IndexFiles, feat: Featurizer):
         self.index, self.feat = index, feat
         index.faiss_index(feat.name)
@@ -719,6 +744,20 @@ class LandmarkJudge(Judge):
                     evs, x = self._with_proposals(q, works, evs, x, tuple(nulls))
             if evs:
                 out[i] = (evs, x)
+        return out
+
+    def placements(self, found: tuple[list[Evidence], np.ndarray] | None, n: int) -> list[tuple[int, np.ndarray]]:
+        """The ``n`` works of ``found`` with the fewest expected chance matches, each with :func:`placement`."""
+        if not found or n <= 0:
+            return []
+        evs, x = found
+        out: list[tuple[int, np.ndarray]] = []
+        for k in np.argsort(np.asarray(x, np.float64), kind="stable"):
+            where = placement(evs[k])
+            if where is not None and all(w != evs[k].work_id for w, _ in out):
+                out.append((evs[k].work_id, where))
+                if len(out) == n:
+                    break
         return out
 
     def _with_proposals(self, query: np.ndarray, works: list[int], evs: list[Evidence], x: np.ndarray,

@@ -41,7 +41,7 @@ from scanner.features.prepared import Prepared
 from scanner import search
 from scanner.search_choice import Plan
 from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, Writer, work_spans
-from scanner.match.dense import Dense
+from scanner.match.dense import Dense, reconstruct
 
 #: Tempo ratios looked for (reference seconds per query second): a re-performance
 #: up to 10% faster or slower.
@@ -488,19 +488,6 @@ def expected_chance(found: Sequence[Evidence], null: dict[str, Any], *, span: fl
 
 
 # --- the kind: the null and the judge (stored as dense rows) --------------------------
-
-
-def reconstruct(index: Any, ids: np.ndarray) -> np.ndarray:
-    """Stored vectors of a dense faiss index by row number, float32 ``[shape=(len(ids), d)]``
-    (an inverted file gets its id map built on first use)."""
-    import faiss
-
-    ids = np.ascontiguousarray(ids, np.int64)
-    try:
-        return index.reconstruct_batch(ids)
-    except RuntimeError:
-        faiss.extract_index_ivf(index).make_direct_map()
-        return index.reconstruct_batch(ids)
 
 
 class Segments(Dense):

@@ -176,6 +176,7 @@ class Scanner:
                                                                    for f in found[judge.proposer]])
             else:
                 found[feat.name] = judge.evidence(batch)
+        self._look_again(batch, found)
         for feat in self.featurizers:
             for i, one in enumerate(found[feat.name]):
                 if one is None:
@@ -184,6 +185,28 @@ class Scanner:
                 strength = pol.strength(expected, self.policy)
                 evidence[i].extend(self._match(feat, e, float(x), float(s)) for e, x, s in zip(evs, expected, strength))
         return evidence
+
+    def _look_again(self, batch: Sequence[Prepared], found: dict[str, list[tuple[Any, np.ndarray] | None]]) -> None:
+        """A judge that :attr:`~scanner.match.base.Judge.looks` again where a locating judge placed
+        works (:meth:`~scanner.match.base.Judge.aligned`) does so for the inputs nothing has
+        flagged yet; its evidence joins its own in ``found``."""
+        placer = next((f.name for f in self.featurizers if self.judges[f.name].locates), None)
+        if placer is None:
+            return
+        for feat in self.featurizers:
+            judge = self.judges[feat.name]
+            if not judge.looks:
+                continue
+            placed = [[] if any(one[i] is not None and np.min(one[i][1], initial=np.inf) <= self.policy.flag_at
+                                for one in found.values())
+                      else self.judges[placer].placements(found[placer][i], judge.looks) for i in range(len(batch))]
+            if not any(placed):
+                continue
+            for i, more in enumerate(judge.aligned(batch, placed, by=placer)):
+                if more is not None:
+                    had = found[feat.name][i]
+                    found[feat.name][i] = more if had is None else (
+                        [*had[0], *more[0]], np.concatenate([np.asarray(had[1], np.float64), more[1]]))
 
     def _match(self, feat: Featurizer, e: Any, expected: float, strength: float) -> dict[str, Any]:
         work = self.works.get(e.work_id)
