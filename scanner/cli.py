@@ -345,11 +345,14 @@ def index_info(index: Path = IndexOpt, as_json: bool = typer.Option(False, "--js
         out.print(f"  talents: {info['talents']['count']}" + (f"; {nulls}" if nulls else ""), highlight=False)
     for name, spec in info["features"].items():
         tail = (m.get("null") or {}).get(name, {}).get("tail")
+        aligned = ((m.get("null") or {}).get(name, {}).get("aligned") or {}).get("tail")
         out.print(f"  {name}: {spec['count']} vectors, {spec['kind']} dim {spec['dim']}, "
                   f"version {spec['version']}" + (f", model {spec['model']}" if spec.get("model") else "")
                   + (f", search: {describe_index(spec['index'])}" if spec.get("index") else "")
                   + (f", chance from its pairs' measured tail down to {10 ** tail['log10_rate'][0]:.0e} "
-                     f"({tail['pairs']} pairs)" if tail else ""), highlight=False)
+                     f"({tail['pairs']} pairs)" if tail else "")
+                  + (f"; looks again where another feature places a work, chance from plain pairs down to "
+                     f"{10 ** aligned['log10_rate'][0]:.0e}" if aligned else ""), highlight=False)
     out.print(f"  thresholds (expected chance matches): {info['policy']}", highlight=False)
     out.print(f"  size: {info['size_bytes'] / 1e6:.1f} MB; updated {info['updated_at']}", highlight=False)
     out.print("  BLAS: " + "; ".join(f"{b['library']}'s {b['api']} {b['version']} ({b['kernel']} kernel, "

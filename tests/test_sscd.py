@@ -395,6 +395,8 @@ def test_a_work_pasted_into_a_larger_picture_is_looked_at_again_where_keypoints_
     index = tmp_path / "index"
     build_index([refs], index, options=FeatureOptions(names=["image-local", "image-sscd"]))
     assert json.loads((index / "manifest.json").read_text())["null"]["image-sscd"]["aligned"]["tail"]
+    info = CliRunner().invoke(app, ["index", "info", "--index", str(index)])
+    assert "looks again where another feature places a work" in " ".join(info.output.split())
     collage = synthetic_picture(1017, (640, 480)).convert("RGB")
     collage.paste(flatten(clip_art(17)).resize((190, 190)), (77, 57))   # a sixth of the picture
     collage.save(tmp_path / "collage.png")
