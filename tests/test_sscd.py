@@ -410,6 +410,7 @@ def test_a_work_pasted_into_a_larger_picture_is_looked_at_again_where_keypoints_
     assert looked[0]["expected"] < 1e-3 and 1 <= looked[0]["locator"]["looks"] <= ALIGNED_LOOKS
     x0, y0, x1, y1 = looked[0]["locator"]["query_box"]                 # where it was pasted
     assert abs(x0 - 77 / 640) < 0.03 and abs(y0 - 57 / 480) < 0.03 and abs(x1 - 267 / 640) < 0.03 and abs(y1 - 247 / 480) < 0.03
+    assert np.allclose(looked[0]["locator"]["ref_box"], [0, 0, 1, 1], atol=0.03)        # all of the work is there
     assert other.verdict == "clear"
 
 

@@ -284,6 +284,13 @@ class Dense(RowsKind):
         return DenseJudge(self, index, feat, plan or Plan())
 
 
+def _bounds(where: np.ndarray) -> np.ndarray:
+    """The box ``[x0, y0, x1, y1]`` (normalised, clipped to the picture) that the 2 x 3 map ``where``
+    takes the unit square to."""
+    corners = where @ np.array([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    return np.clip([*corners.min(axis=1), *corners.max(axis=1)], 0.0, 1.0)
+
+
 class DenseJudge(RowsJudge):
     """A dense feature of an open index; one whose null measured aligned looks also looks again
     where another feature placed a work (module docstring)."""
@@ -297,36 +304,36 @@ class DenseJudge(RowsJudge):
         """Each input cut where ``placed`` puts a work (:meth:`Featurizer.cut`), described, and compared
         with that work's closest row: cosine ``raw``; expected chance matches the aligned null's pair
         rate times the placements offered for the input (``looks``); ``detail`` says which feature
-        placed the work (``aligned_by``), the looks and the part of the input it covers
-        (``query_box``: x0, y0, x1, y1 normalised)."""
+        placed the work (``aligned_by``), the looks, the part of the input it covers and the part
+        of the work inside the input (``query_box``, ``ref_box``: x0, y0, x1, y1 normalised)."""
         feat = self.feat
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         cuts: list[np.ndarray] = []
-        owners: list[tuple[int, int, np.ndarray]] = []   # input, work, the part of the input it covers
+        owners: list[tuple[int, int, np.ndarray]] = []   # input, work, its placement
         # every placement offered counts as a look, cut or not: a look left out as the whole picture's
         # must not make the others' chance lighter
         looks = np.array([len(places) for places in placed], np.int64)
         for i, (p, places) in enumerate(zip(batch, placed)):
             item = p.prepared.get(feat.name) if p.error is None else None
             for work, where in places if item is not None else ():
-                corners = where @ np.array([[0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
-                box = np.clip([*corners.min(axis=1), *corners.max(axis=1)], 0.0, 1.0)
+                box = _bounds(where)
                 if (box[2] - box[0]) * (box[3] - box[1]) >= ALIGNED_MAX_SHARE:
                     continue
                 cut = feat.cut(item, where)
                 if cut is not None:
                     cuts.append(cut)
-                    owners.append((i, int(work), box))
+                    owners.append((i, int(work), where))
         if not cuts:
             return out
         cosine = self._closest(feat.embed(cuts), np.array([w for _, w, _ in owners], np.int64))
         expected = pol.pair_rate(1.0 - cosine, self.index.null[feat.name]["aligned"]) * looks[[i for i, _, _ in owners]]
-        for k, (i, work, box) in enumerate(owners):
+        for k, (i, work, where) in enumerate(owners):
             if not np.isfinite(cosine[k]):
                 continue
             e = Evidence(work, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
                          detail={"aligned_by": by, "looks": int(looks[i]),
-                                 "query_box": [round(float(v), 4) for v in box]})
+                                 "query_box": [round(float(v), 4) for v in _bounds(where)],
+                                 "ref_box": [round(float(v), 4) for v in _bounds(np.linalg.inv(np.vstack([where, [0, 0, 1]]))[:2])]})
             evs, x = out[i] or ([], np.zeros(0))
             out[i] = ([*evs, e], np.append(x, expected[k]))
         return out
