@@ -143,7 +143,7 @@ def faceapi_samples(folder: Path, work: Path) -> Path:
 
 def find_people(sources: dict[str, Image.Image], min_score: float) -> tuple[list[dict[str, Any]], list[dict]]:
     """Every face of every source (dlib HOG at full resolution, upsampled once) scoring ``min_score``."""
-    detector, shaper, describer = face._MODELS.get()
+    detector, shaper, describer, _ = face._MODELS.get()
     people, dropped = [], []
     for name, im in sources.items():
         rgb = np.ascontiguousarray(np.asarray(im))
@@ -165,7 +165,7 @@ def roll(rgb: np.ndarray, box: tuple[int, int, int, int]) -> float:
     """How far the face is turned in the picture plane (degrees, eye line against the horizontal)."""
     import dlib
 
-    _, shaper, _ = face._MODELS.get()
+    _, shaper, _, _ = face._MODELS.get()
     s = shaper(rgb, dlib.rectangle(*box))
     a = np.mean([[s.part(i).x, s.part(i).y] for i in (0, 1)], axis=0)
     b = np.mean([[s.part(i).x, s.part(i).y] for i in (2, 3)], axis=0)
@@ -198,7 +198,7 @@ def eye_band(photo: Image.Image, box: tuple[float, float, float, float]) -> tupl
     """A sunglasses band over the eyes (5-point landmarks of the face at ``box``)."""
     import dlib
 
-    _, shaper, _ = face._MODELS.get()
+    _, shaper, _, _ = face._MODELS.get()
     s = shaper(np.ascontiguousarray(np.asarray(photo)), dlib.rectangle(*[round(v) for v in box]))
     pts = np.array([[s.part(i).x, s.part(i).y] for i in range(4)], np.float32)
     ed = float(np.linalg.norm(pts[0:2].mean(0) - pts[2:4].mean(0)))
@@ -342,7 +342,7 @@ def judge(r: dict[str, Any], q: dict[str, Any], flag_at: float, review_at: float
 def stages(pics: list[Image.Image]) -> dict[str, float]:
     """Milliseconds per picture of the featurizer's stages (one run): the 512-pixel pass alone,
     detection (that pass and the second looks), alignment and description."""
-    detector, shaper, describer = face._MODELS.get()
+    detector, shaper, describer, cnn = face._MODELS.get()
     first = det = desc = 0.0
     for im in pics:
         rgb = np.ascontiguousarray(np.asarray(im))
@@ -350,7 +350,7 @@ def stages(pics: list[Image.Image]) -> dict[str, float]:
         small, _ = face._resized(rgb, face.FIRST_SIDE)
         detector.run(np.ascontiguousarray(np.asarray(Image.fromarray(small).convert("L"))), 0, face.FIRST_THRESHOLD)
         t1 = time.perf_counter()
-        boxes = face.detect(rgb, detector)
+        boxes = face.detect(rgb, detector, cnn)
         t2 = time.perf_counter()
         face.describe(rgb, boxes, shaper, describer)
         t3 = time.perf_counter()
@@ -362,7 +362,7 @@ def stages(pics: list[Image.Image]) -> dict[str, float]:
 
 def first_pass_near(im: Image.Image, subj: dict[str, Any]) -> dict[str, Any]:
     """The 512-pixel pass's best window score near a placed face (None: no window down to -1.5)."""
-    detector, _, _ = face._MODELS.get()
+    detector, _, _, _ = face._MODELS.get()
     rgb = np.ascontiguousarray(np.asarray(im))
     small, back = face._resized(rgb, face.FIRST_SIDE)
     grey = np.ascontiguousarray(np.asarray(Image.fromarray(small).convert("L")))

@@ -347,7 +347,7 @@ def test_the_numpy_descriptor_gives_dlibs_own_descriptors() -> None:
 
     person = np.ascontiguousarray(np.asarray(portrait()))
     scene = np.ascontiguousarray(np.asarray(ImageOps.mirror(portrait()).rotate(8)))
-    detector, shaper, network = face._MODELS.get()
+    detector, shaper, network, _ = face._MODELS.get()
     own = dlib.face_recognition_model_v1(str(face.model_dir() / face.DESCRIPTOR_FILE))
     for rgb in (person, scene):
         shapes = dlib.full_object_detections()
@@ -365,11 +365,64 @@ def test_the_numpy_descriptor_gives_dlibs_own_descriptors() -> None:
 
 def test_a_file_that_is_not_the_face_network_is_refused_by_name(tmp_path: Path) -> None:
     from scanner.errors import ModelError
-    from scanner.features.face_descriptor import Network
+    from scanner.features.dlib_dnn import FaceDescriptor, FaceDetector
 
     bad = tmp_path / "dlib_face_recognition_resnet_model_v1.dat"
     bad.write_bytes(b"\x01\x05con_4" + bytes(range(256)) * 4)
     with pytest.raises(ModelError, match="dlib_face_recognition_resnet_model_v1.dat"):
-        Network(bad)
+        FaceDescriptor(bad)
     with pytest.raises(ModelError, match="not dlib's ResNet"):
-        Network(tmp_path / "missing.dat")
+        FaceDescriptor(tmp_path / "missing.dat")
+    with pytest.raises(ModelError, match="not dlib's CNN"):    # the descriptor's file is no detector
+        FaceDetector(face.model_dir() / face.DESCRIPTOR_FILE)
+
+
+@needs_faces
+def test_the_numpy_cnn_detector_scores_a_face_as_dlibs_own() -> None:
+    """dlib's CNN (MMOD) face detector read from its file: at the pyramid level where dlib found
+    the astronaut, the same score and nearly the same window."""
+    import dlib
+
+    rgb = np.ascontiguousarray(np.asarray(portrait()))
+    own = dlib.cnn_face_detection_model_v1(str(face.model_dir() / face.DETECTOR_FILE))(rgb, 0)
+    assert len(own) == 1
+    level = np.ascontiguousarray(np.asarray(portrait().resize((427, 427), Image.Resampling.BILINEAR)))  # 5/6
+    score, box = face._MODELS.get()[3].best(level)
+    assert score == pytest.approx(own[0].confidence, abs=0.05)
+    r = own[0].rect
+    ours = [v * 512 / 427 for v in box]
+    assert max(abs(ours[0] - r.left()), abs(ours[1] - r.top()), abs(ours[2] - r.right()), abs(ours[3] - r.bottom())) < 12
+
+
+@needs_faces
+def test_a_face_with_its_eyes_covered_is_found_by_the_cnn_look() -> None:
+    """HOG's candidate there is too weak to confirm; dlib's CNN detector finds the face."""
+    from PIL import ImageDraw
+
+    person = portrait()
+    feat = face.Face()
+    her = feat.prepare(person)[0]
+    x0, y0, x1, y1 = (her["box"] * 512).round().astype(int)
+    covered = person.copy()
+    ImageDraw.Draw(covered).rectangle((x0 + 5, y0 + (y1 - y0) // 4, x1 - 5, y0 + (y1 - y0) // 2), fill=(0, 0, 0))
+    rgb = np.ascontiguousarray(np.asarray(covered))
+    detector, _, _, cnn = face._MODELS.get()
+    assert face.detect(rgb, detector) == []                              # HOG alone: no face
+    found = feat.prepare(covered)
+    assert len(found) == 1
+    assert abs(found["box"][0][0] - her["box"][0]) < 0.05 and abs(found["box"][0][1] - her["box"][1]) < 0.07
+    assert float(np.linalg.norm(found["desc"][0] - her["desc"])) < 0.6   # dlib: the same person
+
+
+@needs_faces
+def test_faceless_pictures_get_no_face_from_the_cnn_look(monkeypatch) -> None:
+    looks = []
+    own = face._cnn_look
+    monkeypatch.setattr(face, "CNN_FROM", face.FIRST_THRESHOLD)        # every candidate is looked at
+    monkeypatch.setattr(face, "_cnn_look", lambda *a: looks.append(own(*a)) or looks[-1])
+    data = pytest.importorskip("skimage.data")
+    feat = face.Face()
+    for name in ("coffee", "coins", "immunohistochemistry", "gravel", "grass", "page"):   # shipped, no faces
+        picture = Image.fromarray(getattr(data, name)()).convert("RGB")
+        assert len(feat.prepare(picture)) == 0, name
+    assert len(looks) >= 6 and all(box is None for box in looks)
