@@ -148,7 +148,16 @@ def _layers(data: bytes) -> list[tuple[str, dict]]:
 
 
 class _Network:
-    """A dlib network read from its file: the program :func:`_compile` makes of its layers."""
+    """A dlib network read from its file: the program :func:`_compile` makes of its layers.
+
+    Parameters
+    ----------
+    path : the model file
+
+    Raises
+    ------
+    ModelError : the file is not this network (naming the file and what was found)
+    """
 
     #: what the file must hold, for the message naming a file that is not it
     what = "a dlib network"
@@ -196,16 +205,7 @@ class _Network:
 
 
 class FaceDescriptor(_Network):
-    """dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat``).
-
-    Parameters
-    ----------
-    path : the model file
-
-    Raises
-    ------
-    ModelError : the file is not that network (naming the file and what was found)
-    """
+    """dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat``; see :class:`_Network`)."""
 
     what = "dlib's ResNet face descriptor"
 
@@ -236,16 +236,8 @@ class FaceDescriptor(_Network):
 
 
 class FaceDetector(_Network):
-    """dlib's CNN face detector (``mmod_human_face_detector.dat``), one picture scale at a time.
-
-    Parameters
-    ----------
-    path : the model file
-
-    Raises
-    ------
-    ModelError : the file is not that network (naming the file and what was found)
-    """
+    """dlib's CNN face detector (``mmod_human_face_detector.dat``; see :class:`_Network`), one
+    picture scale at a time."""
 
     what = "dlib's CNN (MMOD) face detector"
     #: output pixels are this far apart in the input (three convolutions of stride 2)
