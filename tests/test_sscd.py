@@ -422,3 +422,17 @@ def test_a_look_again_says_which_feature_placed_the_work_and_where() -> None:
     shown = describe_match(m)
     assert "where image-local placed the work" in shown["words"] and "3 such looks" in shown["words"]
     assert "the work placed on 20% of the output" in shown["where"]
+
+
+def test_a_transform_that_collapses_the_output_onto_a_spot_of_the_work_places_nothing() -> None:
+    from scanner.features.local import KEYPOINT_DTYPE
+    from scanner.match.landmarks import PLACED_SCALES, LandmarkTable, placement
+
+    query = np.zeros(1, KEYPOINT_DTYPE)
+    query["size"] = (512, 512)
+    table = LandmarkTable(np.zeros((1, 2), np.int32), np.zeros((1, 32), np.uint8),
+                          np.zeros((1, 2), np.float32), np.array([[512, 512]], np.float32))
+    for scale, placed in ((0.02, False), (PLACED_SCALES[0] * 1.5, True), (2.0, True), (PLACED_SCALES[1] * 2, False)):
+        m = np.array([[scale, 0.0, 100.0], [0.0, scale, 80.0]])
+        e = Evidence(3, "image-local", 9.0, -9.0, 0, pending=(query, table, "repeated", 9, 0, m, np.array([0]), np.array([0])))
+        assert (placement(e) is not None) == placed, scale

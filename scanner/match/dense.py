@@ -27,8 +27,8 @@ descriptor, while a landmark feature's geometry places it (a similarity transfor
 from a few keypoints). The descriptor then looks again at the input cut to where a
 work was placed, in the work's frame (:meth:`scanner.features.base.Featurizer.cut`), and
 compares the cut with that work alone: the chance is a plain pair's (the pairs' own cosine
-distances, their lower tail as measured over at least one decade) times the placements
-offered for the input, not the search of every work. A placement covering most of the
+distances, their lower tail as measured over at least one decade) times the looks the judge
+makes (:data:`ALIGNED_LOOKS`, whatever was placed or cut), not the search of every work. A placement covering most of the
 input (:data:`ALIGNED_MAX_SHARE`) is the whole picture's comparison, already made against
 the query-adaptive null, and is not cut. The query-adaptive shift is no guide here:
 a cut is mostly ground where the work reaches past the picture, far from every work, and
@@ -303,16 +303,16 @@ class DenseJudge(RowsJudge):
                 by: str = "") -> list[tuple[list[Evidence], np.ndarray] | None]:
         """Each input cut where ``placed`` puts a work (:meth:`Featurizer.cut`), described, and compared
         with that work's closest row: cosine ``raw``; expected chance matches the aligned null's pair
-        rate times the placements offered for the input (``looks``); ``detail`` says which feature
+        rate times the looks it makes (``looks``: :data:`ALIGNED_LOOKS`); ``detail`` says which feature
         placed the work (``aligned_by``), the looks, the part of the input it covers and the part
         of the work inside the input (``query_box``, ``ref_box``: x0, y0, x1, y1 normalised)."""
         feat = self.feat
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         cuts: list[np.ndarray] = []
         owners: list[tuple[int, int, np.ndarray]] = []   # input, work, its placement
-        # every placement offered counts as a look, cut or not: a look left out as the whole picture's
-        # must not make the others' chance lighter
-        looks = np.array([len(places) for places in placed], np.int64)
+        # every look the judge makes counts, whatever was offered or cut: a look left out (too few
+        # placements, or the whole picture's) must not make the others' chance lighter
+        looks = np.full(len(batch), self.looks, np.int64)
         for i, (p, places) in enumerate(zip(batch, placed)):
             item = p.prepared.get(feat.name) if p.error is None else None
             for work, where in places if item is not None else ():
