@@ -27,10 +27,12 @@ descriptor, while a landmark feature's geometry places it (a similarity transfor
 from a few keypoints). The descriptor then looks again at the input cut to where a
 work was placed, in the work's frame (:meth:`scanner.features.base.Featurizer.cut`), and
 compares the cut with that work alone: the chance is a plain pair's (the pairs' own cosine
-distances, their lower tail as measured over at least one decade) times the looks the judge
-makes (:data:`ALIGNED_LOOKS`, whatever was placed or cut), not the search of every work. A placement covering most of the
-input (:data:`ALIGNED_MAX_SHARE`) is the whole picture's comparison, already made against
-the query-adaptive null, and is not cut. The query-adaptive shift is no guide here:
+distances, their lower tail as measured over at least one decade) times the looks the
+judge makes (:data:`ALIGNED_LOOKS`, whatever was placed or cut), not the search of every
+work. A placement covering most of the input (:data:`ALIGNED_MAX_SHARE`) is the whole
+picture's comparison, already made against the query-adaptive null, and is not cut; a
+collapsed transform places nothing (:data:`scanner.match.landmarks.PLACED_SCALES`). The
+query-adaptive shift is no guide here:
 a cut is mostly ground where the work reaches past the picture, far from every work, and
 the shift would read that as close. Such a match is conditional on the geometry that placed
 it and is never fused with it (:mod:`scanner.match.fusion`).
@@ -333,7 +335,8 @@ class DenseJudge(RowsJudge):
             e = Evidence(work, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
                          detail={"aligned_by": by, "looks": int(looks[i]),
                                  "query_box": [round(float(v), 4) for v in _bounds(where)],
-                                 "ref_box": [round(float(v), 4) for v in _bounds(np.linalg.inv(np.vstack([where, [0, 0, 1]]))[:2])]})
+                                 "ref_box": [round(float(v), 4) for v in
+                                             _bounds(np.linalg.inv(np.vstack([where, [0, 0, 1]]))[:2])]})
             evs, x = out[i] or ([], np.zeros(0))
             out[i] = ([*evs, e], np.append(x, expected[k]))
         return out
