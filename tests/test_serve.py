@@ -828,3 +828,40 @@ def test_over_tls_the_api_answers_plain_http_does_not_and_the_session_cookie_is_
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_a_check_that_sees_a_swapped_index_waits_for_the_reload_under_way(refs: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """Two checks see the same swap: the one that finds another reloading waits and is judged with
+    the new index, not the old one."""
+    from scanner.serve.worker import ScannerHolder, _index_stamp
+
+    idx = tmp_path / "index"
+    build_index([refs], idx, options=FeatureOptions(names=FEATURES))
+    holder = ScannerHolder(idx, options=FeatureOptions(names=FEATURES), warm=False, processes=0)
+    holder.start().join(60)
+    assert holder.state == "ready"
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    synthetic_picture(500).save(extra / "new-work.png")
+    build_index([extra], idx, options=FeatureOptions(names=FEATURES), create=False)
+    opening = threading.Event()
+    slow_open = holder._open
+
+    def slowly() -> Any:
+        opening.set()
+        time.sleep(0.5)
+        return slow_open()
+
+    monkeypatch.setattr(holder, "_open", slowly)
+    first = threading.Thread(target=holder.reload_if_changed)
+    try:
+        first.start()
+        assert opening.wait(10)
+        holder.reload_if_changed()          # the second caller, while the first opens the new index
+        assert holder._current.stamp == _index_stamp(idx) and holder.reloads == 1
+        first.join(10)
+        assert holder._current.scanner.index.n_works == N_REFS + 1
+    finally:
+        first.join(10)
+        holder.close()

@@ -512,9 +512,11 @@ class ScannerHolder:
     def reload_if_changed(self) -> bool:
         """Open the index again if another one was swapped in; True when reloaded.
 
-        The new scanner is opened while checks go on with the old one; the
-        swap is one assignment; the old one closes when its last check ends.
-        One reload at a time: a second caller returns at once.
+        The new scanner is opened while checks already under way go on with the old
+        one; the swap is one assignment; the old one closes when its last check ends.
+        One reload at a time: a caller that sees the swap while another reloads waits
+        for that reload (a check that starts after an index was swapped in is judged
+        with it), then finds the index current.
         """
         if self._current is None:
             return False
@@ -522,8 +524,9 @@ class ScannerHolder:
             stamp = _index_stamp(self.index_dir)
         except OSError:
             return False  # between the rename of the old folder and the new one: next time
-        if stamp == self._current.stamp or not self._reloading.acquire(blocking=False):
+        if stamp == self._current.stamp:
             return False
+        self._reloading.acquire()
         try:
             if self._current is not None and stamp == self._current.stamp:
                 return False
