@@ -189,15 +189,15 @@ def detect(rgb: np.ndarray, detector: Any, cnn: FaceDetector | None = None) -> l
         w = box[2] - box[0]
         x0, y0 = max(0, int(box[0] - MARGIN * w)), max(0, int(box[1] - MARGIN * w))
         x1, y1 = min(W, int(box[2] + MARGIN * w)), min(H, int(box[3] + MARGIN * w))
-        crop, s = _resized(np.ascontiguousarray(rgb[y0:y1, x0:x1]),
-                           round(max(x1 - x0, y1 - y0) * min(1.0, LOOK_WIDTH / max(w, 1))))
+        region = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        crop, s = _resized(region, round(max(x1 - x0, y1 - y0) * min(1.0, LOOK_WIDTH / max(w, 1))))
         # a small face at full size: looked at enlarged when the window is under the detector's 80 pixels
         seen = detector(crop, 1 if w < 100 else 0)
         for rr in seen:
             found.append((round(rr.left() * s) + x0, round(rr.top() * s) + y0,
                           round(rr.right() * s) + x0, round(rr.bottom() * s) + y0))
         if not len(seen) and cnn is not None and score >= CNN_FROM:
-            box = _cnn_look(np.ascontiguousarray(rgb[y0:y1, x0:x1]), w, cnn)
+            box = _cnn_look(region, w, cnn)
             if box is not None:
                 found.append((box[0] + x0, box[1] + y0, box[2] + x0, box[3] + y0))
     return _distinct(found)

@@ -161,6 +161,28 @@ def work_spans(work_of_row: np.ndarray, block: int = 1 << 24) -> tuple[np.ndarra
             np.concatenate([*starts, [len(work_of_row)]]).astype(np.int64))
 
 
+class RowsByWork:
+    """Row numbers of each work of an open index's row map, worked out when first asked: from the
+    spans of rows in work order (:func:`work_spans`, ``O(works)`` kept, as an index writes them),
+    else (works removed and re-added) by one sort (:class:`WorkRows`)."""
+
+    def __init__(self, work_of_row: np.ndarray):
+        self.work_of_row = work_of_row
+        self._found: tuple[np.ndarray, np.ndarray] | WorkRows | None = None
+
+    def __call__(self, work_id: int) -> np.ndarray:
+        """The rows of ``work_id``, int64, in row order (empty when it has none)."""
+        if self._found is None:
+            self._found = work_spans(self.work_of_row) or WorkRows(np.asarray(self.work_of_row))
+        if isinstance(self._found, WorkRows):
+            return self._found(work_id)
+        works, bounds = self._found
+        at = int(np.searchsorted(works, work_id))
+        if at < len(works) and works[at] == work_id:
+            return np.arange(bounds[at], bounds[at + 1], dtype=np.int64)
+        return np.zeros(0, np.int64)
+
+
 # --- what a kind sees of an index -----------------------------------------------------
 
 

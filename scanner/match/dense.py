@@ -48,7 +48,7 @@ from scanner import policy as pol
 from scanner.features import QUERY_ADAPTIVE
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, IndexFiles, Judge, Staged, WorkRows, Writer, work_spans
+from scanner.match.base import Evidence, IndexFiles, Judge, RowsByWork, Staged, WorkRows, Writer
 from scanner.match.rows import RowsJudge, RowsKind
 from scanner.search_choice import Plan
 
@@ -312,9 +312,6 @@ class DenseJudge(RowsJudge):
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         cuts: list[np.ndarray] = []
         owners: list[tuple[int, int, np.ndarray]] = []   # input, work, its placement
-        # every look the judge makes counts, whatever was offered or cut: a look left out (too few
-        # placements, or the whole picture's) must not make the others' chance lighter
-        looks = np.full(len(batch), self.looks, np.int64)
         for i, (p, places) in enumerate(zip(batch, placed)):
             item = p.prepared.get(feat.name) if p.error is None else None
             for work, where in places if item is not None else ():
@@ -328,12 +325,14 @@ class DenseJudge(RowsJudge):
         if not cuts:
             return out
         cosine = self._closest(feat.embed(cuts), np.array([w for _, w, _ in owners], np.int64))
-        expected = pol.pair_rate(1.0 - cosine, self.index.null[feat.name]["aligned"]) * looks[[i for i, _, _ in owners]]
+        # every look the judge makes counts, whatever was offered or cut: a look left out (too few
+        # placements, or the whole picture's) must not make the others' chance lighter
+        expected = pol.pair_rate(1.0 - cosine, self.index.null[feat.name]["aligned"]) * self.looks
         for k, (i, work, where) in enumerate(owners):
             if not np.isfinite(cosine[k]):
                 continue
             e = Evidence(work, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
-                         detail={"aligned_by": by, "looks": int(looks[i]),
+                         detail={"aligned_by": by, "looks": self.looks,
                                  "query_box": [round(float(v), 4) for v in _bounds(where)],
                                  "ref_box": [round(float(v), 4) for v in
                                              _bounds(np.linalg.inv(np.vstack([where, [0, 0, 1]]))[:2])]})
@@ -343,17 +342,14 @@ class DenseJudge(RowsJudge):
 
     def _closest(self, vecs: np.ndarray, works: np.ndarray) -> np.ndarray:
         """Cosine of ``vecs[k]`` with the closest stored row of ``works[k]``; NaN for a work without rows."""
-        rows = self.index.rows(self.feat.name)
-        if "spans" not in self.cache:
-            self.cache["spans"] = work_spans(rows[:, 0]) or WorkRows(np.asarray(rows[:, 0]))
-        spans = self.cache["spans"]
+        rows_of = self.cache.setdefault("rows_of", RowsByWork(self.index.rows(self.feat.name)[:, 0]))
+        ids = [rows_of(int(w)) for w in works]
+        flat = np.concatenate([np.zeros(0, np.int64), *ids])
+        stored = reconstruct(self.index.faiss_index(self.feat.name), flat) if len(flat) else np.zeros((0, vecs.shape[1]))
         out = np.full(len(works), np.nan)
-        for k, w in enumerate(works):
-            if isinstance(spans, WorkRows):
-                ids = spans(int(w))
-            else:
-                at = int(np.searchsorted(spans[0], w))
-                ids = np.arange(spans[1][at], spans[1][at + 1]) if at < len(spans[0]) and spans[0][at] == w else []
-            if len(ids):
-                out[k] = float(np.max(reconstruct(self.index.faiss_index(self.feat.name), np.asarray(ids)) @ vecs[k]))
+        at = 0
+        for k, these in enumerate(ids):
+            if len(these):
+                out[k] = float(np.max(stored[at:at + len(these)] @ vecs[k]))
+            at += len(these)
         return out

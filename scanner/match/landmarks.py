@@ -25,7 +25,7 @@ from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
 from scanner.search import BINARY_IVF_NPROBE, binary_codes
 from scanner.search_choice import Plan
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Staged, Writer, work_spans
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, RowsByWork, Staged, Writer
 from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
 
 #: Landmark descriptors from this many rows on are searched through an inverted
@@ -109,24 +109,13 @@ class LandmarkTable:
     desc: np.ndarray
     xy: np.ndarray
     size: np.ndarray
-    _by_work: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-    _spans: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _rows_of: RowsByWork | None = field(default=None, repr=False, compare=False)
 
     def work_rows(self, work_id: int) -> np.ndarray:
         """Row numbers of one work's keypoints, int64."""
-        if self._spans is None and not self._by_work:
-            object.__setattr__(self, "_spans", work_spans(self.rows[:, 0]))  # a cache on a frozen table
-            if self._spans is None:  # rows out of work order (works removed and re-added): a map
-                order = np.argsort(self.rows[:, 0], kind="stable")
-                works, starts = np.unique(self.rows[order, 0], return_index=True)
-                for w, part in zip(works, np.split(order, starts[1:])):
-                    self._by_work[int(w)] = part
-        if self._spans is not None:
-            works, bounds = self._spans
-            at = int(np.searchsorted(works, work_id))
-            if at < len(works) and works[at] == work_id:
-                return np.arange(bounds[at], bounds[at + 1], dtype=np.int64)
-        return self._by_work.get(int(work_id), np.zeros(0, np.int64))
+        if self._rows_of is None:
+            object.__setattr__(self, "_rows_of", RowsByWork(self.rows[:, 0]))  # a cache on a frozen table
+        return self._rows_of(work_id)  # type: ignore[misc]
 
 
 def landmark_votes(D: np.ndarray, I: np.ndarray, rows: np.ndarray, views: np.ndarray | None = None, *,

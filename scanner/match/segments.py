@@ -40,7 +40,7 @@ from scanner.features.melody import FRAME, QUERY_HOP, REF_HOP, WINDOW, segments,
 from scanner.features.prepared import Prepared
 from scanner import search
 from scanner.search_choice import Plan
-from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, Writer, work_spans
+from scanner.match.base import K, Evidence, FeatureKind, IndexFiles, Judge, RowsByWork, Writer
 from scanner.match.dense import Dense, reconstruct
 
 #: Tempo ratios looked for (reference seconds per query second): a re-performance
@@ -257,26 +257,8 @@ class WorkFrames:
 
     def __init__(self, rows: np.ndarray, vectors: Callable[[np.ndarray], np.ndarray], *, keep: int = 64):
         self.rows, self.vectors, self.keep = rows, vectors, keep
-        self._spans: tuple[np.ndarray, np.ndarray] | None = None
-        self._by_work: dict[int, np.ndarray] | None = None
+        self.work_rows = RowsByWork(rows[:, 0])
         self._cache: dict[int, np.ndarray] = {}
-
-    def work_rows(self, work_id: int) -> np.ndarray:
-        """Row numbers of one work, int64 (in row order)."""
-
-        if self._spans is None and self._by_work is None:
-            self._spans = work_spans(self.rows[:, 0])
-            if self._spans is None:  # rows out of work order (works removed and re-added): a map
-                order = np.argsort(np.asarray(self.rows[:, 0]), kind="stable")
-                works, starts = np.unique(np.asarray(self.rows[order, 0]), return_index=True)
-                self._by_work = {int(w): np.sort(part) for w, part in zip(works, np.split(order, starts[1:]))}
-        if self._spans is not None:
-            works, bounds = self._spans
-            at = int(np.searchsorted(works, work_id))
-            if at < len(works) and works[at] == work_id:
-                return np.arange(bounds[at], bounds[at + 1], dtype=np.int64)
-            return np.zeros(0, np.int64)
-        return (self._by_work or {}).get(int(work_id), np.zeros(0, np.int64))
 
     def __call__(self, work_id: int) -> np.ndarray:
         """The work's frames from time 0 (:func:`work_frames`), ``[shape=(12, t)]``."""
