@@ -70,7 +70,6 @@
       return;
     }
     const id = got.id;
-    card.dataset.verdict = line.verdict;
     card.dataset.check = id;
     badge(card.querySelector(".v"), line.verdict);
     card.querySelector(".sha").textContent = "sha256 " + (line.sha256 || "—") + " · " + line.reason;
@@ -86,6 +85,8 @@
       form.hidden = false;
       form.querySelectorAll("button").forEach((b) => b.addEventListener("click", () => decide(form, id, b.dataset.decision)));
     }
+    // set last: a card with a verdict is complete (its words, evidence and buttons are in place)
+    card.dataset.verdict = line.verdict;
     refreshHistory();
   }
 
