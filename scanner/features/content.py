@@ -97,9 +97,17 @@ def _side(planes: np.ndarray, *, skip: int = 0) -> tuple[int, np.ndarray | None]
     # the mean, not the median: cheaper, and a line with outliers fails the test anyway
     colour = ((lo[:, 0] + hi[:, 0]) / 2).mean(axis=1)
     c = colour[:, None, None]
-    dev = np.maximum(hi - c, c - lo).max(axis=0).max(axis=1)
-    off = np.flatnonzero(dev > LINE_TOLERANCE)
-    depth = int(off[0]) if off.size else planes.shape[1]
+    # rows in growing runs until one breaks the frame: the cost follows the frame's depth,
+    # not the picture's height (most sides of a picture have none)
+    depth, start, run = planes.shape[1], 0, 4
+    while start < depth:
+        stop = min(depth, start + run)
+        dev = np.maximum(hi[:, start:stop] - c, c - lo[:, start:stop]).max(axis=0).max(axis=1)
+        off = np.flatnonzero(dev > LINE_TOLERANCE)
+        if off.size:
+            depth = start + int(off[0])
+            break
+        start, run = stop, 2 * run
     return depth, (colour if depth else None)
 
 
