@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -463,6 +464,16 @@ def _shrink(im: Image.Image, max_side: int | None) -> Image.Image:
     return im.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
+def opencv() -> Any:
+    """OpenCV, its thread pool set to one thread: one picture per worker process or thread, and
+    a team of threads for each small call costs more than it gives (they spin when the cores
+    are busy). Every module that uses OpenCV takes it from here."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return cv2
+
+
 def to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:
     """Flatten any Pillow mode to a new RGB image (never the input object), shrunk to ``max_side``.
 
@@ -489,7 +500,7 @@ def to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:
     # premultiplied alpha: the colour stored under alpha 0 becomes zero, so
     # resampling cannot bleed it into the picture, and flattening over white is
     # one addition (rgb * a + white * (1 - a)), done after shrinking
-    import cv2  # saturating uint8 arithmetic in one pass: numpy's broadcast over channel-last pixels costs 8x
+    cv2 = opencv()  # saturating uint8 arithmetic in one pass: numpy's broadcast over channel-last pixels costs 8x
 
     rgba = im if im.mode == "RGBA" else im.convert("RGBA")  # RGBA applies palette alpha, tRNS
     premultiplied = _shrink(rgba.convert("RGBa"), max_side)

@@ -436,3 +436,36 @@ def test_a_transform_that_collapses_the_output_onto_a_spot_of_the_work_places_no
         m = np.array([[scale, 0.0, 100.0], [0.0, scale, 80.0]])
         e = Evidence(3, "image-local", 9.0, -9.0, 0, pending=(query, table, "repeated", 9, 0, m, np.array([0]), np.array([0])))
         assert (placement(e) is not None) == placed, scale
+
+
+@needs_sscd
+def test_an_index_keeps_the_picture_preparation_it_was_built_with(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    from scanner.pipeline import features_for_index
+
+    picture = flatten(clip_art(3)).resize((150, 420))  # one side grows, the other shrinks
+    old, new = make("image-sscd", model="distilled", version="1-288"), make("image-sscd", model="distilled")
+    assert new.version == sscd.VERSION != "1-288"
+    pillow = np.asarray(picture.resize((sscd.SIDE, sscd.SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0))
+    assert np.array_equal(old.prepare(picture), pillow)
+    prepared = new.prepare(picture)
+    assert prepared.shape == (sscd.SIDE, sscd.SIDE, 3) and prepared.dtype == np.uint8
+    assert 0 < np.abs(prepared.astype(int) - pillow).mean() < 4  # another resampler, the same picture
+    a, b = new.embed([prepared, pillow])
+    assert float(a @ b) > 0.95
+    # an index built before the change is scanned as it was built
+    refs = clip_art_works(tmp_path, 6)
+    monkeypatch.setattr(sscd, "VERSION", "1-288")
+    build_index([refs], tmp_path / "index", options=FeatureOptions(names=["image-sscd"], sscd_model="distilled"))
+    monkeypatch.undo()
+    opened = open_index(tmp_path / "index")
+    assert opened.features["image-sscd"]["version"] == "1-288"
+    (feat,) = features_for_index(opened, FeatureOptions())
+    assert feat.version == "1-288" and np.array_equal(feat.prepare(picture), pillow)
+    q = feat.embed([feat.prepare(MILD_TRANSFORMS["jpeg-q40"](flatten(clip_art(2))))])
+    D, I = opened.faiss_index("image-sscd").search(q, 1)
+    assert Path(opened.work_lookup()[int(opened.rows("image-sscd")[I[0, 0], 0])].path).name == "r2.png"
+    opened.close()
+    with pytest.raises(Exception, match="unknown to this likeness"):
+        make("image-sscd", model="distilled", version="9-288")

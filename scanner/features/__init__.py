@@ -33,7 +33,7 @@ def make(name: str, **options: Any) -> Featurizer:
     **options
         Passed to the featurizer's constructor (``model``, ``pretrained``,
         ``models_dir``, ``device`` for ``image-clip``; ``model``, ``device``,
-        ``threads``, ``expect_sha256`` for ``image-sscd``); unknown ones are ignored
+        ``threads``, ``expect_sha256``, ``version`` for ``image-sscd``); unknown ones are ignored
         by featurizers that take none.
 
     Raises
@@ -52,8 +52,8 @@ def make(name: str, **options: Any) -> Featurizer:
     if name == "image-sscd":
         from scanner.features.sscd import SSCD
 
-        return SSCD(**{k: v for k, v in options.items() if k in ("model", "device", "threads", "expect_sha256")
-                       and v is not None})
+        return SSCD(**{k: v for k, v in options.items()
+                       if k in ("model", "device", "threads", "expect_sha256", "version") and v is not None})
     if name == "image-face":
         from scanner.features.face import Face
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from scanner.media import opencv
+
 #: Channel difference (0–255) within which every pixel of a line must lie for
 #: the line to be frame: loose enough for compression noise along a frame, tight
 #: enough that a gradient, or a thin line crossing the row, is content.
@@ -172,7 +174,7 @@ def _turned(planes: np.ndarray, f: int, origin: tuple[int, int] = (0, 0)) -> Tur
     The upright size leaves out a block along each edge (blocks there mix
     ground and picture).
     """
-    import cv2
+    cv2 = opencv()
     from scipy import ndimage
 
     _, h, w = planes.shape
@@ -229,7 +231,7 @@ def _turned(planes: np.ndarray, f: int, origin: tuple[int, int] = (0, 0)) -> Tur
 
 def upright(image: Image.Image, turn: Turn) -> Image.Image:
     """The turned picture of ``image`` set upright: RGB, :attr:`Turn.size`."""
-    import cv2
+    cv2 = opencv()
 
     arr = np.asarray(image.convert("RGB"))
     flat = cv2.warpAffine(arr, np.asarray(turn.matrix, np.float64), turn.size,

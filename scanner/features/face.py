@@ -40,6 +40,7 @@ from scanner.errors import ModelError
 from scanner.features.base import Featurizer
 from scanner.features.content import Content
 from scanner.features.dlib_dnn import CHIP_PADDING, CHIP_SIDE, FaceDescriptor, FaceDetector
+from scanner.media import opencv
 from scanner.models import file_sha256, package_folder
 
 #: Where the model files come from, and the install line.
@@ -262,7 +263,7 @@ def render(rgb: np.ndarray, rendering: int) -> np.ndarray:
     inked along the edges (an adaptive threshold); ``painted``: mean-shift smoothing
     into patches of paint. Deterministic (k-means seeded), so an index build repeats.
     """
-    import cv2
+    cv2 = opencv()
 
     if rendering == 0:
         return rgb

@@ -30,7 +30,7 @@ runs in working pixels, where the RANSAC tolerance has a fixed meaning.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -38,6 +38,7 @@ from PIL import Image
 from scanner.errors import ParameterError
 from scanner.features.base import Featurizer
 from scanner.features.content import Content, Turn, analyse, set_upright
+from scanner.media import opencv
 
 #: Longer side (pixels) of the grey content the keypoints are found on.
 WORK_SIDE = 512
@@ -78,13 +79,6 @@ SPREAD_GRID = 4
 #: working pixels, and the view (0 as given, 1 mirrored).
 KEYPOINT_DTYPE = np.dtype([("desc", np.uint8, (DESC_BYTES,)), ("xy", np.float32, (2,)),
                            ("size", np.float32, (2,)), ("view", np.uint8)])
-
-
-def _cv2() -> Any:
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per worker process; a thread team per call costs more
-    return cv2
 
 
 def spread_keypoints(xy: np.ndarray, response: np.ndarray, shape: tuple[int, int], n: int, extra: int, *,
@@ -150,7 +144,7 @@ def orb_keypoints(grey: np.ndarray, *, n_features: int = N_FEATURES, mirror: boo
         the mirrored picture for the mirrored view), strongest (Harris response) first
     desc : uint8 ``[shape=(n, 32)]`` packed 256-bit descriptors
     """
-    cv2 = _cv2()
+    cv2 = opencv()
     if n_features < 1 or extra < 0:
         raise ParameterError(f"n_features must be positive and extra not negative, given {n_features}, {extra}")
     grey = np.ascontiguousarray(grey, dtype=np.uint8)
@@ -194,7 +188,7 @@ def working_grey(image: Image.Image, box: tuple[int, int, int, int] | None = Non
     grey : uint8 ``[shape=(h, w)]``
     scale : float, working pixels per pixel of ``image``
     """
-    cv2 = _cv2()
+    cv2 = opencv()
     box = box or (0, 0, image.width, image.height)
     grey = np.asarray(image.crop(box).convert("L"))  # the box alone turned grey: tiles are a fraction of it
     h, w = grey.shape
@@ -339,7 +333,7 @@ def ransac_similarity(src: np.ndarray, dst: np.ndarray, *, tolerance: float,
     inliers : bool ``[shape=(n,)]``
     transform : float64 ``[shape=(2, 3)]`` mapping ``src`` to ``dst``, or ``None``
     """
-    cv2 = _cv2()
+    cv2 = opencv()
     n = len(src)
     if n < 3:
         return np.zeros(n, bool), None
@@ -377,7 +371,7 @@ class LocalORB(Featurizer):
     def __init__(self, n_features: int = N_FEATURES, ref_features: int = REF_FEATURES):
         self.n_features = n_features
         self.ref_features = ref_features
-        _cv2()  # imported before decode workers fork, not once per worker
+        opencv()  # imported before decode workers fork, not once per worker
 
     @property
     def version(self) -> str:

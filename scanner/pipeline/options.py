@@ -140,7 +140,7 @@ def features_for_index(index: store.Index, options: FeatureOptions) -> list[Feat
         elif name == "image-sscd":
             # the index's own model, whatever --sscd-model says; its file must be the same
             feat = make(name, **{**options.model_options(name), "model": spec.get("model_name"),
-                                 "expect_sha256": spec.get("model_sha256")})
+                                 "expect_sha256": spec.get("model_sha256"), "version": spec.get("version")})
         else:
             feat = make(name)
         index.check_featurizer(feat.identity())
