@@ -447,6 +447,7 @@ def test_an_index_keeps_the_picture_preparation_it_was_built_with(tmp_path: Path
     picture = flatten(clip_art(3)).resize((150, 420))  # one side grows, the other shrinks
     old, new = make("image-sscd", model="distilled", version="1-288"), make("image-sscd", model="distilled")
     assert new.version == sscd.VERSION != "1-288"
+    assert make("image-sscd", **old.get_params()).version == "1-288"  # as a worker elsewhere (Ray) makes it again
     pillow = np.asarray(picture.resize((sscd.SIDE, sscd.SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0))
     assert np.array_equal(old.prepare(picture), pillow)
     prepared = new.prepare(picture)

@@ -208,7 +208,8 @@ class SSCD(Featurizer):
         self._session, self._lock, self.threads = None, threading.Lock(), 1
 
     def get_params(self) -> dict[str, Any]:
-        return {"model": self.model, "device": self.device, "threads": self.threads}
+        # the version too: a worker elsewhere (Ray) adding to an older index prepares pictures as it was built
+        return {"model": self.model, "device": self.device, "threads": self.threads, "version": self._version}
 
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """The picture as the model takes it: RGB, :data:`SIDE` x :data:`SIDE`, uint8 ``[shape=(SIDE, SIDE, 3)]``.
