@@ -214,7 +214,7 @@ class SSCD(Featurizer):
     def prepare(self, image: Image.Image, content: Content | None = None) -> np.ndarray:
         """The picture as the model takes it: RGB, :data:`SIDE` x :data:`SIDE`, uint8 ``[shape=(SIDE, SIDE, 3)]``.
 
-        Thread-safe; Pillow only (no model is loaded).
+        Thread-safe; Pillow (version ``1-288``) or OpenCV resizes it, no model is loaded.
         """
         img = image if image.mode == "RGB" else image.convert("RGB")
         if self._version == "1-288":
