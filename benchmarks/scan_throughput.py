@@ -14,6 +14,12 @@
    ``run.json`` seconds (in-process) and wall clock (process start included);
    repeated ``--repeat`` times, best kept. The 1-minute load average is
    recorded beside each run: the machine may be shared.
+4. After each scan, in turns: with image-sscd in the index, its model alone
+   on the queries (pictures prepared beforehand, every core's thread); then,
+   in a fresh process set up as a decode worker, where a worker's CPU goes per
+   picture (:func:`worker_split`: preparation, model, search and judging), and
+   from it the rate the scan would reach with every core on that work and the
+   seconds left over (start-up, idle cores).
 
 Writes ``benchmarks/results/scan_throughput-<works>.json`` and ``.md``.
 
@@ -40,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scanner.pipeline import iter_results
+from scanner.pipeline.prepare import FORK_CHUNK
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -218,7 +225,53 @@ def bare_model(query_dir: Path, index: Path) -> tuple[dict[str, Any], Callable[[
             "pictures": len(prepared)}, one_pass
 
 
+def worker_split(query_dir: Path, index: Path) -> dict[str, float]:
+    """CPU time (ms) per picture of a scan's decode worker, by stage, in this process set up as one.
+
+    The scan's forked workers each prepare and judge :data:`scanner.pipeline.prepare.FORK_CHUNK`
+    pictures at a time on one thread (:func:`scanner.pipeline.prepare.start_worker`). The same
+    here, on every query, stage by stage: ``prepare`` (hash, decode, content analysis, each
+    featurizer's per-picture work), ``model`` (the embeddings of the features with a model:
+    :func:`scanner.pipeline.embed_ahead`) and ``search`` (the rest of ``Scanner.judge``:
+    searches, verification, scoring, verdicts). Run in a process of its own (``--split-worker``):
+    the worker's thread settings are the process's.
+    """
+    from scanner import media
+    from scanner.pipeline import embed_ahead, prepare_one
+    from scanner.pipeline.prepare import FORK_CHUNK, start_worker
+    from scanner.pipeline.scan import Scanner
+
+    scanner = Scanner(index)
+    feats = scanner.featurizers
+    start_worker(os.getppid(), feats, judge=True)
+    items = [media.Input(p, "image") for p in sorted(query_dir.iterdir()) if p.is_file()]
+    spent = {"prepare": 0.0, "model": 0.0, "search": 0.0}
+    for lo in range(0, len(items), FORK_CHUNK):
+        t = time.process_time()
+        batch = [prepare_one(item, feats) for item in items[lo:lo + FORK_CHUNK]]
+        t1 = time.process_time()
+        embed_ahead(batch, feats)
+        t2 = time.process_time()
+        scanner.judge(batch)
+        t3 = time.process_time()
+        for k, (a, b) in zip(spent, ((t, t1), (t1, t2), (t2, t3))):
+            spent[k] += b - a
+    scanner.close()
+    return {k: round(1000 * v / len(items), 2) for k, v in spent.items()}
+
+
+def split_in_turn(query_dir: Path, index: Path) -> dict[str, float]:
+    """:func:`worker_split` in a fresh process."""
+    proc = subprocess.run([sys.executable, __file__, "--split-worker", str(query_dir), str(index)],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--split-worker"]:
+        print(json.dumps(worker_split(Path(argv[1]), Path(argv[2]))))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     set_arguments(ap, works=10_000, queries=1000)
     ap.add_argument("--repeat", type=int, default=2)
@@ -231,14 +284,22 @@ def main(argv: list[str] | None = None) -> int:
         if bare_pass is not None:
             runs[-1]["bare_images_per_s"] = bare_pass()
             runs[-1]["ratio"] = round(runs[-1]["images_per_s"] / runs[-1]["bare_images_per_s"], 3)
+        runs[-1]["worker_ms"] = split_in_turn(query_dir, index)
     best = max(runs, key=lambda r: r["images_per_s"])
+    cores = len(os.sched_getaffinity(0))
+    split = {k: float(np.median([r["worker_ms"][k] for r in runs])) for k in runs[0]["worker_ms"]}
+    per_picture = sum(split.values())
+    # what the workers' CPU alone allows (every core busy), and the rest of the run's seconds
+    split["images_per_s_if_cores_busy"] = round(1000 * cores / per_picture, 1)
+    split["fixed_seconds"] = round(float(np.median([r["seconds"] - r["inputs"] * per_picture / 1000 / cores
+                                                    for r in runs])), 2)
     if bare is not None:
         bare["images_per_s"] = max(r["bare_images_per_s"] for r in runs)
         bare["ratio_median"] = float(np.median([r["ratio"] for r in runs]))
     rep = {"benchmark": "scan_throughput", "features": args.features, "index_features": list(info["rows"]),
            "works": args.works, "queries": args.queries,
            "side": args.side,
-           "seed": args.seed, "index": info, "runs": runs, "best": best, "bare_model": bare,
+           "seed": args.seed, "index": info, "runs": runs, "best": best, "bare_model": bare, "worker_split": split,
            "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()}}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / (f"scan_throughput-{args.works}" + (f"-side{args.side}" if args.side else "")
@@ -267,7 +328,15 @@ def main(argv: list[str] | None = None) -> int:
                f"threads, batches of {bare['batch']}, pictures decoded and prepared beforehand), timed right after "
                f"each scan: best {bare['images_per_s']} images/s; the scan's rate is **{bare['ratio_median']:.3f}** "
                f"of it (median of the runs' ratios).\n"
-               if bare else ""))
+               if bare else "")
+            + f"\nWhere a decode worker's time goes (CPU ms a picture, one thread, chunks of {FORK_CHUNK} "
+            f"as the scan's forked workers take them; median of the runs, each right after its scan): "
+            f"preparation {split['prepare']:.2f} (hashing, decoding, content analysis, each feature's own "
+            f"per-picture work), model {split['model']:.2f}, search and judging {split['search']:.2f}; the model is "
+            f"**{split['model'] / per_picture:.0%}** of it. With all {cores} cores on that work the scan would run "
+            f"{split['images_per_s_if_cores_busy']} images/s; the rest of a run's seconds, "
+            f"{split['fixed_seconds']} s, is start-up (opening the index, forking, the first chunk) "
+            "and cores not kept busy.\n")
     stem.with_suffix(".md").write_text(text)
     print(text)
     return 0

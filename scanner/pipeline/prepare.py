@@ -39,6 +39,9 @@ class Judges(Protocol):
 DECODE_SIDE = Featurizer.decode_side
 #: Longest side of video keyframes: up to two thousand per file, one at a time.
 KEYFRAME_SIDE = 512
+#: Inputs a forked decode worker prepares (and judges) per task: a batch for a model, few
+#: enough that the workers finish a scan together.
+FORK_CHUNK = 16
 
 
 def decode_side(featurizers: Sequence[Featurizer]) -> int:
@@ -291,7 +294,7 @@ def prepare_stream(items: Iterable[media.Input], featurizers: Sequence[Featurize
         _FORKED_FEATURIZERS = featurizers  # inherited by the forked workers, never pickled
         _FORKED_SCANNER = judge
         context = multiprocessing.get_context("fork")
-        chunk, args = 16, (None, reference, judge is not None)
+        chunk, args = FORK_CHUNK, (None, reference, judge is not None)
 
         def new_pool() -> Any:
             before_fork()
