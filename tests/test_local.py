@@ -303,6 +303,42 @@ def test_large_landmark_sets_use_an_inverted_file() -> None:
     assert (D[:, 0] == 0).all() and np.array_equal(I[:, 0], np.arange(50))
 
 
+def test_a_large_inverted_file_picks_its_lists_through_a_coarse_one(monkeypatch) -> None:
+    """Many lists: the lists a descriptor probes are found through an inverted file over the
+    centroids; the same lists and probes, nearly the same neighbours, the stored index untouched."""
+    import faiss
+
+    from scanner import search
+
+    rng = np.random.default_rng(0)
+
+    def flipped(x: np.ndarray, p: float) -> np.ndarray:
+        return x ^ np.packbits(rng.random((len(x), 256)) < p, axis=1)
+
+    # descriptors gather around shapes, and shapes around kinds of shape: the structure lists
+    # follow (uniform random codes have none, and no inverted file finds their neighbours)
+    kinds = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    shapes = flipped(kinds[rng.integers(0, 40, 600)], 0.12)
+    codes = flipped(shapes[rng.integers(0, 600, landmarks.IVF_FROM + 100)], 0.08)
+    index = landmarks.binary_index(codes)
+    assert search.coarse_probing(index) is index  # too few lists (nlist 724) to pay
+    monkeypatch.setattr(search, "COARSE_FROM", 256)
+    fast = search.coarse_probing(index)
+    assert fast is not index and isinstance(fast, faiss.IndexBinaryIVF)
+    assert (fast.nlist, fast.ntotal) == (index.nlist, index.ntotal) and fast.nprobe == search.COARSE_LIST_PROBES
+    assert isinstance(faiss.downcast_IndexBinary(index.quantizer), faiss.IndexBinaryFlat)
+    # a copy with a few bits flipped: the probed lists must still hold its original
+    noisy = flipped(codes[:400], 0.03)
+    _, want = index.search(noisy, 1)
+    _, got = fast.search(noisy, 1)
+    # the flat quantizer's own recall is the yardstick
+    found, found_fast = (want[:, 0] == np.arange(400)).mean(), (got[:, 0] == np.arange(400)).mean()
+    assert found > 0.8 and found_fast > found - 0.05, (found, found_fast)
+    del index  # the fast one holds the lists' owner
+    _, again = fast.search(noisy, 1)
+    assert np.array_equal(again, got)
+
+
 def test_inlier_null_fit_and_expected_chance() -> None:
     rng = np.random.default_rng(0)
     chance = np.concatenate([np.zeros(200), 3 + rng.geometric(0.45, 1000) - 1, rng.integers(50, 300, 60)])

@@ -23,7 +23,7 @@ import numpy as np
 from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.search import BINARY_IVF_NPROBE, binary_codes
+from scanner.search import BINARY_IVF_NPROBE, binary_codes, coarse_probing
 from scanner.search_choice import Plan
 from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, RowsByWork, Staged, Writer
 from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
@@ -576,6 +576,8 @@ def binary_index(codes: np.ndarray) -> Any:
     training: k-means on millions of ORB descriptors costs minutes and, for
     voting, finds the same works), with ``4 sqrt(n)`` lists of which
     :data:`scanner.search.BINARY_IVF_NPROBE` are probed; the probe count is stored in the file.
+    Scans and the null's fit search it through :func:`scanner.search.coarse_probing` (the
+    lists to probe found without comparing every centroid), the file keeps the plain one.
 
     Parameters
     ----------
@@ -689,8 +691,9 @@ class Landmarks(FeatureKind):
         index = writer.derived(name, lambda: binary_index(vecs))  # written as fitted
         by = PROPOSERS.get(name)
         proposer = (by, *writer.vectors(by)) if by in writer.feature_names() else None
-        return fit_landmark_null(name, vecs, rows, writer.extras(name), index, featureless, chance_pairs,
-                                 proposer=proposer)
+        # searched as a scan searches it (LandmarkJudge)
+        return fit_landmark_null(name, vecs, rows, writer.extras(name), coarse_probing(index), featureless,
+                                 chance_pairs, proposer=proposer)
 
     def detail(self, e: Evidence) -> dict[str, Any] | None:
         return landmark_detail(e)
@@ -706,7 +709,7 @@ class LandmarkJudge(Judge):
 
     def __init__(self, index: IndexFiles, feat: Featurizer):
         self.index, self.feat = index, feat
-        index.faiss_index(feat.name)
+        self.search_index = coarse_probing(index.faiss_index(feat.name))
         index.rows(feat.name)
         index.row_weights(feat.name)
         extra = index.landmarks(feat.name)
@@ -730,8 +733,7 @@ class LandmarkJudge(Judge):
             return pol.expected_landmark(inliers, statistics, nulls)
 
         queries = [batch[i].prepared[feat.name] for i in pos]
-        found = landmark_evidence(queries, self.index.faiss_index(feat.name),
-                                  self.table, feature=feat.name, statistics=tuple(nulls),
+        found = landmark_evidence(queries, self.search_index, self.table, feature=feat.name, statistics=tuple(nulls),
                                   choose=expected,  # per work, its most significant statistic
                                   boxes=False)  # built for the matches shown (the scanner asks landmark_detail)
         for i, q, evs in zip(pos, queries, found):
