@@ -238,7 +238,7 @@ def worker_split(query_dir: Path, index: Path) -> dict[str, float]:
     """
     from scanner import media
     from scanner.pipeline import embed_ahead, prepare_one
-    from scanner.pipeline.prepare import FORK_CHUNK, start_worker
+    from scanner.pipeline.prepare import start_worker
     from scanner.pipeline.scan import Scanner
 
     scanner = Scanner(index)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
            "works": args.works, "queries": args.queries,
            "side": args.side,
            "seed": args.seed, "index": info, "runs": runs, "best": best, "bare_model": bare, "worker_split": split,
-           "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform()}}
+           "machine": {"cpus": cores, "platform": platform.platform()}}
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / (f"scan_throughput-{args.works}" + (f"-side{args.side}" if args.side else "")
                            + feature_tag(args.features))

@@ -595,17 +595,45 @@ def build_compressed_ivf(stream: VectorStream, *, codec: str = COMPRESSED_CODEC,
                    "probe_queries": len(probes), "train_rows": ntrain}
 
 
+def sampled_binary_ivf(codes: np.ndarray, nlist: int) -> Any:
+    """A binary inverted file of ``codes`` whose ``nlist`` centroids are a seeded sample of the codes
+    themselves (no training), every code added (row i = code i).
+
+    Parameters
+    ----------
+    codes : uint8 ``[shape=(n, nbytes)]``, ``n >= nlist``
+    nlist : int > 0
+
+    Returns
+    -------
+    faiss.IndexBinaryIVF, ``nprobe`` left at faiss's default (the caller sets it)
+    """
+    import faiss
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    dim = codes.shape[1] * 8
+    quantizer = faiss.IndexBinaryFlat(dim)
+    quantizer.add(codes[np.sort(np.random.default_rng(0).choice(len(codes), nlist, replace=False))])
+    index = faiss.IndexBinaryIVF(quantizer, dim, nlist)
+    index.is_trained = True
+    index.own_fields = True
+    quantizer.this.disown()
+    index.add(codes)
+    return index
+
+
 def coarse_probing(index: Any) -> Any:
     """A binary inverted file that finds the lists to probe through a coarse inverted file.
 
     Searching an ``IndexBinaryIVF`` first compares each query with every list's centroid
     (its flat quantizer), then scans the ``nprobe`` nearest lists. With thousands of lists the
-    first step dominates. The index returned shares ``index``'s lists and probes as many of
-    them, but picks them through an inverted file over the centroids
-    (:data:`COARSE_LISTS_PER_ROOT` x sqrt(lists) coarse lists, :data:`COARSE_NPROBE` probed): a few
-    hundred comparisons instead of every centroid. ``index`` itself is left as it is (it is
-    what index files hold); an index with fewer than :data:`COARSE_FROM` lists, or a quantizer
-    other than a flat one, is returned unchanged.
+    first step dominates. The index returned shares ``index``'s lists but picks them through an
+    inverted file over the centroids (:func:`sampled_binary_ivf`, :data:`COARSE_LISTS_PER_ROOT` x
+    sqrt(lists) coarse lists, :data:`COARSE_NPROBE` probed): a few hundred comparisons instead of
+    every centroid. It probes :data:`COARSE_LIST_PROBES` lists, one more than ``index``, for the
+    nearest lists the coarse file misses. ``index`` itself is left as it is (it is what index
+    files hold); an index with fewer than :data:`COARSE_FROM` lists, or a quantizer other than a
+    flat one, is returned unchanged.
 
     Parameters
     ----------
@@ -617,19 +645,14 @@ def coarse_probing(index: Any) -> Any:
     """
     import faiss
 
-    if (not isinstance(index, faiss.IndexBinaryIVF) or index.nlist < COARSE_FROM
-            or not isinstance(faiss.downcast_IndexBinary(index.quantizer), faiss.IndexBinaryFlat)):
+    if not isinstance(index, faiss.IndexBinaryIVF) or index.nlist < COARSE_FROM:
         return index
     flat = faiss.downcast_IndexBinary(index.quantizer)
+    if not isinstance(flat, faiss.IndexBinaryFlat):
+        return index
     centroids = binary_codes(flat)
-    n2 = int(COARSE_LISTS_PER_ROOT * np.sqrt(len(centroids)))
-    top = faiss.IndexBinaryFlat(index.d)
-    top.add(np.ascontiguousarray(centroids[np.sort(np.random.default_rng(0).choice(len(centroids), n2,
-                                                                                 replace=False))]))
-    coarse = faiss.IndexBinaryIVF(top, index.d, n2)
-    coarse.is_trained, coarse.own_fields = True, True
-    top.this.disown()
-    coarse.add(centroids)  # list i's centroid is row i: the coarse search returns list numbers
+    # list i's centroid is row i of the coarse file: its search returns list numbers
+    coarse = sampled_binary_ivf(centroids, int(COARSE_LISTS_PER_ROOT * np.sqrt(len(centroids))))
     coarse.nprobe = COARSE_NPROBE
     fast = faiss.IndexBinaryIVF(coarse, index.d, index.nlist)
     fast.is_trained, fast.own_fields = True, True

@@ -305,7 +305,7 @@ def test_large_landmark_sets_use_an_inverted_file() -> None:
 
 def test_a_large_inverted_file_picks_its_lists_through_a_coarse_one(monkeypatch) -> None:
     """Many lists: the lists a descriptor probes are found through an inverted file over the
-    centroids; the same lists and probes, nearly the same neighbours, the stored index untouched."""
+    centroids; the same lists, one more probed, nearly the same neighbours, the stored index untouched."""
     import faiss
 
     from scanner import search

@@ -23,7 +23,7 @@ import numpy as np
 from scanner import policy as pol
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.search import BINARY_IVF_NPROBE, binary_codes, coarse_probing
+from scanner.search import BINARY_IVF_NPROBE, binary_codes, coarse_probing, sampled_binary_ivf
 from scanner.search_choice import Plan
 from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, RowsByWork, Staged, Writer
 from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
@@ -586,18 +586,11 @@ def binary_index(codes: np.ndarray) -> Any:
     import faiss
 
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    dim = codes.shape[1] * 8
-    if len(codes) < IVF_FROM:
-        index = faiss.IndexBinaryFlat(dim)
-    else:
-        nlist = int(min(65536, 4 * np.sqrt(len(codes))))
-        quantizer = faiss.IndexBinaryFlat(dim)
-        quantizer.add(codes[np.sort(np.random.default_rng(0).choice(len(codes), nlist, replace=False))])
-        index = faiss.IndexBinaryIVF(quantizer, dim, nlist)
-        index.is_trained = True
+    if len(codes) >= IVF_FROM:
+        index = sampled_binary_ivf(codes, int(min(65536, 4 * np.sqrt(len(codes)))))
         index.nprobe = BINARY_IVF_NPROBE
-        index.own_fields = True
-        quantizer.this.disown()
+        return index
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
     index.add(codes)
     return index
 
