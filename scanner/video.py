@@ -67,6 +67,13 @@ MIN_GAP: float = 0.5
 #: Most keyframes of one file; a longer file's gaps widen to stay below it, so
 #: a feature film costs bounded memory and time.
 MAX_KEYFRAMES: int = 2000
+#: Threads of swscale's conversions (frame to grey thumbnail, frame to picture). One: our
+#: pictures are small and few, and PyAV (from 18.1.1) keeps each thread's converter, with
+#: its pool of threads, for the thread's whole life. A process forked from one where such a
+#: pool lives frees the converter (Python clears the other threads' thread-locals in the
+#: child) and waits for ever on the pool's threads, which stayed in the parent: a scan's
+#: decode workers or the server's picture workers, forked while a thread had decoded video.
+_SWS_THREADS: int = 1
 #: Decode errors (bad packets) tolerated before a file is called corrupt.
 MAX_BAD_PACKETS: int = 25
 
@@ -306,7 +313,7 @@ class Video:
                 next_look = t + step
                 self.frames_looked_at += 1
                 probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray",
-                                         interpolation="AREA").astype(np.float32)  # the fastest, and averages
+                                         interpolation="AREA", threads=_SWS_THREADS).astype(np.float32)  # the fastest, and averages
                 if prev_probe is not None:
                     step_share = _changed(probe, prev_probe)
                     pending |= step_share >= max(ABRUPT_SHARE, ABRUPT_OVER_MOTION * motion)
@@ -325,7 +332,7 @@ class Video:
                 if reason is None:
                     continue
                 last_probe, last_time = probe, t
-                image = frame.to_image(width=out_w, height=out_h)
+                image = frame.to_image(width=out_w, height=out_h, threads=_SWS_THREADS)
                 yield Keyframe(round(t, 3), image if image.mode == "RGB" else image.convert("RGB"), reason)
             _check_complete(self.path, "video", reached, _stream_length(container, stream), self.max_seconds,
                             1.0 / (self.fps or 25.0))
@@ -359,7 +366,7 @@ class Video:
                     last = frame
                 if last is None:
                     raise DecodeError(self.path, f"no frame at {timecode(seconds)}")
-                return last.to_image(**size).convert("RGB")
+                return last.to_image(**size, threads=_SWS_THREADS).convert("RGB")
         except DecodeError:
             raise
         except av.FFmpegError as exc:

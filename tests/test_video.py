@@ -313,3 +313,41 @@ def test_soundtrack_that_starts_late_is_placed_on_the_picture_timeline(setup, tm
     loc = next(m["locator"] for m in result.matches if m["feature"] == "audio-fingerprint")
     # the recording's 4.0 s is now heard at 3.5 s of the picture
     assert abs((loc["ref_start"] - loc["query_start"]) - 0.5) <= 0.15, loc
+
+
+_FORK_AFTER_DECODING = """
+import os, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from scanner import video
+from scanner.demo import synthetic_picture
+
+clip = video.write_clip(sys.argv[1], [(synthetic_picture(s), 1.0) for s in (1, 2, 3)], fps=5)
+# a long-lived thread decodes, as a server's check threads do, and stays alive
+thread = ThreadPoolExecutor(1)
+assert thread.submit(lambda: len(list(video.open_video(clip).keyframes()))
+                     + video.open_video(clip).frame_at(1.5).width).result() > 0
+pid = os.fork()  # as a scan forks its decode workers, or the server its picture workers
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_process_forked_while_a_thread_has_decoded_video_starts(tmp_path):
+    """The conversions' threads: a forked child frees what other threads held (their
+    thread-locals), and a converter with a pool of its own threads hangs it for ever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_AFTER_DECODING, str(tmp_path / "clip.mp4")],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a process forked after a thread decoded video hangs")
+    assert proc.returncode == 0, out
