@@ -42,7 +42,7 @@ demo: $(STAMP_RUN) $(STAMP_SSCD) $(STAMP_VOICE)
 	$(BIN)/likeness demo --out demo-out
 
 test: $(STAMP_DEV) $(STAMP_SSCD) $(STAMP_VOICE) chromium ffmpeg espeak
-	$(BIN)/python -m pytest -rs
+	$(BIN)/python -m pytest -rs --durations=15
 
 # The report's real-browser tests (tests/test_browser.py) drive headless Chromium. Installed
 # here when absent and we can (root with apt); otherwise those tests skip, and we say so loudly.
