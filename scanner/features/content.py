@@ -64,17 +64,17 @@ def _work_planes(image: Image.Image) -> tuple[np.ndarray, int]:
     f = max(1, -(-max(h, w) // WORK_SIDE))
     if h < f or w < f:
         f = 1
-    arr = arr[: h // f * f, : w // f * f]
-    # strided elementwise min/max: an order of magnitude faster than a reshaped reduction
-    lo, hi = arr[0::f].copy(), arr[0::f].copy()
-    for i in range(1, f):
-        np.minimum(lo, arr[i::f], out=lo)
-        np.maximum(hi, arr[i::f], out=hi)
-    lo2, hi2 = lo[:, 0::f].copy(), hi[:, 0::f].copy()
-    for j in range(1, f):
-        np.minimum(lo2, lo[:, j::f], out=lo2)
-        np.maximum(hi2, hi[:, j::f], out=hi2)
-    planes = np.concatenate([lo2, hi2], axis=2).transpose(2, 0, 1)
+    arr = np.ascontiguousarray(arr[: h // f * f, : w // f * f])
+    lo = hi = arr
+    if f > 1:
+        # each pixel's minimum (maximum) over the f x f square right and below it, read at every
+        # f-th pixel: the blocks' extremes (OpenCV's separable filters: about half the time of
+        # strided numpy minima, and an order of magnitude less than a reshaped reduction)
+        cv2 = opencv()
+        square = np.ones((f, f), np.uint8)
+        lo = cv2.erode(arr, square, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)[::f, ::f]
+        hi = cv2.dilate(arr, square, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)[::f, ::f]
+    planes = np.concatenate([lo, hi], axis=2).transpose(2, 0, 1)
     return np.ascontiguousarray(planes, dtype=np.float32), f
 
 
@@ -97,17 +97,20 @@ def _side(planes: np.ndarray, *, skip: int = 0) -> tuple[int, np.ndarray | None]
     inner = planes[:, :, CORNER:-CORNER] if planes.shape[2] > 4 * CORNER else planes
     lo, hi = inner[:3], inner[3:]
     # the mean, not the median: cheaper, and a line with outliers fails the test anyway
-    colour = ((lo[:, 0] + hi[:, 0]) / 2).mean(axis=1)
+    # (ufuncs' own reductions here and below: the array methods' Python wrappers cost more
+    # than the arithmetic on these small planes, and this runs a dozen times a picture)
+    colour = np.add.reduce((lo[:, 0] + hi[:, 0]) / 2, axis=1) / np.float32(lo.shape[2])
     c = colour[:, None, None]
     # rows in growing runs until one breaks the frame: the cost follows the frame's depth,
     # not the picture's height (most sides of a picture have none)
     depth, start, run = planes.shape[1], 0, 4
     while start < depth:
         stop = min(depth, start + run)
-        dev = np.maximum(hi[:, start:stop] - c, c - lo[:, start:stop]).max(axis=0).max(axis=1)
-        off = np.flatnonzero(dev > LINE_TOLERANCE)
-        if off.size:
-            depth = start + int(off[0])
+        dev = np.maximum.reduce(np.maximum.reduce(np.maximum(hi[:, start:stop] - c, c - lo[:, start:stop]), axis=0),
+                                axis=1)
+        first = int((dev > LINE_TOLERANCE).argmax())
+        if dev[first] > LINE_TOLERANCE:
+            depth = start + first
             break
         start, run = stop, 2 * run
     return depth, (colour if depth else None)
