@@ -312,8 +312,9 @@ class Video:
                     continue
                 next_look = t + step
                 self.frames_looked_at += 1
-                probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray",
-                                         interpolation="AREA", threads=_SWS_THREADS).astype(np.float32)  # the fastest, and averages
+                # AREA: the fastest, and it averages
+                probe = frame.to_ndarray(width=_PROBE_W, height=_PROBE_H, format="gray", interpolation="AREA",
+                                         threads=_SWS_THREADS).astype(np.float32)
                 if prev_probe is not None:
                     step_share = _changed(probe, prev_probe)
                     pending |= step_share >= max(ABRUPT_SHARE, ABRUPT_OVER_MOTION * motion)

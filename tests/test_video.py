@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +320,7 @@ def test_soundtrack_that_starts_late_is_placed_on_the_picture_timeline(setup, tm
 
 
 _FORK_AFTER_DECODING = """
-import os, sys, threading
+import os, sys
 from concurrent.futures import ThreadPoolExecutor
 from scanner import video
 from scanner.demo import synthetic_picture
@@ -337,11 +341,6 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def test_a_process_forked_while_a_thread_has_decoded_video_starts(tmp_path):
     """The conversions' threads: a forked child frees what other threads held (their
     thread-locals), and a converter with a pool of its own threads hangs it for ever."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-c", _FORK_AFTER_DECODING, str(tmp_path / "clip.mp4")],
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
