@@ -386,8 +386,10 @@ def test_a_look_again_where_keypoints_placed_the_work_is_never_fused_with_them()
 
 
 @needs_sscd
-def test_a_work_pasted_into_a_larger_picture_is_looked_at_again_where_keypoints_placed_it(tmp_path: Path) -> None:
+def test_a_work_pasted_into_a_larger_picture_is_looked_at_again_where_keypoints_placed_it(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
     from scanner import media
+    from scanner.match import landmarks
     from scanner.match.dense import ALIGNED_LOOKS
     from scanner.pipeline.scan import Scanner
 
@@ -411,6 +413,18 @@ def test_a_work_pasted_into_a_larger_picture_is_looked_at_again_where_keypoints_
     x0, y0, x1, y1 = looked[0]["locator"]["query_box"]                 # where it was pasted
     assert abs(x0 - 77 / 640) < 0.03 and abs(y0 - 57 / 480) < 0.03 and abs(x1 - 267 / 640) < 0.03 and abs(y1 - 247 / 480) < 0.03
     assert np.allclose(looked[0]["locator"]["ref_box"], [0, 0, 1, 1], atol=0.03)        # all of the work is there
+    assert other.verdict == "clear"
+    # were the transform collapsed (a repeated element), the part of the output its inliers span is
+    # looked at instead (here: the pasted area), its chance counted as a whole picture's against every work
+    monkeypatch.setattr(landmarks, "placement", lambda e: None)
+    monkeypatch.setattr(landmarks, "inlier_region", lambda e: np.array([[190 / 640, 0, 77 / 640], [0, 190 / 480, 57 / 480]]))
+    scanner = Scanner(index, policy=pol.Policy(flag_at=1e-12, review_at=1.0))
+    found, other = scanner.check_paths([media.Input(tmp_path / "collage.png", "image"), media.Input(stranger, "image")])
+    region = [m for m in found.matches if (m["locator"] or {}).get("region")]
+    assert region and Path(region[0]["ref_path"]).name == "r17.png" and region[0]["feature"] == "image-sscd"
+    assert abs(region[0]["raw"] - looked[0]["raw"]) < 0.02                  # the same cut of the output
+    assert looked[0]["expected"] < region[0]["expected"] < 0.2             # read against every work
+    assert np.allclose(region[0]["locator"]["query_box"], [77 / 640, 57 / 480, 267 / 640, 247 / 480], atol=0.01)
     assert other.verdict == "clear"
 
 
@@ -436,6 +450,50 @@ def test_a_transform_that_collapses_the_output_onto_a_spot_of_the_work_places_no
         m = np.array([[scale, 0.0, 100.0], [0.0, scale, 80.0]])
         e = Evidence(3, "image-local", 9.0, -9.0, 0, pending=(query, table, "repeated", 9, 0, m, np.array([0]), np.array([0])))
         assert (placement(e) is not None) == placed, scale
+
+
+def test_a_collapsed_transform_places_its_work_on_the_part_of_the_query_its_inliers_span() -> None:
+    from scanner.features.local import KEYPOINT_DTYPE
+    from scanner.match.base import Placement
+    from scanner.match.landmarks import (INLIER_REGION_MARGIN, MIRRORED_VIEW, LandmarkJudge, LandmarkTable,
+                                         inlier_region, placement)
+
+    query = np.zeros(2, KEYPOINT_DTYPE)
+    query["size"] = (400, 200)
+    table = LandmarkTable(np.zeros((1, 2), np.int32), np.zeros((1, 32), np.uint8),
+                          np.zeros((1, 2), np.float32), np.array([[100, 100]], np.float32))
+    collapsed = np.array([[0.02, 0.0, 5.0], [0.0, 0.02, 5.0]])               # the query onto a period of the tile
+    q_px = np.array([[100.0, 50.0], [200.0, 150.0], [150.0, 100.0]])          # inliers on the pasted tile
+
+    def evidence(view: int, px: np.ndarray, m: np.ndarray = collapsed, work: int = 4) -> Evidence:
+        return Evidence(work, "image-local", 9.0, -9.0, view,
+                        pending=(query, table, "repeated", 9, view, m, np.array([0, 1, 0]), np.array([0, 0, 0]), px, px))
+
+    e = evidence(0, q_px)
+    assert placement(e) is None
+    pad = INLIER_REGION_MARGIN * np.array([0.25, 0.5])
+    where = inlier_region(e)
+    assert np.allclose(where @ np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]]),
+                       np.array([[0.25 - pad[0], 0.5 + pad[0]], [0.25 - pad[1], 0.75 + pad[1]]]))
+    mirrored = inlier_region(evidence(MIRRORED_VIEW, q_px))                   # read back in the query as given
+    assert np.allclose(mirrored @ np.array([0.0, 0.0, 1.0]), [0.5 - pad[0], 0.25 - pad[1]])
+    assert inlier_region(evidence(0, q_px * [1.0, 0.0] + [0.0, 100.0])) is None   # a line of inliers: no region
+    assert inlier_region(Evidence(4, "image-local", 9.0, -9.0, 0)) is None         # no geometry kept
+    # placements: a work placed by its transform as before, a collapsed one on its inliers' part
+    judge = LandmarkJudge.__new__(LandmarkJudge)
+    placed = judge.placements(([evidence(0, q_px, np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]), 3), e],
+                               np.array([1e-4, 1e-3])), 3)
+    assert [(p.work_id, p.region) for p in placed] == [(3, False), (4, True)] and isinstance(placed[0], Placement)
+
+
+def test_a_region_look_says_the_keypoints_span_it_and_its_chance_counts_every_work() -> None:
+    from scanner.report.words import describe_match
+
+    m = {"feature": "image-sscd", "raw": 0.84, "raw_kind": "cosine", "expected": 2e-5,
+         "locator": {"aligned_by": "image-local", "looks": 3, "region": True, "query_box": [0.1, 0.1, 0.6, 0.5]}}
+    shown = describe_match(m)
+    assert "matching keypoints span" in shown["words"] and "against every work" in shown["words"]
+    assert "a part on 20% of the output" in shown["where"]
 
 
 @needs_sscd

@@ -25,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -68,6 +68,24 @@ class Evidence:
     row: int = -1
     detail: dict[str, Any] | None = None
     pending: tuple | None = field(default=None, repr=False, compare=False)
+
+
+class Placement(NamedTuple):
+    """Where one work lies in an input (:meth:`Judge.placements`).
+
+    Attributes
+    ----------
+    work_id : int
+    where : float64 ``[shape=(2, 3)]``, the work's picture to the input's, both in coordinates
+        normalised to their width and height
+    region : bool
+        ``where`` spans the part of the input the evidence covers, not the work carried over by a
+        fitted transform: a cut there is all input, no ground where the work would reach past it
+    """
+
+    work_id: int
+    where: np.ndarray
+    region: bool = False
 
 
 def to_distance(raw: np.ndarray, metric: str) -> np.ndarray:
@@ -292,13 +310,12 @@ class Judge(ABC):
     #: how many works placed by another feature it looks at again per input (:meth:`aligned`; 0: none)
     looks: int = 0
 
-    def placements(self, found: tuple[list[Evidence], np.ndarray] | None, n: int) -> list[tuple[int, np.ndarray]]:
+    def placements(self, found: tuple[list[Evidence], np.ndarray] | None, n: int) -> list[Placement]:
         """Where the ``n`` strongest works of one input's evidence ``found`` lie in it, for a judge
-        that :attr:`locates`: ``(work id, map)``, the map float64 ``[shape=(2, 3)]`` from the work's
-        picture to the input's, both in coordinates normalised to their width and height."""
+        that :attr:`locates`."""
         return []
 
-    def aligned(self, batch: Sequence[Prepared], placed: Sequence[Sequence[tuple[int, np.ndarray]]], *,
+    def aligned(self, batch: Sequence[Prepared], placed: Sequence[Sequence[Placement]], *,
                 by: str = "") -> list[tuple[list[Evidence], np.ndarray] | None]:
         """Evidence of a second look at each input, cut to where feature ``by`` placed a work
         (``placed``: per input, :meth:`placements`), for a judge with :attr:`looks`; as :meth:`evidence`."""

@@ -36,6 +36,14 @@ query-adaptive shift is no guide here:
 a cut is mostly ground where the work reaches past the picture, far from every work, and
 the shift would read that as close. Such a match is conditional on the geometry that placed
 it and is never fused with it (:mod:`scanner.match.fusion`).
+
+Region looks: where the landmark transform collapses (a repeated element, dots or checks,
+pairs with shifts of itself), the landmark feature offers the part of the input its inliers
+span instead (:func:`scanner.match.landmarks.inlier_region`). That cut is all input, no ground,
+and no geometry vouches for it (chance inliers fall on any busy part of a picture, and a crop
+of a busy picture is close to a pattern: read as an aligned look, 4 of openclipart's 300
+REPORT negatives went to review), so it is read as a whole picture is: its distance shifted
+by its own neighbourhood, its chance counted against every row of the index, times the looks.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ from scanner import policy as pol
 from scanner.features import QUERY_ADAPTIVE
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.match.base import Evidence, IndexFiles, Judge, RowsByWork, Staged, WorkRows, Writer
+from scanner.match.base import (K, Evidence, IndexFiles, Judge, Placement, RowsByWork, Staged, WorkRows, Writer,
+                                best_per_work)
 from scanner.match.rows import RowsJudge, RowsKind
 from scanner.search_choice import Plan
 
@@ -152,11 +161,15 @@ def adaptive_distances(found: Sequence[Evidence], adapt: dict[str, Any]) -> np.n
     """Each evidence's distance read against the query's neighbourhood: ``d - r + c`` (module docstring);
     ``r`` is the :data:`ADAPT_RANK`-th work after the nearest in ``found`` (sorted closest first,
     one entry per work), the farthest there when fewer; unchanged when ``found`` holds one work."""
-    d = np.array([e.distance for e in found], np.float64)
+    return np.array([e.distance for e in found], np.float64) - adaptive_shift(found, adapt)
+
+
+def adaptive_shift(found: Sequence[Evidence], adapt: dict[str, Any]) -> float:
+    """``r - c``, what :func:`adaptive_distances` takes off every distance of one query's ``found``
+    (sorted closest first, one entry per work); 0 when it holds one work."""
     if len(found) < 2:
-        return d
-    r = found[min(int(adapt["rank"]), len(found) - 1)].distance
-    return d - r + float(adapt["centre"])
+        return 0.0
+    return found[min(int(adapt["rank"]), len(found) - 1)].distance - float(adapt["centre"])
 
 
 class Dense(RowsKind):
@@ -301,44 +314,65 @@ class DenseJudge(RowsJudge):
         super().__init__(kind, index, feat, plan)
         self.looks = ALIGNED_LOOKS if "aligned" in index.null[feat.name] else 0
 
-    def aligned(self, batch: Sequence[Prepared], placed: Sequence[Sequence[tuple[int, np.ndarray]]], *,
+    def aligned(self, batch: Sequence[Prepared], placed: Sequence[Sequence[Placement]], *,
                 by: str = "") -> list[tuple[list[Evidence], np.ndarray] | None]:
         """Each input cut where ``placed`` puts a work (:meth:`Featurizer.cut`), described, and compared
         with that work's closest row: cosine ``raw``; expected chance matches the aligned null's pair
-        rate times the looks it makes (``looks``: :data:`ALIGNED_LOOKS`); ``detail`` says which feature
-        placed the work (``aligned_by``), the looks, the part of the input it covers and the part
-        of the work inside the input (``query_box``, ``ref_box``: x0, y0, x1, y1 normalised)."""
+        rate times the looks it makes (``looks``: :data:`ALIGNED_LOOKS`), or, for a cut of a region
+        of the input (:attr:`Placement.region`), its chance as a whole picture's against every row
+        (module docstring) times the looks; ``detail`` says which
+        feature placed the work (``aligned_by``), the looks, the part of the input it covers and the
+        part of the work inside the input (``query_box``, ``ref_box``: x0, y0, x1, y1 normalised)."""
         feat = self.feat
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         cuts: list[np.ndarray] = []
-        owners: list[tuple[int, int, np.ndarray]] = []   # input, work, its placement
+        owners: list[tuple[int, Placement]] = []
         for i, (p, places) in enumerate(zip(batch, placed)):
             item = p.prepared.get(feat.name) if p.error is None else None
-            for work, where in places if item is not None else ():
-                box = _bounds(where)
+            for place in places if item is not None else ():
+                box = _bounds(place.where)
                 if (box[2] - box[0]) * (box[3] - box[1]) >= ALIGNED_MAX_SHARE:
                     continue
-                cut = feat.cut(item, where)
+                cut = feat.cut(item, place.where)
                 if cut is not None:
                     cuts.append(cut)
-                    owners.append((i, int(work), where))
+                    owners.append((i, place))
         if not cuts:
             return out
-        cosine = self._closest(feat.embed(cuts), np.array([w for _, w, _ in owners], np.int64))
+        vecs = feat.embed(cuts)
+        cosine = self._closest(vecs, np.array([p.work_id for _, p in owners], np.int64))
+        null = self.index.null[feat.name]
         # every look the judge makes counts, whatever was offered or cut: a look left out (too few
         # placements, or the whole picture's) must not make the others' chance lighter
-        expected = pol.pair_rate(1.0 - cosine, self.index.null[feat.name]["aligned"]) * self.looks
-        for k, (i, work, where) in enumerate(owners):
+        expected = pol.pair_rate(1.0 - cosine, null["aligned"]) * self.looks
+        regions = np.array([k for k, (_, p) in enumerate(owners) if p.region], np.int64)
+        if len(regions) and "adaptive" in null:
+            # a region's cut is all input, a picture of its own: read as a whole picture is, against its
+            # own neighbourhood and every row of the index (the region's inliers were chance pairs as
+            # often as not, and a crop of any busy picture is close to a pattern)
+            shifted = self._shifted(vecs[regions], 1.0 - cosine[regions])
+            rows = len(self.index.rows(feat.name)) * feat.codes_per_item
+            expected[regions] = pol.expected_chance(shifted, null, rows) * self.looks
+        for k, (i, place) in enumerate(owners):
             if not np.isfinite(cosine[k]):
                 continue
-            e = Evidence(work, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
-                         detail={"aligned_by": by, "looks": self.looks,
-                                 "query_box": [round(float(v), 4) for v in _bounds(where)],
+            e = Evidence(place.work_id, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
+                         detail={"aligned_by": by, "looks": self.looks, **({"region": True} if place.region else {}),
+                                 "query_box": [round(float(v), 4) for v in _bounds(place.where)],
                                  "ref_box": [round(float(v), 4) for v in
-                                             _bounds(np.linalg.inv(np.vstack([where, [0, 0, 1]]))[:2])]})
+                                             _bounds(np.linalg.inv(np.vstack([place.where, [0, 0, 1]]))[:2])]})
             evs, x = out[i] or ([], np.zeros(0))
             out[i] = ([*evs, e], np.append(x, expected[k]))
         return out
+
+    def _shifted(self, vecs: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """``distance`` of each of ``vecs`` (float32 ``[shape=(n, d)]``) to a work, read against the
+        vector's own neighbourhood in the index, as a whole picture's (:func:`adaptive_distances`)."""
+        adapt = self.index.null[self.feat.name]["adaptive"]
+        D, I = self.plan.knn(self.index.faiss_index(self.feat.name), vecs, K)
+        found = best_per_work(D, I, self.index.rows(self.feat.name), feature=self.feat.name,
+                              metric=self.feat.metric, codes_per_query=self.feat.codes_per_item)
+        return distance - np.array([adaptive_shift(evs, adapt) for evs in found])
 
     def _closest(self, vecs: np.ndarray, works: np.ndarray) -> np.ndarray:
         """Cosine of ``vecs[k]`` with the closest stored row of ``works[k]``; NaN for a work without rows."""

@@ -25,7 +25,7 @@ from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
 from scanner.search import BINARY_IVF_NPROBE, binary_codes, coarse_probing, sampled_binary_ivf
 from scanner.search_choice import Plan
-from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, RowsByWork, Staged, Writer
+from scanner.match.base import Evidence, FeatureKind, IndexFiles, Judge, Placement, RowsByWork, Staged, Writer
 from scanner.match.geometry import heat_grid, landmark_boxes, ransac_repeated
 
 #: Landmark descriptors from this many rows on are searched through an inverted
@@ -329,6 +329,36 @@ def placement(e: Evidence) -> np.ndarray | None:
     if view == MIRRORED_VIEW:   # positions there are in the mirrored picture
         out = np.array([[-1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ out
     return out[:2] if np.all(np.isfinite(out)) else None
+
+
+#: Margin around the query's inliers (a share of their box's side) and least side of that box (a share
+#: of the query's) for :func:`inlier_region`.
+INLIER_REGION_MARGIN, INLIER_REGION_MIN = 0.15, 0.08
+
+
+def inlier_region(e: Evidence) -> np.ndarray | None:
+    """The part of the query a verified work's inliers span (widened by :data:`INLIER_REGION_MARGIN`),
+    as a map from the work's normalised picture onto it, float64 ``[shape=(2, 3)]`` like
+    :func:`placement`; ``None`` without the geometry or where the box is thinner than
+    :data:`INLIER_REGION_MIN` of the query on a side.
+
+    For a transform too collapsed to place the work: a repeated element (a tile of dots,
+    chevrons, checks) pairs with many shifts of itself, and the similarity RANSAC keeps may
+    squeeze the whole work onto one period, while the inliers still lie on the pasted element
+    (and a crop of a pattern looks like the pattern).
+    """
+    if e.pending is None:
+        return None
+    query, _, _, _, view, _, qk, _, q_px = e.pending[:9]
+    pts = np.asarray(q_px, np.float64) / query["size"][qk[0]].astype(np.float64)
+    if view == MIRRORED_VIEW:
+        pts[:, 0] = 1.0 - pts[:, 0]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    pad = INLIER_REGION_MARGIN * (hi - lo)
+    lo, hi = np.clip(lo - pad, 0.0, 1.0), np.clip(hi + pad, 0.0, 1.0)
+    if np.any(hi - lo < INLIER_REGION_MIN):
+        return None
+    return np.array([[hi[0] - lo[0], 0.0, lo[0]], [0.0, hi[1] - lo[1], lo[1]]])
 
 
 def landmark_detail(e: Evidence) -> dict[str, Any] | None:
@@ -741,18 +771,24 @@ class LandmarkJudge(Judge):
                 out[i] = (evs, x)
         return out
 
-    def placements(self, found: tuple[list[Evidence], np.ndarray] | None, n: int) -> list[tuple[int, np.ndarray]]:
-        """The ``n`` works of ``found`` with the fewest expected chance matches, each with :func:`placement`."""
+    def placements(self, found: tuple[list[Evidence], np.ndarray] | None, n: int) -> list[Placement]:
+        """The ``n`` works of ``found`` with the fewest expected chance matches that :func:`placement`
+        puts somewhere; where fewer, then works on their :func:`inlier_region` (a collapsed transform),
+        also fewest expected first."""
         if not found or n <= 0:
             return []
         evs, x = found
-        out: list[tuple[int, np.ndarray]] = []
-        for k in np.argsort(np.asarray(x, np.float64), kind="stable"):
-            where = placement(evs[k])
-            if where is not None and all(w != evs[k].work_id for w, _ in out):
-                out.append((evs[k].work_id, where))
+        order = np.argsort(np.asarray(x, np.float64), kind="stable")
+        out: list[Placement] = []
+        for place, region in ((placement, False), (inlier_region, True)):
+            for k in order:
                 if len(out) == n:
-                    break
+                    return out
+                if any(p.work_id == evs[k].work_id for p in out):
+                    continue
+                where = place(evs[k])
+                if where is not None:
+                    out.append(Placement(evs[k].work_id, where, region))
         return out
 
     def _with_proposals(self, query: np.ndarray, works: list[int], evs: list[Evidence], x: np.ndarray,

@@ -67,7 +67,11 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "inliers" and isinstance(loc, Mapping) and loc.get("proposed_by"):
         words += (f" on a work {loc['proposed_by']} ranked among its {loc.get('proposals', '?')} nearest"
                   " (its chance counted among those)")
-    if kind == "cosine" and isinstance(loc, Mapping) and loc.get("aligned_by"):
+    if kind == "cosine" and isinstance(loc, Mapping) and loc.get("aligned_by") and loc.get("region"):
+        words += (f" for the part of the output that {loc['aligned_by']}'s matching keypoints span, cut out and"
+                  f" compared with the work (its chance counted as a whole picture's against every work, over"
+                  f" {loc.get('looks', '?')} such looks at this output)")
+    elif kind == "cosine" and isinstance(loc, Mapping) and loc.get("aligned_by"):
         words += (f" for the part of the output where {loc['aligned_by']} placed the work, cut out and compared"
                   f" with it alone (its chance counted over {loc.get('looks', '?')} such looks at this output)")
     if kind == "face_distance" and isinstance(loc, Mapping) and loc.get("talent_seen"):
@@ -87,7 +91,8 @@ def describe_match(m: Mapping[str, Any]) -> dict[str, Any]:
             where.append("mirrored")
         if loc.get("aligned_by") and loc.get("query_box"):
             x0, y0, x1, y1 = (float(v) for v in loc["query_box"])
-            where.append(f"the work placed on {100 * (x1 - x0) * (y1 - y0):.0f}% of the output")
+            where.append(f"{'a part' if loc.get('region') else 'the work placed'} on "
+                         f"{100 * (x1 - x0) * (y1 - y0):.0f}% of the output")
         if loc.get("query_share") is not None and loc.get("ref_share") is not None:
             where.append(f"matched area {100 * float(loc['query_share']):.0f}% of the output, "
                          f"{100 * float(loc['ref_share']):.0f}% of the work")
