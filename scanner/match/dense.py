@@ -56,8 +56,7 @@ from scanner import policy as pol
 from scanner.features import QUERY_ADAPTIVE
 from scanner.features.base import Featurizer
 from scanner.features.prepared import Prepared
-from scanner.match.base import (K, Evidence, IndexFiles, Judge, Placement, RowsByWork, Staged, WorkRows, Writer,
-                                best_per_work)
+from scanner.match.base import Evidence, IndexFiles, Judge, Placement, RowsByWork, Staged, WorkRows, Writer
 from scanner.match.rows import RowsJudge, RowsKind
 from scanner.search_choice import Plan
 
@@ -326,7 +325,7 @@ class DenseJudge(RowsJudge):
         feat = self.feat
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         cuts: list[np.ndarray] = []
-        owners: list[tuple[int, Placement]] = []
+        owners: list[tuple[int, Placement, np.ndarray]] = []   # input, placement, the part of it placed
         for i, (p, places) in enumerate(zip(batch, placed)):
             item = p.prepared.get(feat.name) if p.error is None else None
             for place in places if item is not None else ():
@@ -336,16 +335,16 @@ class DenseJudge(RowsJudge):
                 cut = feat.cut(item, place.where)
                 if cut is not None:
                     cuts.append(cut)
-                    owners.append((i, place))
+                    owners.append((i, place, box))
         if not cuts:
             return out
         vecs = feat.embed(cuts)
-        cosine = self._closest(vecs, np.array([p.work_id for _, p in owners], np.int64))
+        cosine = self._closest(vecs, np.array([p.work_id for _, p, _ in owners], np.int64))
         null = self.index.null[feat.name]
         # every look the judge makes counts, whatever was offered or cut: a look left out (too few
         # placements, or the whole picture's) must not make the others' chance lighter
         expected = pol.pair_rate(1.0 - cosine, null["aligned"]) * self.looks
-        regions = np.array([k for k, (_, p) in enumerate(owners) if p.region], np.int64)
+        regions = np.array([k for k, (_, p, _) in enumerate(owners) if p.region], np.int64)
         if len(regions) and "adaptive" in null:
             # a region's cut is all input, a picture of its own: read as a whole picture is, against its
             # own neighbourhood and every row of the index (the region's inliers were chance pairs as
@@ -353,12 +352,12 @@ class DenseJudge(RowsJudge):
             shifted = self._shifted(vecs[regions], 1.0 - cosine[regions])
             rows = len(self.index.rows(feat.name)) * feat.codes_per_item
             expected[regions] = pol.expected_chance(shifted, null, rows) * self.looks
-        for k, (i, place) in enumerate(owners):
+        for k, (i, place, box) in enumerate(owners):
             if not np.isfinite(cosine[k]):
                 continue
             e = Evidence(place.work_id, feat.name, float(cosine[k]), float(1.0 - cosine[k]), 0,
                          detail={"aligned_by": by, "looks": self.looks, **({"region": True} if place.region else {}),
-                                 "query_box": [round(float(v), 4) for v in _bounds(place.where)],
+                                 "query_box": [round(float(v), 4) for v in box],
                                  "ref_box": [round(float(v), 4) for v in
                                              _bounds(np.linalg.inv(np.vstack([place.where, [0, 0, 1]]))[:2])]})
             evs, x = out[i] or ([], np.zeros(0))
@@ -369,10 +368,7 @@ class DenseJudge(RowsJudge):
         """``distance`` of each of ``vecs`` (float32 ``[shape=(n, d)]``) to a work, read against the
         vector's own neighbourhood in the index, as a whole picture's (:func:`adaptive_distances`)."""
         adapt = self.index.null[self.feat.name]["adaptive"]
-        D, I = self.plan.knn(self.index.faiss_index(self.feat.name), vecs, K)
-        found = best_per_work(D, I, self.index.rows(self.feat.name), feature=self.feat.name,
-                              metric=self.feat.metric, codes_per_query=self.feat.codes_per_item)
-        return distance - np.array([adaptive_shift(evs, adapt) for evs in found])
+        return distance - np.array([adaptive_shift(evs, adapt) for evs in self.nearest(vecs)])
 
     def _closest(self, vecs: np.ndarray, works: np.ndarray) -> np.ndarray:
         """Cosine of ``vecs[k]`` with the closest stored row of ``works[k]``; NaN for a work without rows."""

@@ -93,19 +93,25 @@ class RowsJudge(Judge):
         index.row_weights(feat.name)
         kind.preload(self)
 
+    def nearest(self, vecs: np.ndarray) -> list[list[Evidence]]:
+        """Per query vector (``[shape=(n, d)]``), each work's closest row among the :data:`K` nearest,
+        closest first (:func:`best_per_work`); none for a vector :meth:`Featurizer.informative` rejects."""
+        feat = self.feat
+        # --device: dense features go to torch on CUDA when asked (auto: when present); on the
+        # CPU a large index goes by the path measured fastest here (--backend auto)
+        D, I = self.plan.knn(self.index.faiss_index(feat.name), vecs, K)
+        I[~feat.informative(vecs)] = -1  # a flat code's neighbours are no evidence
+        return best_per_work(D, I, self.index.rows(feat.name), feature=feat.name, metric=feat.metric,
+                             codes_per_query=feat.codes_per_item)
+
     def evidence(self, batch: Sequence[Prepared]) -> list[tuple[list[Evidence], np.ndarray] | None]:
         feat = self.feat
         out: list[tuple[list[Evidence], np.ndarray] | None] = [None] * len(batch)
         pos, vecs = embed_prepared(feat, batch)
         if not pos:
             return out
-        # --device: dense features go to torch on CUDA when asked (auto: when present); on the
-        # CPU a large index goes by the path measured fastest here (--backend auto)
-        D, I = self.plan.knn(self.index.faiss_index(feat.name), vecs, K)
-        I[~feat.informative(vecs)] = -1  # a flat code's neighbours are no evidence
+        per_query = self.nearest(vecs)
         rows = self.index.rows(feat.name)
-        per_query = best_per_work(D, I, rows, feature=feat.name, metric=feat.metric,
-                                  codes_per_query=feat.codes_per_item)
         null = self.index.null[feat.name]
         # every (query row, index row) comparison is a chance to match by chance
         comparisons = len(rows) * feat.codes_per_item
