@@ -22,6 +22,7 @@ Featureless inputs (near-uniform, almost empty) are never flagged.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
@@ -251,6 +252,16 @@ def fit_tail(distances: np.ndarray, *, decades: int = TAIL_DECADES) -> dict[str,
             "pairs": int(m)}
 
 
+@functools.lru_cache(maxsize=64)
+def _slope(x: tuple[float, ...], y: tuple[float, ...]) -> float:
+    """Least-squares slope of ``y`` against ``x`` (0 where it is undefined): a tail's closest
+    points, the same for every query of an index, so fitted once (a fit costs more than the rest
+    of a picture's chance)."""
+    if len(x) < 2 or max(x) == min(x):
+        return 0.0
+    return float(np.polyfit(np.asarray(x, np.float64), np.asarray(y, np.float64), 1)[0])
+
+
 def tail_rate(distance: np.ndarray, tail: dict[str, Any]) -> np.ndarray:
     """Chance that an unrelated pair is at most ``distance`` apart, from the measured tail
     (:func:`fit_tail`): interpolated between its points (log rate against distance), extrapolated
@@ -266,7 +277,7 @@ def tail_rate(distance: np.ndarray, tail: dict[str, Any]) -> np.ndarray:
     d = np.asarray(distance, dtype=np.float64)
     out = np.interp(d, x, y, left=y[0], right=0.0)
     k = min(TAIL_FIT_POINTS, len(x))
-    slope = np.polyfit(x[:k], y[:k], 1)[0] if k >= 2 and np.ptp(x[:k]) > 0 else 0.0
+    slope = _slope(tuple(tail["distance"][:k]), tuple(tail["log10_rate"][:k]))
     if slope > 0:
         out = np.where(d < x[0], y[0] - slope * (x[0] - d), out)
     return np.clip(10.0 ** out, MIN_RATE, 1.0)

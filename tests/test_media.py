@@ -29,6 +29,7 @@ from scanner.media import (
     load_image,
     sha256_file,
     sniff,
+    to_rgb,
 )
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -230,6 +231,22 @@ def test_rgba_garbage_under_transparent_pixels_does_not_show(tmp_path):
     assert np.abs(got - expected).max() <= 1
     assert (got[0, 0] == WHITE).all()
     assert (got[12, 12] == RED).all()
+
+
+def test_transparency_blends_exactly_and_alike_at_any_size() -> None:
+    """Every colour over every alpha flattens to round(c * a / 255) + 255 - a, the premultiplied
+    value; a picture shrunk while it is flattened matches the flat picture box-averaged."""
+    c, a = np.meshgrid(np.arange(256), np.arange(256))
+    rgba = np.dstack([c, 255 - c, c // 2, a]).astype(np.uint8)
+    got = np.asarray(to_rgb(Image.fromarray(rgba, "RGBA")), np.int64)
+    want = (rgba[..., :3].astype(np.int64) * a[..., None] + 127) // 255 + 255 - a[..., None]
+    assert np.array_equal(got, want)
+
+    block = np.repeat(np.repeat(rgba[::16, ::16], 4, axis=0), 4, axis=1)  # 64 x 64, alpha constant per 4 x 4
+    flat = np.asarray(to_rgb(Image.fromarray(block, "RGBA")), np.int64)
+    small = np.asarray(to_rgb(Image.fromarray(block, "RGBA"), 16), np.int64)
+    assert small.shape == (16, 16, 3)
+    assert np.abs(small - flat[::4, ::4]).max() <= 1
 
 
 def test_palette_with_transparency_is_composited_over_white(tmp_path):
