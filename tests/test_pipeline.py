@@ -247,6 +247,50 @@ def test_the_turn_is_looked_for_only_when_a_featurizer_reads_it(tmp_path: Path) 
     assert make("image-phash").reads_turn and make("image-local").reads_turn
 
 
+def test_frame_edges_read_as_pixel_by_pixel() -> None:
+    """Each side's frame, read from its rows' extremes, is the one a pixel-by-pixel reading finds:
+    the first row's mean colour, then the rows whose every inner pixel lies within the tolerance."""
+    from scanner.features import content as ct
+
+    def by_pixels(planes: np.ndarray, skip: int) -> tuple[int, np.ndarray | None]:
+        inner = planes[:, :, ct.CORNER:-ct.CORNER] if planes.shape[2] > 4 * ct.CORNER else planes
+        if inner.shape[1] <= skip:
+            return 0, None
+        colour = ((inner[:3, skip] + inner[3:, skip]) / 2).mean(axis=1)
+        depth = skip
+        for row in range(skip, inner.shape[1]):
+            lo, hi = inner[:3, row], inner[3:, row]
+            if (hi - colour[:, None] > ct.LINE_TOLERANCE).any() or (colour[:, None] - lo > ct.LINE_TOLERANCE).any():
+                break
+            depth = row + 1
+        return (depth, colour) if depth > skip else (0, None)
+
+    rng = np.random.default_rng(7)
+    framed = 0
+    for _ in range(60):
+        h, w = rng.integers(1, 40, size=2)
+        ground = rng.uniform(0, 255, 3)
+        lo = np.clip(ground[:, None, None] - rng.uniform(0, 30, (3, h, w)), 0, 255)
+        hi = np.clip(lo + rng.uniform(0, 20, (3, h, w)), 0, 255)
+        body = (slice(int(rng.integers(0, h)), h), slice(int(rng.integers(0, w)), w))  # content behind the frames
+        lo[:, body[0], body[1]] = rng.uniform(0, 200, (3, h - body[0].start, w - body[1].start))
+        hi[:, body[0], body[1]] = lo[:, body[0], body[1]] + 50
+        planes = np.concatenate([lo, hi]).astype(np.float32)
+        for view in (planes, planes.transpose(0, 2, 1)):
+            got = ct._edges(view)
+            want = [by_pixels(view, 0), by_pixels(view, 1), by_pixels(view[:, ::-1], 0), by_pixels(view[:, ::-1], 1)]
+            for (d, c), (d0, c0) in zip(got, want):
+                assert d == d0
+                assert (c is None) == (c0 is None)
+                if c is not None:
+                    np.testing.assert_allclose(c, c0, atol=1e-3)
+                    framed += 1
+    assert framed > 50  # the random pictures do have frames
+    colours = [rng.uniform(0, 255, 3).astype(np.float32) for _ in range(4)]
+    for n in (3, 4):
+        np.testing.assert_allclose(ct._middle(colours[:n]), np.median(np.stack(colours[:n]), axis=0), rtol=1e-6)
+
+
 def test_drawings_bordered_pictures_and_diamonds_are_not_turned() -> None:
     from scanner.features.content import analyse
 
