@@ -500,7 +500,7 @@ def to_rgb(im: Image.Image, max_side: int | None = None) -> Image.Image:
     rgba = im if im.mode == "RGBA" else im.convert("RGBA")  # RGBA applies palette alpha, tRNS
     if max_side is None or max(rgba.size) <= max_side:
         # nothing to resample: one blend a pixel, round(rgb * a / 255) + 255 - a (Pillow's
-        # masked paste), the same bytes as the premultiplied path below at a third of its cost
+        # masked paste), the same bytes as the premultiplied path below at under half its cost
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, (0, 0), rgba)
         return flat
