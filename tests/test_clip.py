@@ -589,6 +589,7 @@ def test_scans_find_the_same_works_whichever_search_path_runs(tmp_path: Path, mo
         seen[backend, precision] = {r["path"]: (r["verdict"], [(c["work_id"], round(c["score"], 3))
                                                                for c in r["candidates"]]) for r in lines}
         run = json.loads((out / "run.json").read_text())
+        assert run["models"] == {"image-clip": {"runtime": "torch", "device": "cpu"}}  # where the encoder ran
         if backend == "auto":
             (shape, used), = run["search"].items()
             assert shape == "8x32" and used["source"] in ("measured", "cache")

@@ -99,6 +99,7 @@ def test_corrupt_and_zero_byte_files_error_and_sidecars_are_skipped(phash_index:
     assert all(r["index_id"] == summary.run["index_id"] for r in lines.values())
     run = json.loads((tmp_path / "res" / "run.json").read_text())
     assert run["counts"]["error"] == 2 and run["skipped"] == 1
+    assert run["models"] == {}  # weight-free features: no model ran
     assert (tmp_path / "res" / "results.csv").read_text().count("\n") == 4
     assert "broken.jpg" in (tmp_path / "res" / "report.html").read_text()
 

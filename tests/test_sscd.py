@@ -314,6 +314,42 @@ def test_a_scan_forks_its_decode_workers_with_image_sscd_and_judges_as_threads_w
     assert forked == lines(tmp_path / "threads")
     assert [forked[f"copy{i}.png"][0] for i in range(4)] == ["flagged"] * 4
     assert {forked[f"other{i}.png"][0] for i in range(4)} == {"clear"}
+    # run.json says where the model ran; the weight-free features have none
+    models_run = json.loads((tmp_path / "forked" / "run.json").read_text())["models"]
+    assert list(models_run) == ["image-sscd"]
+    assert models_run["image-sscd"]["runtime"] == "onnxruntime"
+    assert models_run["image-sscd"]["providers"] == ["CPUExecutionProvider"]
+
+
+@needs_sscd
+def test_cuda_is_asked_for_where_listed_and_a_provider_that_cannot_start_is_named(monkeypatch, caplog) -> None:
+    import logging
+    import warnings
+
+    import onnxruntime as ort
+
+    from scanner.errors import ParameterError
+
+    cpu = make("image-sscd", model="distilled", device="cpu")
+    assert cpu.providers() == ["CPUExecutionProvider"] and cpu.forkable
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: the fallback cannot be shown here")
+    with pytest.raises(ParameterError, match="--device cuda.*onnxruntime-gpu"):
+        make("image-sscd", model="distilled", device="cuda").providers()
+    # a GPU build lists its CUDA provider even where CUDA or cuDNN is missing, and falls back
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    auto = make("image-sscd", model="distilled")
+    assert auto.providers()[0] == "CUDAExecutionProvider"
+    assert not auto.forkable  # a GPU context is never forked: decoding stays in threads
+    picture = [np.full((sscd.SIDE, sscd.SIDE, 3), 128, np.uint8)]
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="scanner.features.sscd"):
+        warnings.simplefilter("ignore")  # onnxruntime's own, about the provider it lacks
+        assert auto.embed(picture).shape == (1, 512)
+    assert "could not start its CUDAExecutionProvider; the model runs on the CPU" in caplog.text
+    assert auto.runtime()["providers"] == ["CPUExecutionProvider"]  # what ran, not what was asked
+    with warnings.catch_warnings(), pytest.raises(ModelError, match="--device cuda.*could not start.*--device cpu"):
+        warnings.simplefilter("ignore")
+        make("image-sscd", model="distilled", device="cuda").embed(picture)
 
 
 def test_a_landmark_match_places_its_work_in_the_query_as_given_or_mirrored() -> None:

@@ -114,6 +114,11 @@ class Featurizer(ABC):
         """Identity of the model weights, or ``None`` for weight-free features."""
         return None
 
+    def runtime(self) -> dict[str, Any] | None:
+        """Where this featurizer's model runs (device, runtime, threads) for ``run.json``; ``None``
+        for weight-free features."""
+        return None
+
     def identity(self) -> dict[str, Any]:
         """What the index manifest records to refuse a mismatched scan later."""
         return {

@@ -473,6 +473,10 @@ class Clip(Featurizer):
                 self._loaded = self._load()
             return self._loaded
 
+    def runtime(self) -> dict[str, Any]:
+        """Where the encoder runs: torch and its device (the resolved one: ``auto`` names what it chose)."""
+        return {"runtime": "torch", "device": str(self._resolve_device())}
+
     def _resolve_device(self) -> "torch.device":
         import torch
 

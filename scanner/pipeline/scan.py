@@ -101,8 +101,10 @@ class Scanner:
 
     def describe(self) -> dict[str, Any]:
         """Provenance for ``run.json`` and report headers; ``search``: the dense search paths
-        chosen by measurement so far (:class:`scanner.search_choice.Plan`)."""
-        return {**provenance(self.index, self.policy), "search": dict(self.plan.used)}
+        chosen by measurement so far (:class:`scanner.search_choice.Plan`); ``models``: where each
+        feature with a model runs (:meth:`~scanner.features.base.Featurizer.runtime`)."""
+        return {**provenance(self.index, self.policy), "search": dict(self.plan.used),
+                "models": {f.name: r for f in self.featurizers if (r := f.runtime()) is not None}}
 
     def judge(self, batch: Sequence[Prepared]) -> list[Result]:
         """Embed, search, match and decide one batch of prepared inputs.
