@@ -584,9 +584,11 @@ def sha256_file(path: str | Path, *, chunk_size: int = 1 << 20) -> str:
             f"chunk_size must be a positive integer, given chunk_size={chunk_size!r}"
         )
     digest = hashlib.sha256()
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:
+        # no larger than the file: a chunk's buffer is zeroed when made, and most files are far
+        # smaller than a chunk (a 1 MiB buffer cost more than hashing a 60 kB picture)
+        buffer = bytearray(max(1, min(chunk_size, os.fstat(f.fileno()).st_size + 1)))
+        view = memoryview(buffer)
         while n := f.readinto(buffer):
             digest.update(view[:n])
     return digest.hexdigest()
