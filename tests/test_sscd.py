@@ -334,8 +334,10 @@ def test_cuda_is_asked_for_where_listed_and_a_provider_that_cannot_start_is_name
     assert cpu.providers() == ["CPUExecutionProvider"] and cpu.forkable
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider: the fallback cannot be shown here")
+    cuda = make("image-sscd", model="distilled", device="cuda")
     with pytest.raises(ParameterError, match="--device cuda.*onnxruntime-gpu"):
-        make("image-sscd", model="distilled", device="cuda").providers()
+        cuda.providers()
+    assert cuda.runtime() == {"runtime": "onnxruntime", "device": "cuda", "providers": []}  # run.json, never raising
     # a GPU build lists its CUDA provider even where CUDA or cuDNN is missing, and falls back
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     auto = make("image-sscd", model="distilled")

@@ -474,8 +474,13 @@ class Clip(Featurizer):
             return self._loaded
 
     def runtime(self) -> dict[str, Any]:
-        """Where the encoder runs: torch and its device (the resolved one: ``auto`` names what it chose)."""
-        return {"runtime": "torch", "device": str(self._resolve_device())}
+        """Where the encoder runs: torch and its device (the resolved one: ``auto`` names what it
+        chose; the one asked for where it cannot be had). Never raises: provenance is written after
+        a failed scan too."""
+        try:
+            return {"runtime": "torch", "device": str(self._resolve_device())}
+        except ParameterError:
+            return {"runtime": "torch", "device": str(self.device)}
 
     def _resolve_device(self) -> "torch.device":
         import torch

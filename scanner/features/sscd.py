@@ -208,10 +208,14 @@ class SSCD(Featurizer):
     def runtime(self) -> dict[str, Any]:
         """Where the model runs: onnxruntime's providers in use (the session's own once this process
         loaded it; before that, and in a scan whose forked workers hold the sessions, those it asks
-        for) and the threads of one call."""
-        session = self._session
-        return {"runtime": "onnxruntime", "providers": session.get_providers() if session is not None
-                else self.providers(), "threads": self.threads or max(1, len(os.sched_getaffinity(0)))}
+        for, or the device asked for where that cannot be had). Never raises: provenance is written
+        after a failed scan too."""
+        if self._session is not None:
+            return {"runtime": "onnxruntime", "providers": self._session.get_providers()}
+        try:
+            return {"runtime": "onnxruntime", "providers": self.providers()}
+        except ParameterError:
+            return {"runtime": "onnxruntime", "device": self.device, "providers": []}
 
     @property
     def forkable(self) -> bool:
